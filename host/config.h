@@ -1,0 +1,81 @@
+/*
+ * config: reads and validates a khost INI file into a kh_config.
+ *
+ * Every problem is reported as "FILE:LINE: message" and all of them are
+ * collected in one pass, so an operator fixes a file in one go instead of
+ * one error per run. Nothing here connects to Kafka or loads a plugin.
+ */
+#ifndef KHOST_CONFIG_H
+#define KHOST_CONFIG_H
+
+#include <stddef.h>
+
+/* One key = value pair, remembering where it came from for error lines. */
+typedef struct kh_kv {
+    char *key;
+    char *value; /* after ${VAR} expansion */
+    int line;
+} kh_kv;
+
+typedef enum kh_on_exhausted {
+    KH_ON_EXHAUSTED_PAUSE = 0, /* pipeline marked failed, partitions paused */
+    KH_ON_EXHAUSTED_EXIT = 1,  /* the whole host exits non-zero */
+} kh_on_exhausted;
+
+typedef struct kh_pipeline {
+    char *name; /* NAME of [pipeline.NAME] */
+    int line;   /* line of the section header */
+    char **topics;
+    size_t n_topics;
+    char *group;
+    char *plugin;      /* as written in the file */
+    char *plugin_path; /* resolved: relative to the config file's folder */
+    int plugin_line;
+    int workers;                  /* default 1, 1..256 */
+    int max_restarts;             /* default 30 */
+    int max_seconds;              /* default 5 */
+    int handler_timeout_ms;       /* default 30000; 0 disables the hang check */
+    int shutdown_timeout_ms;      /* default 10000 */
+    int tick_interval_ms;         /* default 1000; plugin tick, 0 disables */
+    kh_on_exhausted on_exhausted; /* default pause */
+    kh_kv *config; /* [pipeline.NAME.config], for the plugin's init */
+    size_t n_config;
+    kh_kv *kafka; /* [pipeline.NAME.kafka], overrides [kafka] */
+    size_t n_kafka;
+} kh_pipeline;
+
+typedef struct kh_config {
+    char *path;          /* the file as given */
+    char *dir;           /* its folder, for resolving relative paths */
+    char *brokers;       /* "mock", "mock:N" or a bootstrap list */
+    int mock_brokers;    /* > 0 when brokers is mock / mock:N, else 0 */
+    int mock_partitions; /* mock only: partitions per topic, default 4 */
+    int mock_seed;       /* mock only: messages seeded per topic, default 0 */
+    kh_kv *kafka;        /* [kafka]: librdkafka properties for every consumer */
+    size_t n_kafka;
+    kh_pipeline *pipelines;
+    size_t n_pipelines;
+} kh_config;
+
+/* A growing list of "FILE:LINE: message" strings. */
+typedef struct kh_errors {
+    char **items;
+    size_t count;
+} kh_errors;
+
+/* Parse and validate `path`. Returns 0 when valid; otherwise a negative
+ * value, with every problem appended to errs (cfg is then still safe to
+ * free but not to use). Validates librdkafka properties by asking
+ * rd_kafka_conf_set on a scratch conf. */
+int config_load(const char *path, kh_config *cfg, kh_errors *errs);
+
+void config_free(kh_config *cfg);
+
+/* Look up a key in a kv list; NULL when absent. */
+const char *config_kv_get(const kh_kv *kv, size_t n, const char *key);
+
+void errors_add(kh_errors *errs, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void errors_free(kh_errors *errs);
+
+#endif

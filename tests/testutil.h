@@ -1,0 +1,32 @@
+/* Small helpers shared by the Criterion tests. */
+#ifndef KHOST_TESTUTIL_H
+#define KHOST_TESTUTIL_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/* Output and exit status of a finished command. */
+typedef struct tu_result {
+    int exit_code; /* exit status, or 128+signal when killed */
+    char *out;     /* stdout, NUL-terminated */
+    char *err;     /* stderr, NUL-terminated */
+} tu_result;
+
+/* Run argv (argv[0] is a path) to completion, capturing both streams.
+ * Gives up and kills it after timeout_ms. */
+tu_result tu_run(char *const argv[], int timeout_ms);
+void tu_result_free(tu_result *r);
+
+/* A fresh directory under /tmp, removed by tu_rmdir. */
+char *tu_tmpdir(void);
+void tu_rmdir(const char *dir);
+
+/* Write `text` to dir/name; returns the malloc'd full path. */
+char *tu_write_file(const char *dir, const char *name, const char *text);
+/* Read a whole file; NULL when missing. *len may be NULL. */
+char *tu_read_file(const char *path, size_t *len);
+
+/* Number of occurrences of needle in haystack. */
+int tu_count(const char *haystack, const char *needle);
+
+#endif
