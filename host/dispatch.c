@@ -1,0 +1,449 @@
+/*
+ * dispatch: moves messages from the host's per-partition queues to the
+ * owning worker in batches, and turns what workers answer into offsets.
+ *
+ * A worker is untrusted: every token it sends back is checked against the
+ * ledger (offsets.c). A result for a message it was never given, a second
+ * result for one message, or an undecodable frame gets the worker killed;
+ * the crash path then rewinds its partitions as for any other crash.
+ */
+#define _GNU_SOURCE
+#include "log.h"
+#include "runtime.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- host-side queue of polled messages ---- */
+
+void dispatch_enqueue(kh_part *part, rd_kafka_message_t *m) {
+    if (part->pend_len == part->pend_cap) {
+        size_t cap = part->pend_cap ? part->pend_cap * 2 : 256;
+        rd_kafka_message_t **ring = malloc(cap * sizeof *ring);
+        if (!ring)
+            abort();
+        for (size_t i = 0; i < part->pend_len; i++)
+            ring[i] = part->pend[(part->pend_head + i) % part->pend_cap];
+        free(part->pend);
+        part->pend = ring;
+        part->pend_cap = cap;
+        part->pend_head = 0;
+    }
+    part->pend[(part->pend_head + part->pend_len) % part->pend_cap] = m;
+    part->pend_len++;
+    if (part->pend_len >= KH_PENDING_HIGH)
+        kafka_pause(part, KH_PAUSE_FLOW, true);
+}
+
+static rd_kafka_message_t *pend_pop(kh_part *part) {
+    rd_kafka_message_t *m = part->pend[part->pend_head];
+    part->pend_head = (part->pend_head + 1) % part->pend_cap;
+    part->pend_len--;
+    return m;
+}
+
+void dispatch_drop_pending(kh_part *part) {
+    while (part->pend_len)
+        rd_kafka_message_destroy(pend_pop(part));
+    kafka_pause(part, KH_PAUSE_FLOW, false);
+}
+
+static int64_t first_pending_offset(kh_part *part) {
+    return part->pend_len ? part->pend[part->pend_head]->offset : -1;
+}
+
+/* Drop the queue and seek so that Kafka delivers from `seek_to` again. */
+static void rewind_to(kh_part *part, int64_t seek_to, const char *why) {
+    int64_t pending = first_pending_offset(part);
+    if (seek_to < 0 || (pending >= 0 && pending < seek_to))
+        seek_to = pending;
+    dispatch_drop_pending(part);
+    if (seek_to < 0)
+        return; /* nothing dispatched or queued: the position is right */
+    kafka_seek(part, seek_to);
+    klog(strstr(why, "skipped") ? KLOG_DEBUG : KLOG_INFO,
+         "pipeline=%s topic=%s partition=%d rewound to offset=%lld "
+         "(acked=%lld): %s",
+         part->pl->cfg->name, part->topic, part->partition, (long long)seek_to,
+         (long long)part->off.acked, why);
+}
+
+void dispatch_rewind_part(kh_part *part, const char *why) {
+    rewind_to(part, offsets_rewind_all(&part->off), why);
+}
+
+/* ---- sending ---- */
+
+kh_worker *dispatch_owner(kh_part *part) {
+    kh_pipeline_rt *pl = part->pl;
+    if (part->owner < 0 || part->owner >= pl->n_workers)
+        return NULL;
+    return &pl->workers[part->owner];
+}
+
+void dispatch_send_partition_event(kh_part *part, kh_frame_type type) {
+    kh_worker *w = dispatch_owner(part);
+    if (!w || (w->state != KH_W_READY && w->state != KH_W_STOPPING))
+        return;
+    size_t start = tr_frame_begin(&w->conn.out, type);
+    tr_put_str(&w->conn.out, part->topic);
+    tr_put_i32(&w->conn.out, part->partition);
+    tr_frame_end(&w->conn.out, start);
+    if (conn_flush(&w->conn) == 1 && w->io_src)
+        sd_event_source_set_io_events(w->io_src, EPOLLIN | EPOLLOUT);
+}
+
+static bool dispatchable(const kh_part *part, int64_t now) {
+    return part->assigned && !part->held && part->pend_len &&
+           !(part->pause & (KH_PAUSE_FAILED | KH_PAUSE_SHUTDOWN)) &&
+           now >= part->retry_at_ms &&
+           offsets_outstanding(&part->off) < KH_MAX_UNACKED;
+}
+
+/* Fill one MESSAGES frame for `w`; returns the number of messages. */
+static size_t fill_frame(kh_pipeline_rt *pl, kh_worker *w, int64_t now) {
+    kh_buf *b = &w->conn.out;
+    size_t start = tr_frame_begin(b, KH_F_MESSAGES);
+    size_t count_pos = b->len;
+    tr_put_u32(b, 0);
+    size_t n = 0, bytes = 0;
+    for (size_t k = 0; k < pl->n_parts; k++) {
+        kh_part *part = pl->parts[(w->rr + k) % pl->n_parts];
+        if (part->owner != w->index || !dispatchable(part, now))
+            continue;
+        while (part->pend_len && n < KH_BATCH_MAX &&
+               w->inflight + n < KH_MAX_INFLIGHT &&
+               (n == 0 || bytes < KH_BATCH_BYTES)) {
+            rd_kafka_message_t *m = pend_pop(part);
+            uint32_t attempt = offsets_plan(&part->off, m->offset);
+            if (attempt == 0) {
+                /* Acked before a rewind: Kafka sent it again, we do not. */
+                offsets_skip(&part->off, m->offset);
+                rd_kafka_message_destroy(m);
+                continue;
+            }
+            uint64_t seq = offsets_dispatch(&part->off, m->offset, attempt);
+            tr_put_kafka_message(b, kh_token_make(part->slot, seq), attempt, m);
+            bytes += m->len + m->key_len;
+            n++;
+            rd_kafka_message_destroy(m);
+        }
+        if (part->pend_len < KH_PENDING_LOW)
+            kafka_pause(part, KH_PAUSE_FLOW, false);
+        if (offsets_outstanding(&part->off) >= KH_MAX_UNACKED)
+            kafka_pause(part, KH_PAUSE_UNACKED, true);
+        if (n >= KH_BATCH_MAX || bytes >= KH_BATCH_BYTES)
+            break;
+    }
+    w->rr++;
+    if (!n) {
+        b->len = start; /* nothing to send: take the empty frame back */
+        return 0;
+    }
+    tr_patch_u32(b, count_pos, (uint32_t)n);
+    tr_frame_end(b, start);
+    w->inflight += n;
+    return n;
+}
+
+void dispatch_pump(kh_pipeline_rt *pl) {
+    if (pl->failed)
+        return;
+    int64_t now = kh_now_ms();
+    for (int i = 0; i < pl->n_workers; i++) {
+        kh_worker *w = &pl->workers[i];
+        if (w->state != KH_W_READY)
+            continue;
+        while (w->inflight < KH_MAX_INFLIGHT &&
+               buf_pending(&w->conn.out) < KH_OUTBUF_MAX &&
+               fill_frame(pl, w, now) > 0)
+            ;
+        if (buf_pending(&w->conn.out) && conn_flush(&w->conn) == 1)
+            sd_event_source_set_io_events(w->io_src, EPOLLIN | EPOLLOUT);
+    }
+    dispatch_store_dirty(pl);
+}
+
+/* ---- receiving ---- */
+
+static bool lie(kh_worker *w, const char *what) {
+    w->pl->lies++;
+    supervisor_kill(w, what);
+    return false;
+}
+
+/* Find the ledger entry a token names, as seen from worker w. */
+static kh_lookup lookup(kh_worker *w, uint64_t token, kh_part **part,
+                        kh_entry **e) {
+    uint32_t slot = kh_token_slot(token);
+    if (slot >= w->pl->n_parts)
+        return KH_LOOKUP_LIE;
+    *part = w->pl->parts[slot];
+    if (!(*part)->assigned || (*part)->owner != w->index) {
+        /* Revoked or moved since: an answer from the old epoch. */
+        return KH_LOOKUP_STALE;
+    }
+    return offsets_find(&(*part)->off, kh_token_seq(token), e);
+}
+
+static int64_t retry_delay_ms(uint32_t attempt) {
+    int shift = attempt > 1 ? (int)attempt - 1 : 0;
+    if (shift > 6)
+        shift = 6;
+    return 100LL << shift; /* 100 ms, 200 ms ... 6.4 s */
+}
+
+static void stop_partition_after(kh_worker *w, kh_part *part, uint64_t seq,
+                                 uint8_t result) {
+    kh_entry *e;
+    offsets_find(&part->off, seq, &e);
+    int64_t offset = e->offset;
+    uint32_t attempt = e->attempt;
+    /* The worker skips the rest of this partition until it sees RESUME,
+     * so nothing later is handled before the message is redelivered. */
+    rewind_to(part, offsets_rewind(&part->off, seq, KH_BUMP_FIRST),
+              result == KHOST_RETRY ? "handler asked for a retry"
+                                    : "handler failed the message");
+    dispatch_send_partition_event(part, KH_F_RESUME);
+    if (result == KHOST_RETRY) {
+        w->pl->retries++;
+        int64_t delay = retry_delay_ms(attempt);
+        part->retry_at_ms = kh_now_ms() + delay;
+        klog_warn("pipeline=%s topic=%s partition=%d offset=%lld: handler "
+                  "asked for a retry (attempt %u); redelivering in %lld ms",
+                  w->pl->cfg->name, part->topic, part->partition,
+                  (long long)offset, attempt, (long long)delay);
+    } else {
+        w->pl->failures++;
+        part->held = true;
+        kafka_pause(part, KH_PAUSE_FAILED, true);
+        klog_error("pipeline=%s topic=%s partition=%d offset=%lld: handler "
+                   "failed the message (attempt %u); the partition is held "
+                   "at this offset, other partitions go on",
+                   w->pl->cfg->name, part->topic, part->partition,
+                   (long long)offset, attempt);
+    }
+}
+
+static bool handle_results(kh_worker *w, kh_reader *r) {
+    uint32_t n = tr_get_u32(r);
+    if (r->error || n > w->inflight)
+        return lie(w, "sent more results than it had messages in flight");
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t token = tr_get_u64(r);
+        uint8_t result = tr_get_u8(r);
+        if (r->error)
+            return lie(w, "sent a truncated RESULTS frame");
+        w->inflight--;
+        kh_part *part = NULL;
+        kh_entry *e = NULL;
+        kh_lookup found = lookup(w, token, &part, &e);
+        if (found == KH_LOOKUP_LIE)
+            return lie(w, "sent a result for a message it was never given");
+        if (found == KH_LOOKUP_STALE)
+            continue;
+        if (e->state != KH_ENTRY_INFLIGHT)
+            return lie(w, "sent a second result for one message");
+        switch (result) {
+        case KHOST_ACK:
+            e->state = KH_ENTRY_ACKED;
+            w->pl->handled++;
+            w->pl->acked_count++;
+            break;
+        case KHOST_DEFERRED:
+            e->state = KH_ENTRY_DEFERRED;
+            w->pl->handled++;
+            break;
+        case KHOST_RETRY:
+        case KHOST_FAIL:
+            w->pl->handled++;
+            stop_partition_after(w, part, kh_token_seq(token), result);
+            break;
+        case KH_RESULT_SKIPPED:
+            /* Not handled (a drain, or a hold the worker keeps): the
+             * message and everything after it come again, in order. A
+             * worker that skips everything only starves itself. */
+            rewind_to(
+                part,
+                offsets_rewind(&part->off, kh_token_seq(token), KH_BUMP_NONE),
+                "worker skipped it (drain or hold)");
+            dispatch_send_partition_event(part, KH_F_RESUME);
+            break;
+        default:
+            return lie(w, "sent an unknown result code");
+        }
+    }
+    if (r->left)
+        return lie(w, "sent trailing bytes after its results");
+    return true;
+}
+
+static bool handle_acks(kh_worker *w, kh_reader *r) {
+    uint32_t n = tr_get_u32(r);
+    uint32_t stale = 0;
+    for (uint32_t i = 0; i < n && !r->error; i++) {
+        uint64_t token = tr_get_u64(r);
+        if (r->error)
+            break;
+        kh_part *part = NULL;
+        kh_entry *e = NULL;
+        kh_lookup found = lookup(w, token, &part, &e);
+        if (found == KH_LOOKUP_LIE)
+            return lie(w, "acked a message it was never given");
+        if (found == KH_LOOKUP_STALE) {
+            stale++; /* revoked or rewound since: fenced */
+            continue;
+        }
+        if (e->state != KH_ENTRY_DEFERRED)
+            return lie(w, "acked a message that was not deferred");
+        e->state = KH_ENTRY_ACKED;
+        w->pl->acked_count++;
+    }
+    if (r->error || r->left)
+        return lie(w, "sent a malformed ACKS frame");
+    if (stale)
+        klog_info("pipeline=%s worker=%d: ignored %u ack(s) for messages "
+                  "revoked or rewound since they were dispatched",
+                  w->pl->cfg->name, w->index, stale);
+    return true;
+}
+
+static bool handle_frame(kh_worker *w, uint16_t type, kh_reader *r) {
+    size_t len1, len2;
+    const uint8_t *s1, *s2;
+    switch (type) {
+    case KH_F_READY:
+        s1 = tr_get_str(r, &len1);
+        s2 = tr_get_str(r, &len2);
+        if (r->error || w->state != KH_W_STARTING)
+            return lie(w, "sent an unexpected READY frame");
+        char name[128], version[64];
+        snprintf(name, sizeof name, "%.*s", (int)len1, (const char *)s1);
+        snprintf(version, sizeof version, "%.*s", (int)len2, (const char *)s2);
+        supervisor_worker_ready(w, name, version);
+        return true;
+    case KH_F_INIT_FAILED:
+        s1 = tr_get_str(r, &len1);
+        if (r->error)
+            return lie(w, "sent a malformed INIT_FAILED frame");
+        snprintf(w->init_error, sizeof w->init_error, "%.*s", (int)len1,
+                 (const char *)s1);
+        return true;
+    case KH_F_RESULTS:
+        if (w->state != KH_W_READY && w->state != KH_W_STOPPING)
+            return lie(w, "sent results before READY");
+        return handle_results(w, r);
+    case KH_F_ACKS:
+        return handle_acks(w, r);
+    default:
+        return lie(w, "sent an unknown frame type");
+    }
+}
+
+int dispatch_read(kh_worker *w) {
+    if (w->conn.fd < 0)
+        return -1;
+    bool closed = false;
+    /* Bounded so one chatty worker cannot starve the loop. */
+    for (int round = 0; round < 64; round++) {
+        long got = conn_fill(&w->conn);
+        if (got == -EAGAIN)
+            break;
+        if (got <= 0) {
+            closed = true;
+            break;
+        }
+        uint16_t type;
+        kh_reader r;
+        int rc;
+        while ((rc = conn_next_frame(&w->conn, &type, &r)) == 1)
+            if (!handle_frame(w, type, &r))
+                return -1;
+        if (rc < 0) {
+            lie(w, "sent an oversized or malformed frame");
+            return -1;
+        }
+    }
+    dispatch_store_dirty(w->pl);
+    if (closed) {
+        /* The exit itself arrives through the pidfd. */
+        if (w->io_src)
+            sd_event_source_set_enabled(w->io_src, SD_EVENT_OFF);
+        return -1;
+    }
+    return 0;
+}
+
+void dispatch_store_dirty(kh_pipeline_rt *pl) {
+    for (size_t i = 0; i < pl->n_parts; i++) {
+        kh_part *part = pl->parts[i];
+        if (!part->assigned)
+            continue;
+        if (offsets_advance(&part->off) || part->off.acked + 1 != part->stored)
+            kafka_store(part);
+        if (offsets_outstanding(&part->off) < KH_MAX_UNACKED / 2)
+            kafka_pause(part, KH_PAUSE_UNACKED, false);
+    }
+}
+
+static bool unsettled(kh_part *part) {
+    offsets_advance(&part->off);
+    return part->assigned && offsets_outstanding(&part->off) > 0;
+}
+
+void dispatch_drain(kh_pipeline_rt *pl, kh_part **parts, size_t n,
+                    int64_t deadline_ms) {
+    /* Ask the owners to skip what they have not started: the wait is then
+     * for the calls in progress, not for whole in-flight windows. */
+    for (size_t i = 0; i < n; i++) {
+        kh_worker *w = dispatch_owner(parts[i]);
+        if (w && w->status)
+            status_set_drain(w->status, true);
+    }
+    for (;;) {
+        bool busy = false;
+        for (size_t i = 0; i < n && !busy; i++) {
+            kh_worker *w = dispatch_owner(parts[i]);
+            busy = unsettled(parts[i]) && w &&
+                   (w->state == KH_W_READY || w->state == KH_W_STOPPING);
+        }
+        int64_t left = deadline_ms - kh_now_ms();
+        if (!busy || left <= 0 || host_check_signals(pl->host))
+            break;
+        struct pollfd fds[64];
+        kh_worker *who[64];
+        int nfds = 0;
+        for (int i = 0; i < pl->n_workers && nfds < 64; i++) {
+            kh_worker *w = &pl->workers[i];
+            if (w->conn.fd < 0 ||
+                (w->state != KH_W_READY && w->state != KH_W_STOPPING))
+                continue;
+            fds[nfds] = (struct pollfd){
+                .fd = w->conn.fd,
+                .events = POLLIN | (buf_pending(&w->conn.out) ? POLLOUT : 0)};
+            who[nfds++] = w;
+        }
+        if (!nfds)
+            break;
+        if (poll(fds, (nfds_t)nfds, left < 50 ? (int)left : 50) < 0 &&
+            errno != EINTR)
+            break;
+        for (int i = 0; i < nfds; i++) {
+            if (fds[i].revents & POLLOUT)
+                conn_flush(&who[i]->conn);
+            if (fds[i].revents & (POLLIN | POLLHUP | POLLERR))
+                if (dispatch_read(who[i]) < 0)
+                    who[i]->state = KH_W_STARTING; /* gone: stop waiting */
+        }
+    }
+    dispatch_store_dirty(pl);
+}
+
+void dispatch_end_drain(kh_pipeline_rt *pl) {
+    for (int i = 0; i < pl->n_workers; i++)
+        if (pl->workers[i].status)
+            status_set_drain(pl->workers[i].status, false);
+}

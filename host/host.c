@@ -1,0 +1,340 @@
+/*
+ * host: the daemon. One sd-event loop drives everything: the consumer
+ * queues' wake pipes, worker channels and pidfds, timers and signals.
+ *
+ * Shutdown order (first SIGTERM/SIGINT): stop fetching, drain in-flight
+ * results (bounded by shutdown_timeout_ms), commit synchronously, send
+ * SHUTDOWN so every worker runs terminate, then close the consumer, which
+ * leaves the group. A second signal exits at once; the workers die with
+ * the host through PR_SET_PDEATHSIG.
+ */
+#define _GNU_SOURCE
+#include "host.h"
+
+#include "log.h"
+#include "runtime.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#define KH_TICK_MS 50
+#define KH_REPORT_MS 2000
+
+static void host_shutdown(kh_host *host);
+
+bool host_check_signals(kh_host *host) {
+    struct signalfd_siginfo si;
+    while (read(host->signal_fd, &si, sizeof si) == sizeof si) {
+        if (si.ssi_signo == SIGHUP) {
+            klog_warn("SIGHUP received: reload is not supported yet; ignored");
+            continue;
+        }
+        if (host->shutting_down) {
+            klog_warn("second %s received: exiting at once without draining",
+                      strsignal((int)si.ssi_signo));
+            _exit(1);
+        }
+    }
+    return false;
+}
+
+static int on_signal(sd_event_source *s, int fd, uint32_t revents, void *ud) {
+    kh_host *host = ud;
+    (void)s;
+    (void)revents;
+    struct signalfd_siginfo si;
+    while (read(fd, &si, sizeof si) == sizeof si) {
+        if (si.ssi_signo == SIGHUP) {
+            klog_warn("SIGHUP received: reload is not supported yet; ignored");
+            continue;
+        }
+        if (host->shutting_down) {
+            klog_warn("second %s received: exiting at once without draining",
+                      strsignal((int)si.ssi_signo));
+            _exit(1);
+        }
+        klog_info("%s received: draining and shutting down (a second signal "
+                  "exits at once)",
+                  strsignal((int)si.ssi_signo));
+        host_shutdown(host);
+        sd_event_exit(host->ev, host->exit_code);
+        return 0;
+    }
+    return 0;
+}
+
+static int on_exit_request(sd_event_source *s, void *ud) {
+    kh_host *host = ud;
+    sd_event_source_disable_unref(s);
+    host_shutdown(host);
+    sd_event_exit(host->ev, host->exit_code);
+    return 0;
+}
+
+void host_request_exit(kh_host *host, int code) {
+    host->exit_code = code;
+    sd_event_add_defer(host->ev, NULL, on_exit_request, host);
+}
+
+static int on_tick(sd_event_source *s, uint64_t usec, void *ud) {
+    kh_host *host = ud;
+    int64_t now = kh_now_ms();
+    for (size_t i = 0; i < host->n_pipelines; i++) {
+        kh_pipeline_rt *pl = &host->pipelines[i];
+        supervisor_check_hangs(pl, now);
+        /* Retry backoffs expire here, and librdkafka events that arrive
+         * while its queue is not empty are picked up. */
+        kafka_poll(pl);
+    }
+    sd_event_source_set_time(s, usec + KH_TICK_MS * 1000);
+    sd_event_source_set_enabled(s, SD_EVENT_ON);
+    return 0;
+}
+
+static int on_report(sd_event_source *s, uint64_t usec, void *ud) {
+    kh_host *host = ud;
+    for (size_t i = 0; i < host->n_pipelines; i++) {
+        kh_pipeline_rt *pl = &host->pipelines[i];
+        if (pl->handled == pl->reported_handled)
+            continue;
+        int assigned = 0;
+        for (size_t p = 0; p < pl->n_parts; p++)
+            assigned += pl->parts[p]->assigned;
+        klog_info("pipeline=%s progress: handled=%llu (+%llu) acked=%llu "
+                  "crashes=%llu restarts=%llu retries=%llu failed=%llu "
+                  "partitions=%d",
+                  pl->cfg->name, (unsigned long long)pl->handled,
+                  (unsigned long long)(pl->handled - pl->reported_handled),
+                  (unsigned long long)pl->acked_count,
+                  (unsigned long long)pl->crashes,
+                  (unsigned long long)pl->restarts_total,
+                  (unsigned long long)pl->retries,
+                  (unsigned long long)pl->failures, assigned);
+        pl->reported_handled = pl->handled;
+    }
+    sd_event_source_set_time(s, usec + KH_REPORT_MS * 1000);
+    sd_event_source_set_enabled(s, SD_EVENT_ON);
+    return 0;
+}
+
+/* Produce `count` messages into every topic of the config, spread over
+ * its partitions, so the demo and quick trials have data to consume. */
+static int seed_topics(kh_host *host) {
+    const kh_config *cfg = host->cfg;
+    char errstr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", host->bootstraps, errstr,
+                      sizeof errstr);
+    rd_kafka_conf_set(conf, "linger.ms", "5", errstr, sizeof errstr);
+    rd_kafka_t *rk =
+        rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (!rk) {
+        klog_error("mock seeding: cannot create producer: %s", errstr);
+        return -1;
+    }
+    for (size_t p = 0; p < cfg->n_pipelines; p++) {
+        for (size_t t = 0; t < cfg->pipelines[p].n_topics; t++) {
+            const char *topic = cfg->pipelines[p].topics[t];
+            for (int i = 0; i < cfg->mock_seed; i++) {
+                char key[32], value[128];
+                snprintf(key, sizeof key, "key-%d", i);
+                snprintf(value, sizeof value, "seed message %d of %d", i,
+                         cfg->mock_seed);
+                rd_kafka_resp_err_t e;
+                while ((e = rd_kafka_producev(
+                            rk, RD_KAFKA_V_TOPIC(topic),
+                            RD_KAFKA_V_PARTITION(i % cfg->mock_partitions),
+                            RD_KAFKA_V_KEY(key, strlen(key)),
+                            RD_KAFKA_V_VALUE(value, strlen(value)),
+                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                            RD_KAFKA_V_HEADER("seeded-by", "khost", 5),
+                            RD_KAFKA_V_END)) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+                    rd_kafka_poll(rk, 10);
+                if (e) {
+                    klog_error("mock seeding: produce to %s: %s", topic,
+                               rd_kafka_err2str(e));
+                    rd_kafka_destroy(rk);
+                    return -1;
+                }
+            }
+            klog_info("mock cluster: seeded topic=%s with %d messages over %d "
+                      "partitions",
+                      topic, cfg->mock_seed, cfg->mock_partitions);
+        }
+    }
+    rd_kafka_resp_err_t e = rd_kafka_flush(rk, 30000);
+    rd_kafka_destroy(rk);
+    if (e) {
+        klog_error("mock seeding: flush: %s", rd_kafka_err2str(e));
+        return -1;
+    }
+    return 0;
+}
+
+static int start_mock(kh_host *host) {
+    const kh_config *cfg = host->cfg;
+    char err[512];
+    if (mock_cluster_start(&host->mock, cfg->mock_brokers, err, sizeof err)) {
+        klog_error("%s", err);
+        return -1;
+    }
+    host->has_mock = true;
+    host->bootstraps = strdup(mock_cluster_bootstraps(&host->mock));
+    for (size_t p = 0; p < cfg->n_pipelines; p++)
+        for (size_t t = 0; t < cfg->pipelines[p].n_topics; t++)
+            if (mock_cluster_create_topic(
+                    &host->mock, cfg->pipelines[p].topics[t],
+                    cfg->mock_partitions, err, sizeof err)) {
+                klog_error("%s", err);
+                return -1;
+            }
+    klog_info("embedded mock cluster: %d broker(s) at %s, %d partitions per "
+              "topic",
+              cfg->mock_brokers, host->bootstraps, cfg->mock_partitions);
+    return cfg->mock_seed > 0 ? seed_topics(host) : 0;
+}
+
+static void host_shutdown(kh_host *host) {
+    if (host->shutting_down)
+        return;
+    host->shutting_down = true;
+    for (size_t i = 0; i < host->n_pipelines; i++) {
+        kh_pipeline_rt *pl = &host->pipelines[i];
+        if (!pl->rk)
+            continue;
+        pl->stopping = true;
+        int64_t deadline = kh_now_ms() + pl->cfg->shutdown_timeout_ms;
+        for (size_t p = 0; p < pl->n_parts; p++) {
+            kh_part *part = pl->parts[p];
+            if (!part->assigned)
+                continue;
+            kafka_pause(part, KH_PAUSE_SHUTDOWN, true);
+            dispatch_drop_pending(part);
+        }
+        dispatch_drain(pl, pl->parts, pl->n_parts, deadline);
+        kafka_commit_sync(pl, NULL, 0);
+        /* terminate gets at least a second even if the drain used it all. */
+        int64_t stop_by =
+            deadline > kh_now_ms() + 1000 ? deadline : kh_now_ms() + 1000;
+        supervisor_stop_all(pl, stop_by);
+        kafka_pipeline_close(pl);
+        klog_info("pipeline=%s stopped: handled=%llu crashes=%llu "
+                  "restarts=%llu",
+                  pl->cfg->name, (unsigned long long)pl->handled,
+                  (unsigned long long)pl->crashes,
+                  (unsigned long long)pl->restarts_total);
+    }
+}
+
+static void host_free(kh_host *host) {
+    for (size_t i = 0; i < host->n_pipelines; i++) {
+        kh_pipeline_rt *pl = &host->pipelines[i];
+        kafka_pipeline_close(pl);
+        for (size_t p = 0; p < pl->n_parts; p++) {
+            dispatch_drop_pending(pl->parts[p]);
+            free(pl->parts[p]->pend);
+            offsets_free(&pl->parts[p]->off);
+            free(pl->parts[p]->topic);
+            free(pl->parts[p]);
+        }
+        free(pl->parts);
+        for (int w = 0; w < pl->n_workers; w++)
+            pl->workers[w].restart_timer =
+                sd_event_source_disable_unref(pl->workers[w].restart_timer);
+        free(pl->workers);
+        free(pl->restarts);
+    }
+    free(host->pipelines);
+    host->signal_src = sd_event_source_disable_unref(host->signal_src);
+    host->hang_timer = sd_event_source_disable_unref(host->hang_timer);
+    host->report_timer = sd_event_source_disable_unref(host->report_timer);
+    if (host->signal_fd >= 0)
+        close(host->signal_fd);
+    sd_event_unref(host->ev);
+    if (host->has_mock)
+        mock_cluster_stop(&host->mock);
+    if (host->has_mock)
+        free(host->bootstraps);
+}
+
+int host_run(const kh_config *cfg) {
+    kh_host host = {.cfg = cfg, .signal_fd = -1};
+    int rc = 1;
+
+    /* Block before librdkafka starts threads, so that they inherit the
+     * mask: signals then only reach our signalfd, and SIGCHLD stays
+     * blocked as sd-event's child sources require. */
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    sigaddset(&mask, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    sigdelset(&mask, SIGCHLD);
+    host.signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (host.signal_fd < 0 || sd_event_new(&host.ev) < 0) {
+        klog_error("cannot set up the event loop: %s", strerror(errno));
+        goto out;
+    }
+    if (cfg->mock_brokers > 0) {
+        if (start_mock(&host) != 0)
+            goto out;
+    } else {
+        host.bootstraps = cfg->brokers;
+    }
+
+    host.pipelines = calloc(cfg->n_pipelines, sizeof *host.pipelines);
+    host.n_pipelines = cfg->n_pipelines;
+    for (size_t i = 0; i < cfg->n_pipelines; i++) {
+        kh_pipeline_rt *pl = &host.pipelines[i];
+        pl->host = &host;
+        pl->cfg = &cfg->pipelines[i];
+        pl->wake_fd[0] = pl->wake_fd[1] = -1;
+        char err[1024];
+        if (kafka_pipeline_start(pl, err, sizeof err) != 0) {
+            klog_error("pipeline=%s: %s", pl->cfg->name, err);
+            goto out;
+        }
+        if (supervisor_start(pl) != 0) {
+            klog_error("pipeline=%s: cannot start workers", pl->cfg->name);
+            goto out;
+        }
+        klog_info("pipeline=%s: group=%s, %zu topic(s), %d worker(s), "
+                  "plugin %s",
+                  pl->cfg->name, pl->cfg->group, pl->cfg->n_topics,
+                  pl->cfg->workers, pl->cfg->plugin_path);
+    }
+
+    sd_event_add_io(host.ev, &host.signal_src, host.signal_fd, EPOLLIN,
+                    on_signal, &host);
+    uint64_t now;
+    sd_event_now(host.ev, CLOCK_MONOTONIC, &now);
+    sd_event_add_time(host.ev, &host.hang_timer, CLOCK_MONOTONIC,
+                      now + KH_TICK_MS * 1000, 5000, on_tick, &host);
+    sd_event_source_set_enabled(host.hang_timer, SD_EVENT_ON);
+    sd_event_add_time(host.ev, &host.report_timer, CLOCK_MONOTONIC,
+                      now + KH_REPORT_MS * 1000, 100000, on_report, &host);
+    sd_event_source_set_enabled(host.report_timer, SD_EVENT_ON);
+    klog_info("khost %s running %zu pipeline(s), pid %d, brokers %s",
+              KHOST_VERSION, cfg->n_pipelines, (int)getpid(), host.bootstraps);
+    rc = sd_event_loop(host.ev);
+    if (rc < 0) {
+        klog_error("event loop failed: %s", strerror(-rc));
+        rc = 1;
+    }
+    host_shutdown(&host);
+    klog_info("khost stopped (exit status %d)", rc);
+
+out:
+    if (rc != 0 && !host.shutting_down && host.ev)
+        host_shutdown(&host);
+    host_free(&host);
+    return rc;
+}

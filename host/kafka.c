@@ -1,0 +1,493 @@
+/*
+ * kafka: one librdkafka consumer per pipeline, joined to its group.
+ *
+ * The consumer queue wakes the event loop through a pipe
+ * (rd_kafka_queue_io_event_enable), so the host never blocks in a poll
+ * call and a slow handler can never push it past max.poll.interval.ms.
+ *
+ * Offsets: enable.auto.offset.store is off; the host stores acked + 1 of
+ * each partition's contiguous watermark and librdkafka's auto-commit
+ * commits what was stored. Revoke and shutdown commit synchronously.
+ *
+ * Rebalances: eager assignors use rd_kafka_assign; with the COOPERATIVE
+ * protocol (cooperative-sticky) the incremental calls are required. Note
+ * that librdkafka 1.6.0-2.6.0, Debian 12's 2.0.2 included, has a known
+ * infinite-loop bug in cooperative-sticky (confluentinc/librdkafka#4783);
+ * the default range/roundrobin assignors are the safe choice.
+ */
+#define _GNU_SOURCE
+#include "log.h"
+#include "runtime.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define KH_POLL_BUDGET 8192
+#define KH_REVOKE_DRAIN_MAX_MS 5000
+
+kh_part *pipeline_part(kh_pipeline_rt *pl, const char *topic, int32_t p,
+                       bool create) {
+    for (size_t i = 0; i < pl->n_parts; i++)
+        if (pl->parts[i]->partition == p && !strcmp(pl->parts[i]->topic, topic))
+            return pl->parts[i];
+    if (!create)
+        return NULL;
+    if (pl->n_parts == pl->cap_parts) {
+        pl->cap_parts = pl->cap_parts ? pl->cap_parts * 2 : 16;
+        pl->parts = realloc(pl->parts, pl->cap_parts * sizeof *pl->parts);
+        if (!pl->parts)
+            abort();
+    }
+    kh_part *part = calloc(1, sizeof *part);
+    if (!part)
+        abort();
+    part->pl = pl;
+    part->topic = strdup(topic);
+    part->partition = p;
+    part->slot = (uint32_t)pl->n_parts;
+    part->owner = -1;
+    part->stored = -1;
+    part->committed = -1;
+    offsets_init(&part->off);
+    pl->parts[pl->n_parts++] = part;
+    return part;
+}
+
+static rd_kafka_topic_partition_list_t *one_partition(kh_part *part) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, part->topic, part->partition);
+    return l;
+}
+
+void kafka_pause(kh_part *part, unsigned reason, bool on) {
+    unsigned old = part->pause;
+    part->pause = on ? old | reason : old & ~reason;
+    if (!part->assigned || !old == !part->pause)
+        return;
+    rd_kafka_topic_partition_list_t *l = one_partition(part);
+    rd_kafka_resp_err_t e = part->pause
+                                ? rd_kafka_pause_partitions(part->pl->rk, l)
+                                : rd_kafka_resume_partitions(part->pl->rk, l);
+    if (e)
+        klog_warn("pipeline=%s topic=%s partition=%d: %s failed: %s",
+                  part->pl->cfg->name, part->topic, part->partition,
+                  part->pause ? "pause" : "resume", rd_kafka_err2str(e));
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+void kafka_seek(kh_part *part, int64_t offset) {
+    rd_kafka_topic_partition_list_t *l = one_partition(part);
+    l->elems[0].offset = offset;
+    rd_kafka_error_t *error = rd_kafka_seek_partitions(part->pl->rk, l, 2000);
+    if (error) {
+        klog_error("pipeline=%s topic=%s partition=%d: seek to offset=%lld "
+                   "failed: %s",
+                   part->pl->cfg->name, part->topic, part->partition,
+                   (long long)offset, rd_kafka_error_string(error));
+        rd_kafka_error_destroy(error);
+    } else if (l->elems[0].err) {
+        klog_error("pipeline=%s topic=%s partition=%d: seek to offset=%lld "
+                   "failed: %s",
+                   part->pl->cfg->name, part->topic, part->partition,
+                   (long long)offset, rd_kafka_err2str(l->elems[0].err));
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+void kafka_store(kh_part *part) {
+    if (part->off.acked < 0 || part->off.acked + 1 == part->stored)
+        return;
+    rd_kafka_topic_partition_list_t *l = one_partition(part);
+    l->elems[0].offset = part->off.acked + 1;
+    rd_kafka_resp_err_t e = rd_kafka_offsets_store(part->pl->rk, l);
+    if (!e)
+        e = l->elems[0].err;
+    if (e)
+        klog_warn("pipeline=%s topic=%s partition=%d: storing offset=%lld "
+                  "failed: %s",
+                  part->pl->cfg->name, part->topic, part->partition,
+                  (long long)part->off.acked + 1, rd_kafka_err2str(e));
+    else
+        part->stored = part->off.acked + 1;
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* One line per commit that moved something, e.g.
+ * "pipeline=demo committed offsets: demo[0]=751 demo[1]=749". */
+static void log_committed(kh_pipeline_rt *pl,
+                          const rd_kafka_topic_partition_list_t *offsets,
+                          const char *how) {
+    char line[1024];
+    size_t used = 0;
+    int moved = 0;
+    for (int i = 0; i < offsets->cnt; i++) {
+        const rd_kafka_topic_partition_t *tp = &offsets->elems[i];
+        kh_part *part = pipeline_part(pl, tp->topic, tp->partition, false);
+        if (tp->err || tp->offset < 0 || !part || part->committed == tp->offset)
+            continue;
+        part->committed = tp->offset;
+        moved++;
+        int n = snprintf(line + used, sizeof line - used, " %s[%d]=%lld",
+                         tp->topic, tp->partition, (long long)tp->offset);
+        if (n > 0 && (size_t)n < sizeof line - used)
+            used += (size_t)n;
+    }
+    if (moved)
+        klog_info("pipeline=%s committed offsets (%s):%s", pl->cfg->name, how,
+                  line);
+}
+
+void kafka_commit_sync(kh_pipeline_rt *pl, kh_part **parts, size_t n) {
+    if (!parts) {
+        parts = pl->parts;
+        n = pl->n_parts;
+    }
+    rd_kafka_topic_partition_list_t *l =
+        rd_kafka_topic_partition_list_new((int)n ? (int)n : 1);
+    for (size_t i = 0; i < n; i++) {
+        kh_part *part = parts[i];
+        offsets_advance(&part->off);
+        if (!part->assigned || part->off.acked < 0)
+            continue;
+        rd_kafka_topic_partition_list_add(l, part->topic, part->partition)
+            ->offset = part->off.acked + 1;
+    }
+    if (l->cnt) {
+        rd_kafka_resp_err_t e = rd_kafka_commit(pl->rk, l, 0 /* sync */);
+        if (e)
+            klog_warn("pipeline=%s synchronous commit failed: %s",
+                      pl->cfg->name, rd_kafka_err2str(e));
+        else
+            log_committed(pl, l, "sync");
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                      rd_kafka_topic_partition_list_t *offsets, void *opaque) {
+    kh_pipeline_rt *pl = opaque;
+    (void)rk;
+    if (err == RD_KAFKA_RESP_ERR__NO_OFFSET)
+        return; /* nothing new to commit */
+    if (err) {
+        klog_warn("pipeline=%s offset commit failed: %s (will retry)",
+                  pl->cfg->name, rd_kafka_err2str(err));
+        return;
+    }
+    if (offsets)
+        log_committed(pl, offsets, "auto");
+}
+
+static void on_error(rd_kafka_t *rk, int err, const char *reason,
+                     void *opaque) {
+    kh_pipeline_rt *pl = opaque;
+    (void)rk;
+    klog_warn("pipeline=%s kafka: %s: %s", pl->cfg->name,
+              rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+}
+
+static void on_log(const rd_kafka_t *rk, int level, const char *fac,
+                   const char *buf) {
+    kh_pipeline_rt *pl = rd_kafka_opaque(rk);
+    klog(level <= 3   ? KLOG_ERROR
+         : level <= 4 ? KLOG_WARN
+                      : KLOG_DEBUG,
+         "pipeline=%s librdkafka %s: %s", pl ? pl->cfg->name : "?", fac, buf);
+}
+
+static void describe_list(const rd_kafka_topic_partition_list_t *l, char *buf,
+                          size_t len) {
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < l->cnt; i++) {
+        int n = snprintf(buf + used, len - used, "%s%s[%d]", i ? " " : "",
+                         l->elems[i].topic, l->elems[i].partition);
+        if (n < 0 || (size_t)n >= len - used)
+            break;
+        used += (size_t)n;
+    }
+}
+
+static void on_assign(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
+                      bool cooperative) {
+    pl->rebalances++;
+    for (int i = 0; i < l->cnt; i++) {
+        kh_part *part =
+            pipeline_part(pl, l->elems[i].topic, l->elems[i].partition, true);
+        offsets_reset(&part->off);
+        part->assigned = true;
+        part->owner = supervisor_assign_owner(pl);
+        part->pause = 0;
+        part->held = false;
+        part->retry_at_ms = 0;
+        part->stored = -1;
+        part->committed = -1;
+    }
+    rd_kafka_error_t *error = NULL;
+    rd_kafka_resp_err_t e = 0;
+    if (cooperative)
+        error = rd_kafka_incremental_assign(pl->rk, l);
+    else
+        e = rd_kafka_assign(pl->rk, l);
+    if (error) {
+        klog_error("pipeline=%s assign failed: %s", pl->cfg->name,
+                   rd_kafka_error_string(error));
+        rd_kafka_error_destroy(error);
+    } else if (e) {
+        klog_error("pipeline=%s assign failed: %s", pl->cfg->name,
+                   rd_kafka_err2str(e));
+    }
+    char desc[1024];
+    describe_list(l, desc, sizeof desc);
+    klog_info("pipeline=%s rebalance #%llu: assigned %d partition(s): %s",
+              pl->cfg->name, (unsigned long long)pl->rebalances, l->cnt, desc);
+    for (int i = 0; i < l->cnt; i++) {
+        kh_part *part =
+            pipeline_part(pl, l->elems[i].topic, l->elems[i].partition, false);
+        kh_worker *w = dispatch_owner(part);
+        if (pl->failed)
+            kafka_pause(part, KH_PAUSE_FAILED, true);
+        else if (w->state != KH_W_READY)
+            kafka_pause(part, KH_PAUSE_WORKER, true);
+        else
+            dispatch_send_partition_event(part, KH_F_ASSIGN);
+    }
+}
+
+static void release_part(kh_part *part) {
+    kh_pipeline_rt *pl = part->pl;
+    size_t left = offsets_outstanding(&part->off);
+    if (left)
+        klog_warn("pipeline=%s topic=%s partition=%d released at acked "
+                  "offset=%lld with %zu message(s) after it not committed; "
+                  "the next owner starts after the acked offset",
+                  pl->cfg->name, part->topic, part->partition,
+                  (long long)part->off.acked, left);
+    kh_worker *w = dispatch_owner(part);
+    if (w)
+        w->n_parts--;
+    part->assigned = false;
+    part->owner = -1;
+    part->pause = 0;
+    part->held = false;
+    /* Answers still on their way carry old seqs: reset fences them. */
+    offsets_reset(&part->off);
+}
+
+static void on_revoke(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
+                      bool cooperative) {
+    kh_part **parts = calloc((size_t)l->cnt + 1, sizeof *parts);
+    size_t n = 0;
+    for (int i = 0; i < l->cnt; i++) {
+        kh_part *part =
+            pipeline_part(pl, l->elems[i].topic, l->elems[i].partition, false);
+        if (part && part->assigned) {
+            parts[n++] = part;
+            dispatch_drop_pending(part);
+        }
+    }
+    /* REVOKE goes out first so the plugin's on_revoke, its last chance to
+     * ack deferred messages, runs while those acks can still count. */
+    for (size_t i = 0; i < n; i++)
+        dispatch_send_partition_event(parts[i], KH_F_REVOKE);
+    int bound = pl->cfg->shutdown_timeout_ms < KH_REVOKE_DRAIN_MAX_MS
+                    ? pl->cfg->shutdown_timeout_ms
+                    : KH_REVOKE_DRAIN_MAX_MS;
+    dispatch_drain(pl, parts, n, kh_now_ms() + bound);
+    kafka_commit_sync(pl, parts, n);
+    for (size_t i = 0; i < n; i++)
+        release_part(parts[i]);
+    dispatch_end_drain(pl);
+    free(parts);
+    char desc[1024];
+    describe_list(l, desc, sizeof desc);
+    klog_info("pipeline=%s rebalance: revoked %d partition(s): %s",
+              pl->cfg->name, l->cnt, desc);
+    if (cooperative) {
+        rd_kafka_error_t *error = rd_kafka_incremental_unassign(pl->rk, l);
+        if (error)
+            rd_kafka_error_destroy(error);
+    } else {
+        rd_kafka_assign(pl->rk, NULL);
+    }
+}
+
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *l, void *opaque) {
+    kh_pipeline_rt *pl = opaque;
+    bool cooperative = !strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE");
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        on_assign(pl, l, cooperative);
+    } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
+        on_revoke(pl, l, cooperative);
+    } else {
+        klog_error("pipeline=%s rebalance error: %s", pl->cfg->name,
+                   rd_kafka_err2str(err));
+        if (cooperative)
+            rd_kafka_error_destroy(rd_kafka_incremental_unassign(rk, l));
+        else
+            rd_kafka_assign(rk, NULL);
+    }
+}
+
+static kh_part *part_of(kh_pipeline_rt *pl, const rd_kafka_message_t *m) {
+    kh_part *c = pl->last_part;
+    if (c && c->partition == m->partition &&
+        !strcmp(c->topic, rd_kafka_topic_name(m->rkt)))
+        return c;
+    c = pipeline_part(pl, rd_kafka_topic_name(m->rkt), m->partition, false);
+    if (c)
+        pl->last_part = c;
+    return c;
+}
+
+void kafka_poll(kh_pipeline_rt *pl) {
+    if (!pl->rk)
+        return;
+    int budget = KH_POLL_BUDGET;
+    rd_kafka_message_t *m;
+    while (budget-- > 0 && (m = rd_kafka_consumer_poll(pl->rk, 0))) {
+        if (m->err) {
+            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                klog_warn("pipeline=%s consume error%s%s: %s", pl->cfg->name,
+                          m->rkt ? " on topic " : "",
+                          m->rkt ? rd_kafka_topic_name(m->rkt) : "",
+                          rd_kafka_message_errstr(m));
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        kh_part *part = part_of(pl, m);
+        if (!part || !part->assigned || pl->stopping) {
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        dispatch_enqueue(part, m);
+    }
+    dispatch_pump(pl);
+    /* The wake pipe only fires when the queue turns non-empty; if the
+     * budget ran out, come back on the next loop iteration. */
+    if (budget < 0 && pl->defer_src)
+        sd_event_source_set_enabled(pl->defer_src, SD_EVENT_ONESHOT);
+}
+
+static int on_wake(sd_event_source *s, int fd, uint32_t revents, void *ud) {
+    (void)s;
+    (void)revents;
+    char drain[256];
+    while (read(fd, drain, sizeof drain) > 0)
+        ;
+    kafka_poll(ud);
+    return 0;
+}
+
+static int on_defer(sd_event_source *s, void *ud) {
+    (void)s;
+    kafka_poll(ud);
+    return 0;
+}
+
+static int conf_set(rd_kafka_conf_t *conf, const char *k, const char *v,
+                    char *err, size_t errlen) {
+    char errstr[512];
+    if (rd_kafka_conf_set(conf, k, v, errstr, sizeof errstr) !=
+        RD_KAFKA_CONF_OK) {
+        snprintf(err, errlen, "%s = %s: %s", k, v, errstr);
+        return -1;
+    }
+    return 0;
+}
+
+int kafka_pipeline_start(kh_pipeline_rt *pl, char *err, size_t errlen) {
+    const kh_config *hc = pl->host->cfg;
+    const kh_pipeline *cfg = pl->cfg;
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    char client_id[160];
+    snprintf(client_id, sizeof client_id, "khost-%s", cfg->name);
+    /* khost's defaults first, then [kafka], then [pipeline.NAME.kafka]. */
+    if (conf_set(conf, "bootstrap.servers", pl->host->bootstraps, err,
+                 errlen) ||
+        conf_set(conf, "group.id", cfg->group, err, errlen) ||
+        conf_set(conf, "client.id", client_id, err, errlen) ||
+        conf_set(conf, "enable.auto.offset.store", "false", err, errlen) ||
+        conf_set(conf, "auto.commit.interval.ms", "1000", err, errlen) ||
+        conf_set(conf, "auto.offset.reset", "earliest", err, errlen))
+        goto error;
+    for (size_t i = 0; i < hc->n_kafka; i++)
+        if (conf_set(conf, hc->kafka[i].key, hc->kafka[i].value, err, errlen))
+            goto error;
+    for (size_t i = 0; i < cfg->n_kafka; i++)
+        if (conf_set(conf, cfg->kafka[i].key, cfg->kafka[i].value, err, errlen))
+            goto error;
+    rd_kafka_conf_set_opaque(conf, pl);
+    rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
+    rd_kafka_conf_set_offset_commit_cb(conf, on_commit);
+    rd_kafka_conf_set_error_cb(conf, on_error);
+    rd_kafka_conf_set_log_cb(conf, on_log);
+
+    char errstr[512];
+    pl->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+    if (!pl->rk) {
+        snprintf(err, errlen, "cannot create consumer: %s", errstr);
+        conf = NULL; /* rd_kafka_new frees it on failure? no: see below */
+        return -1;
+    }
+    conf = NULL; /* owned by rk now */
+    rd_kafka_poll_set_consumer(pl->rk);
+
+    rd_kafka_topic_partition_list_t *topics =
+        rd_kafka_topic_partition_list_new((int)cfg->n_topics);
+    for (size_t i = 0; i < cfg->n_topics; i++)
+        rd_kafka_topic_partition_list_add(topics, cfg->topics[i],
+                                          RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t e = rd_kafka_subscribe(pl->rk, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (e) {
+        snprintf(err, errlen, "cannot subscribe: %s", rd_kafka_err2str(e));
+        return -1;
+    }
+
+    if (pipe2(pl->wake_fd, O_NONBLOCK | O_CLOEXEC) != 0) {
+        snprintf(err, errlen, "pipe: %s", strerror(errno));
+        return -1;
+    }
+    pl->queue = rd_kafka_queue_get_consumer(pl->rk);
+    rd_kafka_queue_io_event_enable(pl->queue, pl->wake_fd[1], "1", 1);
+    sd_event_add_io(pl->host->ev, &pl->wake_src, pl->wake_fd[0], EPOLLIN,
+                    on_wake, pl);
+    sd_event_add_defer(pl->host->ev, &pl->defer_src, on_defer, pl);
+    sd_event_source_set_enabled(pl->defer_src, SD_EVENT_ONESHOT);
+    return 0;
+
+error:
+    rd_kafka_conf_destroy(conf);
+    return -1;
+}
+
+void kafka_pipeline_close(kh_pipeline_rt *pl) {
+    if (!pl->rk)
+        return;
+    /* Leaves the group; the revoke callback commits what is acked. */
+    rd_kafka_resp_err_t e = rd_kafka_consumer_close(pl->rk);
+    if (e)
+        klog_warn("pipeline=%s leaving the group: %s", pl->cfg->name,
+                  rd_kafka_err2str(e));
+    for (size_t i = 0; i < pl->n_parts; i++)
+        dispatch_drop_pending(pl->parts[i]);
+    if (pl->queue) {
+        rd_kafka_queue_io_event_enable(pl->queue, -1, NULL, 0);
+        rd_kafka_queue_destroy(pl->queue);
+        pl->queue = NULL;
+    }
+    rd_kafka_destroy(pl->rk);
+    pl->rk = NULL;
+    pl->wake_src = sd_event_source_disable_unref(pl->wake_src);
+    pl->defer_src = sd_event_source_disable_unref(pl->defer_src);
+    for (int i = 0; i < 2; i++)
+        if (pl->wake_fd[i] >= 0)
+            close(pl->wake_fd[i]);
+    pl->wake_fd[0] = pl->wake_fd[1] = -1;
+}

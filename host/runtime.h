@@ -1,0 +1,182 @@
+/*
+ * runtime: the state the host's modules share while running.
+ *
+ *   host.c        event loop, signals, mock cluster, shutdown order
+ *   kafka.c       one consumer per pipeline: poll, rebalance, commit
+ *   dispatch.c    pending queues -> worker frames; results -> offsets
+ *   supervisor.c  worker processes: spawn, crash, backoff, hang, limits
+ *   offsets.c     the per-partition dispatch/ack ledger
+ *
+ * Everything runs on the host's single event-loop thread; librdkafka's
+ * own threads never call into this code except through rd_kafka_*_poll,
+ * which the loop calls.
+ */
+#ifndef KHOST_RUNTIME_H
+#define KHOST_RUNTIME_H
+
+#include "config.h"
+#include "mock_cluster.h"
+#include "offsets.h"
+#include "transport.h"
+
+#include <librdkafka/rdkafka.h>
+#include <stdbool.h>
+#include <sys/types.h>
+#include <systemd/sd-event.h>
+
+/* Flow-control bounds. A worker never has more than KH_MAX_INFLIGHT
+ * messages without a result; a partition's host-side queue of polled but
+ * undispatched messages pauses fetching above KH_PENDING_HIGH and resumes
+ * below KH_PENDING_LOW, so host memory stays bounded whatever a handler
+ * does. Deferred-but-unacked messages pause at KH_MAX_UNACKED. */
+#define KH_MAX_INFLIGHT 4096
+#define KH_BATCH_MAX 512
+#define KH_BATCH_BYTES (1u << 20)
+#define KH_OUTBUF_MAX (8u << 20)
+#define KH_PENDING_HIGH 4096
+#define KH_PENDING_LOW 1024
+#define KH_MAX_UNACKED 100000
+
+typedef struct kh_host kh_host;
+typedef struct kh_pipeline_rt kh_pipeline_rt;
+
+typedef enum kh_worker_state {
+    KH_W_STOPPED = 0,
+    KH_W_STARTING, /* spawned, INIT sent, waiting for READY */
+    KH_W_READY,
+    KH_W_BACKOFF,  /* dead, restart timer armed */
+    KH_W_STOPPING, /* SHUTDOWN sent */
+} kh_worker_state;
+
+typedef struct kh_worker {
+    kh_pipeline_rt *pl;
+    int index;
+    kh_worker_state state;
+    pid_t pid;
+    kh_conn conn;
+    sd_event_source *io_src;
+    sd_event_source *child_src;
+    sd_event_source *restart_timer;
+    kh_worker_status *status; /* shared page, read-only for the host */
+    size_t inflight;          /* messages sent without a result */
+    int n_parts;              /* partitions owned */
+    unsigned rr;              /* round-robin start among owned parts */
+    int consecutive_crashes;
+    int64_t spawned_ms;
+    char kill_reason[160]; /* why the host killed it, for the crash log */
+    char init_error[512];  /* INIT_FAILED text */
+    char plugin_version[64];
+} kh_worker;
+
+/* Why fetching of a partition is paused; paused while any bit is set. */
+enum {
+    KH_PAUSE_FLOW = 1 << 0,     /* host-side queue too long */
+    KH_PAUSE_WORKER = 1 << 1,   /* owner not ready (starting, restarting) */
+    KH_PAUSE_FAILED = 1 << 2,   /* pipeline failed, or a message failed */
+    KH_PAUSE_UNACKED = 1 << 3,  /* too many deferred acks outstanding */
+    KH_PAUSE_SHUTDOWN = 1 << 4, /* draining for shutdown */
+};
+
+typedef struct kh_part {
+    kh_pipeline_rt *pl;
+    char *topic;
+    int32_t partition;
+    uint32_t slot; /* index in pl->parts; encoded in tokens */
+    bool assigned;
+    int owner; /* worker index, -1 when unassigned */
+    kh_offsets off;
+    rd_kafka_message_t **pend; /* ring of polled, undispatched messages */
+    size_t pend_head, pend_len, pend_cap;
+    unsigned pause;      /* KH_PAUSE_* bits as last told to librdkafka */
+    int64_t retry_at_ms; /* no dispatch before this (retry backoff) */
+    bool held;           /* stopped at a failed message */
+    int64_t stored;      /* last offset handed to offsets_store, -1 none */
+    int64_t committed;   /* last committed offset seen, -1 none */
+} kh_part;
+
+struct kh_pipeline_rt {
+    kh_host *host;
+    const kh_pipeline *cfg;
+    rd_kafka_t *rk;
+    rd_kafka_queue_t *queue;
+    int wake_fd[2]; /* librdkafka writes here when its queue fills */
+    sd_event_source *wake_src;
+    sd_event_source *defer_src; /* keeps polling while the budget ran out */
+    kh_worker *workers;
+    int n_workers;
+    kh_part **parts;
+    size_t n_parts, cap_parts;
+    kh_part *last_part; /* lookup cache: messages come in runs */
+    bool failed;        /* restart intensity exceeded */
+    bool stopping;
+    int64_t *restarts; /* ring of restart times for the intensity check */
+    size_t n_restarts;
+    /* counters (the metrics endpoint will expose them) */
+    uint64_t handled, acked_count, crashes, restarts_total, rebalances;
+    uint64_t retries, failures, lies;
+    uint64_t reported_handled;
+};
+
+struct kh_host {
+    sd_event *ev;
+    const kh_config *cfg;
+    kh_pipeline_rt *pipelines;
+    size_t n_pipelines;
+    kh_mock mock;
+    bool has_mock;
+    char *bootstraps;
+    int signal_fd;
+    bool shutting_down;
+    int exit_code;
+    sd_event_source *signal_src, *hang_timer, *report_timer;
+};
+
+/* ---- kafka.c ---- */
+int kafka_pipeline_start(kh_pipeline_rt *pl, char *err, size_t errlen);
+void kafka_poll(kh_pipeline_rt *pl);
+void kafka_pause(kh_part *part, unsigned reason, bool on);
+void kafka_seek(kh_part *part, int64_t offset);
+void kafka_store(kh_part *part);
+/* Synchronous commit of the given parts' watermarks (all when NULL). */
+void kafka_commit_sync(kh_pipeline_rt *pl, kh_part **parts, size_t n);
+void kafka_pipeline_close(kh_pipeline_rt *pl);
+kh_part *pipeline_part(kh_pipeline_rt *pl, const char *topic, int32_t p,
+                       bool create);
+
+/* ---- dispatch.c ---- */
+void dispatch_pump(kh_pipeline_rt *pl);
+void dispatch_enqueue(kh_part *part, rd_kafka_message_t *m);
+void dispatch_drop_pending(kh_part *part);
+/* Rewind a partition to its watermark, dropping what is queued. */
+void dispatch_rewind_part(kh_part *part, const char *why);
+/* Read and handle what a worker sent. Returns -1 when the channel is
+ * closed or the worker misbehaved (it has then been killed). */
+int dispatch_read(kh_worker *w);
+/* Wait up to deadline_ms for in-flight results of `parts`, pumping the
+ * worker channels directly (used inside rebalance and shutdown). */
+void dispatch_drain(kh_pipeline_rt *pl, kh_part **parts, size_t n,
+                    int64_t deadline_ms);
+/* Clear the drain flags dispatch_drain raised on the pipeline's workers. */
+void dispatch_end_drain(kh_pipeline_rt *pl);
+/* ASSIGN, REVOKE or RESUME to the partition's owner, if it is up. */
+void dispatch_send_partition_event(kh_part *part, kh_frame_type type);
+kh_worker *dispatch_owner(kh_part *part);
+void dispatch_store_dirty(kh_pipeline_rt *pl);
+
+/* ---- supervisor.c ---- */
+int supervisor_start(kh_pipeline_rt *pl);
+void supervisor_worker_ready(kh_worker *w, const char *name,
+                             const char *version);
+void supervisor_kill(kh_worker *w, const char *reason);
+void supervisor_check_hangs(kh_pipeline_rt *pl, int64_t now_ms);
+/* Pick the worker that owns a newly assigned partition. */
+int supervisor_assign_owner(kh_pipeline_rt *pl);
+/* SHUTDOWN every worker and wait (bounded) for them to exit. */
+void supervisor_stop_all(kh_pipeline_rt *pl, int64_t deadline_ms);
+
+/* ---- host.c ---- */
+/* True when a second SIGTERM/SIGINT arrived: stop waiting at once. */
+bool host_check_signals(kh_host *host);
+void host_request_exit(kh_host *host, int code);
+
+#endif

@@ -1,0 +1,480 @@
+/*
+ * supervisor: worker processes of a pipeline, started, watched, restarted.
+ *
+ * A worker is `khost worker` exec'd by posix_spawn (librdkafka's threads
+ * do not survive a bare fork). Its death is seen at once through a pidfd
+ * in the event loop. A crash costs that worker's partitions a rewind to
+ * their acked watermark and the worker a restart after an exponential,
+ * jittered backoff; group membership is never touched.
+ *
+ * The restart limit follows the reference (Elsa's supervisor): more than
+ * max_restarts within max_seconds marks the pipeline failed. The backoff
+ * is capped at KH_BACKOFF_MAX_MS so that a worker crashing on every start
+ * still reaches that limit (30 restarts in 5 s) instead of crawling on.
+ */
+#define _GNU_SOURCE
+#include "log.h"
+#include "runtime.h"
+#include "worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/pidfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define KH_BACKOFF_BASE_MS 10
+#define KH_BACKOFF_MAX_MS 100
+#define KH_STATUS_PAGE 4096
+
+extern char **environ;
+
+static int worker_spawn(kh_worker *w);
+
+static void send_init(kh_worker *w) {
+    const kh_pipeline *cfg = w->pl->cfg;
+    kh_buf *b = &w->conn.out;
+    size_t start = tr_frame_begin(b, KH_F_INIT);
+    tr_put_str(b, cfg->name);
+    tr_put_u32(b, (uint32_t)w->index);
+    tr_put_str(b, cfg->plugin_path);
+    tr_put_u32(b, (uint32_t)cfg->tick_interval_ms);
+    tr_put_u32(b, (uint32_t)cfg->n_config);
+    for (size_t i = 0; i < cfg->n_config; i++) {
+        tr_put_str(b, cfg->config[i].key);
+        tr_put_str(b, cfg->config[i].value);
+    }
+    tr_frame_end(b, start);
+}
+
+static int on_worker_io(sd_event_source *s, int fd, uint32_t revents,
+                        void *userdata) {
+    kh_worker *w = userdata;
+    (void)s;
+    (void)fd;
+    if (revents & EPOLLOUT) {
+        int rc = conn_flush(&w->conn);
+        if (rc == 0)
+            sd_event_source_set_io_events(w->io_src, EPOLLIN);
+    }
+    if (revents & (EPOLLIN | EPOLLHUP | EPOLLERR))
+        dispatch_read(w);
+    dispatch_pump(w->pl);
+    return 0;
+}
+
+static void release_process(kh_worker *w) {
+    w->io_src = sd_event_source_disable_unref(w->io_src);
+    w->child_src = sd_event_source_disable_unref(w->child_src);
+    conn_close(&w->conn);
+    if (w->status) {
+        munmap(w->status, KH_STATUS_PAGE);
+        w->status = NULL;
+    }
+    w->inflight = 0;
+    w->pid = 0;
+}
+
+static void describe_exit(const siginfo_t *si, char *buf, size_t len) {
+    if (si->si_code == CLD_EXITED)
+        snprintf(buf, len, "exited with status %d", si->si_status);
+    else
+        /* sigabbrev_np gives "SEGV"; operators grep for "SIGSEGV". */
+        snprintf(buf, len, "killed by SIG%s%s",
+                 sigabbrev_np(si->si_status) ? sigabbrev_np(si->si_status)
+                                             : "?",
+                 si->si_code == CLD_DUMPED ? " (core dumped)" : "");
+}
+
+/* Which message was the worker handling? That is the crash's suspect. */
+static void describe_suspect(kh_worker *w, char *buf, size_t len) {
+    uint64_t token;
+    uint32_t count;
+    int64_t started;
+    snprintf(buf, len, "between messages");
+    if (!w->status)
+        return;
+    status_read(w->status, &token, &count, &started);
+    if (!started)
+        return;
+    uint32_t slot = kh_token_slot(token);
+    if (slot >= w->pl->n_parts)
+        return;
+    kh_part *part = w->pl->parts[slot];
+    kh_entry *e;
+    if (offsets_find(&part->off, kh_token_seq(token), &e) != KH_LOOKUP_OK)
+        return;
+    snprintf(buf, len, "while handling %s partition=%d offset=%lld%s",
+             part->topic, part->partition, (long long)e->offset,
+             count > 1 ? " (first of a batch)" : "");
+}
+
+static bool intensity_exceeded(kh_pipeline_rt *pl, int64_t now) {
+    const kh_pipeline *cfg = pl->cfg;
+    size_t cap = (size_t)cfg->max_restarts + 1;
+    /* Keep the last max_restarts+1 restart times; the limit is exceeded
+     * when the oldest of them is still inside the window. */
+    if (pl->n_restarts < cap) {
+        pl->restarts[pl->n_restarts++] = now;
+        return pl->n_restarts == cap &&
+               now - pl->restarts[0] <= cfg->max_seconds * 1000LL;
+    }
+    memmove(pl->restarts, pl->restarts + 1, (cap - 1) * sizeof *pl->restarts);
+    pl->restarts[cap - 1] = now;
+    return now - pl->restarts[0] <= cfg->max_seconds * 1000LL;
+}
+
+static void pipeline_fail(kh_pipeline_rt *pl) {
+    pl->failed = true;
+    klog_error("pipeline=%s FAILED: more than %d worker restarts within %d s; "
+               "its partitions stay paused and nothing past the acked "
+               "offsets is committed (on_exhausted=%s)",
+               pl->cfg->name, pl->cfg->max_restarts, pl->cfg->max_seconds,
+               pl->cfg->on_exhausted == KH_ON_EXHAUSTED_EXIT ? "exit"
+                                                             : "pause");
+    for (size_t i = 0; i < pl->n_parts; i++)
+        if (pl->parts[i]->assigned)
+            kafka_pause(pl->parts[i], KH_PAUSE_FAILED, true);
+    if (pl->cfg->on_exhausted == KH_ON_EXHAUSTED_EXIT)
+        host_request_exit(pl->host, 1);
+}
+
+static int on_restart_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+    kh_worker *w = userdata;
+    (void)s;
+    (void)usec;
+    w->restart_timer = sd_event_source_disable_unref(w->restart_timer);
+    if (w->pl->failed || w->pl->stopping || w->pl->host->shutting_down)
+        return 0;
+    if (worker_spawn(w) != 0)
+        klog_error("pipeline=%s worker=%d: restart failed; retrying",
+                   w->pl->cfg->name, w->index);
+    return 0;
+}
+
+static void schedule_restart(kh_worker *w) {
+    int shift = w->consecutive_crashes < 8 ? w->consecutive_crashes : 8;
+    int64_t delay = (int64_t)KH_BACKOFF_BASE_MS << shift;
+    if (delay > KH_BACKOFF_MAX_MS)
+        delay = KH_BACKOFF_MAX_MS;
+    /* Jitter of +-25% keeps workers that died together from restarting in
+     * lockstep. */
+    delay = delay * (75 + rand() % 51) / 100;
+    w->consecutive_crashes++;
+    w->state = KH_W_BACKOFF;
+    uint64_t now;
+    sd_event_now(w->pl->host->ev, CLOCK_MONOTONIC, &now);
+    sd_event_add_time(w->pl->host->ev, &w->restart_timer, CLOCK_MONOTONIC,
+                      now + (uint64_t)delay * 1000, 1000, on_restart_timer, w);
+    klog_info("pipeline=%s worker=%d restarting in %lld ms (restart %llu)",
+              w->pl->cfg->name, w->index, (long long)delay,
+              (unsigned long long)w->pl->restarts_total);
+}
+
+static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
+                          void *userdata) {
+    kh_worker *w = userdata;
+    kh_pipeline_rt *pl = w->pl;
+    (void)s;
+    char how[96], suspect[256];
+    describe_exit(si, how, sizeof how);
+    describe_suspect(w, suspect, sizeof suspect);
+    pid_t pid = w->pid;
+    bool orderly = w->state == KH_W_STOPPING && si->si_code == CLD_EXITED &&
+                   si->si_status == 0;
+    /* Read what it managed to send before dying: acks count. */
+    if (w->state == KH_W_READY || w->state == KH_W_STOPPING)
+        dispatch_read(w);
+    release_process(w);
+    if (orderly || pl->stopping || pl->host->shutting_down) {
+        w->state = KH_W_STOPPED;
+        klog_info("pipeline=%s worker=%d pid=%d %s", pl->cfg->name, w->index,
+                  (int)pid, how);
+        return 0;
+    }
+    pl->crashes++;
+    if (si->si_code == CLD_EXITED && si->si_status == KH_EXIT_INIT_FAILED)
+        klog_error("pipeline=%s worker=%d pid=%d plugin failed to start: %s",
+                   pl->cfg->name, w->index, (int)pid,
+                   w->init_error[0] ? w->init_error : "(no reason given)");
+    else
+        klog_error("pipeline=%s worker=%d pid=%d crashed: %s %s%s%s",
+                   pl->cfg->name, w->index, (int)pid, how, suspect,
+                   w->kill_reason[0] ? "; " : "", w->kill_reason);
+    w->kill_reason[0] = '\0';
+    w->init_error[0] = '\0';
+
+    /* Every partition it owned goes back to its acked watermark and
+     * waits for the replacement. */
+    for (size_t i = 0; i < pl->n_parts; i++) {
+        kh_part *part = pl->parts[i];
+        if (!part->assigned || part->owner != w->index)
+            continue;
+        kafka_pause(part, KH_PAUSE_WORKER, true);
+        dispatch_rewind_part(part, "worker crashed");
+    }
+    dispatch_store_dirty(pl);
+
+    int64_t now = kh_now_ms();
+    /* A worker that ran well for a whole window starts a fresh backoff. */
+    if (now - w->spawned_ms > pl->cfg->max_seconds * 1000LL)
+        w->consecutive_crashes = 0;
+    if (intensity_exceeded(pl, now)) {
+        w->state = KH_W_STOPPED;
+        pipeline_fail(pl);
+        return 0;
+    }
+    pl->restarts_total++;
+    schedule_restart(w);
+    return 0;
+}
+
+static int worker_spawn(kh_worker *w) {
+    kh_pipeline_rt *pl = w->pl;
+    int sv[2] = {-1, -1};
+    int memfd = -1;
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    bool fa_ok = false, attr_ok = false;
+
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+        goto error;
+    /* Larger socket buffers let a whole batch sit in the kernel. */
+    int sz = 4 << 20;
+    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+    setsockopt(sv[0], SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
+    memfd = memfd_create("khost-worker-status", MFD_CLOEXEC);
+    if (memfd < 0 || ftruncate(memfd, KH_STATUS_PAGE) != 0)
+        goto error;
+    w->status = mmap(NULL, KH_STATUS_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+                     memfd, 0);
+    if (w->status == MAP_FAILED) {
+        w->status = NULL;
+        goto error;
+    }
+
+    posix_spawn_file_actions_init(&fa);
+    fa_ok = true;
+    posix_spawn_file_actions_adddup2(&fa, sv[1], KH_WORKER_CHANNEL_FD);
+    posix_spawn_file_actions_adddup2(&fa, memfd, KH_WORKER_STATUS_FD);
+    posix_spawnattr_init(&attr);
+    attr_ok = true;
+    /* The host blocks its signals for sd-event; the worker starts clean. */
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &all);
+    posix_spawnattr_setflags(&attr,
+                             POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+
+    char host_pid[32], tag[160];
+    snprintf(host_pid, sizeof host_pid, "%d", (int)getpid());
+    snprintf(tag, sizeof tag, "worker %s/%d", pl->cfg->name, w->index);
+    char *argv[] = {"khost", "worker", "--host-pid", host_pid,
+                    "--tag", tag,      NULL};
+    pid_t pid;
+    int rc = posix_spawn(&pid, "/proc/self/exe", &fa, &attr, argv, environ);
+    if (rc != 0) {
+        errno = rc;
+        goto error;
+    }
+    close(sv[1]);
+    sv[1] = -1;
+    close(memfd);
+    memfd = -1;
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    fa_ok = attr_ok = false;
+
+    int pidfd = pidfd_open(pid, 0);
+    if (pidfd < 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        goto error;
+    }
+    w->pid = pid;
+    w->spawned_ms = kh_now_ms();
+    w->inflight = 0;
+    w->kill_reason[0] = '\0';
+    w->init_error[0] = '\0';
+    conn_init(&w->conn, sv[0], KH_FRAME_MAX_FROM_WORKER);
+    sv[0] = -1;
+    sd_event_add_child_pidfd(pl->host->ev, &w->child_src, pidfd, WEXITED,
+                             on_worker_exit, w);
+    sd_event_source_set_child_pidfd_own(w->child_src, 1);
+    sd_event_add_io(pl->host->ev, &w->io_src, w->conn.fd, EPOLLIN, on_worker_io,
+                    w);
+    w->state = KH_W_STARTING;
+    send_init(w);
+    if (conn_flush(&w->conn) == 1)
+        sd_event_source_set_io_events(w->io_src, EPOLLIN | EPOLLOUT);
+    klog_debug("pipeline=%s worker=%d started pid=%d", pl->cfg->name, w->index,
+               (int)pid);
+    return 0;
+
+error:
+    klog_error("pipeline=%s worker=%d: cannot start a worker process: %s",
+               pl->cfg->name, w->index, strerror(errno));
+    if (fa_ok)
+        posix_spawn_file_actions_destroy(&fa);
+    if (attr_ok)
+        posix_spawnattr_destroy(&attr);
+    for (int i = 0; i < 2; i++)
+        if (sv[i] >= 0)
+            close(sv[i]);
+    if (memfd >= 0)
+        close(memfd);
+    if (w->status) {
+        munmap(w->status, KH_STATUS_PAGE);
+        w->status = NULL;
+    }
+    schedule_restart(w);
+    return -1;
+}
+
+int supervisor_start(kh_pipeline_rt *pl) {
+    pl->restarts =
+        calloc((size_t)pl->cfg->max_restarts + 1, sizeof *pl->restarts);
+    pl->workers = calloc((size_t)pl->cfg->workers, sizeof *pl->workers);
+    if (!pl->restarts || !pl->workers)
+        return -1;
+    pl->n_workers = pl->cfg->workers;
+    for (int i = 0; i < pl->n_workers; i++) {
+        kh_worker *w = &pl->workers[i];
+        w->pl = pl;
+        w->index = i;
+        w->conn.fd = -1;
+        if (worker_spawn(w) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+void supervisor_worker_ready(kh_worker *w, const char *name,
+                             const char *version) {
+    kh_pipeline_rt *pl = w->pl;
+    w->state = KH_W_READY;
+    snprintf(w->plugin_version, sizeof w->plugin_version, "%s", version);
+    klog_info("pipeline=%s worker=%d pid=%d ready: plugin %s %s", pl->cfg->name,
+              w->index, (int)w->pid, name, version);
+    for (size_t i = 0; i < pl->n_parts; i++) {
+        kh_part *part = pl->parts[i];
+        if (!part->assigned || part->owner != w->index)
+            continue;
+        dispatch_send_partition_event(part, KH_F_ASSIGN);
+        kafka_pause(part, KH_PAUSE_WORKER, false);
+    }
+    dispatch_pump(pl);
+}
+
+void supervisor_kill(kh_worker *w, const char *reason) {
+    if (!w->pid)
+        return;
+    if (!w->kill_reason[0])
+        snprintf(w->kill_reason, sizeof w->kill_reason, "%s", reason);
+    klog_error("pipeline=%s worker=%d pid=%d: %s; killing it", w->pl->cfg->name,
+               w->index, (int)w->pid, reason);
+    /* The pidfd source owns the pid; the pid cannot be reused before we
+     * reap it, so kill() by pid is safe here. */
+    kill(w->pid, SIGKILL);
+    /* Stop reading a worker we no longer believe. */
+    if (w->io_src)
+        sd_event_source_set_enabled(w->io_src, SD_EVENT_OFF);
+    w->state = KH_W_STARTING; /* no more dispatch until it is replaced */
+}
+
+void supervisor_check_hangs(kh_pipeline_rt *pl, int64_t now_ms) {
+    int timeout = pl->cfg->handler_timeout_ms;
+    if (timeout <= 0)
+        return;
+    for (int i = 0; i < pl->n_workers; i++) {
+        kh_worker *w = &pl->workers[i];
+        if (w->state != KH_W_READY || !w->status)
+            continue;
+        uint64_t token;
+        uint32_t count;
+        int64_t started;
+        status_read(w->status, &token, &count, &started);
+        if (!started || now_ms - started <= timeout)
+            continue;
+        char reason[160];
+        snprintf(reason, sizeof reason,
+                 "handler call has run %lld ms, over handler_timeout_ms=%d",
+                 (long long)(now_ms - started), timeout);
+        supervisor_kill(w, reason);
+    }
+}
+
+int supervisor_assign_owner(kh_pipeline_rt *pl) {
+    int best = 0;
+    for (int i = 1; i < pl->n_workers; i++)
+        if (pl->workers[i].n_parts < pl->workers[best].n_parts)
+            best = i;
+    pl->workers[best].n_parts++;
+    return best;
+}
+
+void supervisor_stop_all(kh_pipeline_rt *pl, int64_t deadline_ms) {
+    for (int i = 0; i < pl->n_workers; i++) {
+        kh_worker *w = &pl->workers[i];
+        w->restart_timer = sd_event_source_disable_unref(w->restart_timer);
+        if (!w->pid)
+            continue;
+        if (w->state == KH_W_READY) {
+            size_t start = tr_frame_begin(&w->conn.out, KH_F_SHUTDOWN);
+            tr_frame_end(&w->conn.out, start);
+            w->state = KH_W_STOPPING;
+        }
+    }
+    /* Flush SHUTDOWN frames and wait for the exits, bounded. */
+    for (;;) {
+        int alive = 0;
+        for (int i = 0; i < pl->n_workers; i++) {
+            kh_worker *w = &pl->workers[i];
+            if (!w->pid)
+                continue;
+            if (buf_pending(&w->conn.out))
+                conn_flush(&w->conn);
+            siginfo_t si = {0};
+            int fd = sd_event_source_get_child_pidfd(w->child_src);
+            if (waitid(P_PIDFD, (id_t)fd, &si, WEXITED | WNOHANG) == 0 &&
+                si.si_pid != 0) {
+                char how[96];
+                describe_exit(&si, how, sizeof how);
+                klog_info("pipeline=%s worker=%d pid=%d %s", pl->cfg->name,
+                          w->index, (int)w->pid, how);
+                release_process(w);
+                w->state = KH_W_STOPPED;
+                continue;
+            }
+            alive++;
+        }
+        if (!alive)
+            return;
+        if (kh_now_ms() >= deadline_ms || host_check_signals(pl->host))
+            break;
+        usleep(10 * 1000);
+    }
+    for (int i = 0; i < pl->n_workers; i++) {
+        kh_worker *w = &pl->workers[i];
+        if (!w->pid)
+            continue;
+        klog_warn("pipeline=%s worker=%d pid=%d did not stop in time; "
+                  "killing it",
+                  pl->cfg->name, w->index, (int)w->pid);
+        kill(w->pid, SIGKILL);
+        int fd = sd_event_source_get_child_pidfd(w->child_src);
+        siginfo_t si;
+        waitid(P_PIDFD, (id_t)fd, &si, WEXITED);
+        release_process(w);
+        w->state = KH_W_STOPPED;
+    }
+}
