@@ -27,50 +27,55 @@
 
 static void host_shutdown(kh_host *host);
 
-bool host_check_signals(kh_host *host) {
+/* Read pending signals. SIGHUP is logged and ignored for now; a second
+ * SIGTERM/SIGINT during shutdown exits at once. Returns true when a first
+ * SIGTERM/SIGINT asks for a shutdown. */
+static bool take_signals(kh_host *host) {
     struct signalfd_siginfo si;
+    bool stop = false;
     while (read(host->signal_fd, &si, sizeof si) == sizeof si) {
+        const char *name = strsignal((int)si.ssi_signo);
         if (si.ssi_signo == SIGHUP) {
             klog_warn("SIGHUP received: reload is not supported yet; ignored");
-            continue;
-        }
-        if (host->shutting_down) {
+        } else if (host->shutting_down || host->stop_requested) {
             klog_warn("second %s received: exiting at once without draining",
-                      strsignal((int)si.ssi_signo));
+                      name);
             _exit(1);
+        } else {
+            klog_info("%s received: draining and shutting down (a second "
+                      "signal exits at once)",
+                      name);
+            host->stop_requested = true;
+            stop = true;
         }
     }
-    return false;
+    return stop;
+}
+
+/* Called from bounded waits outside the event loop (drains, worker
+ * stops): a shutdown request ends the wait and runs once it returns. */
+bool host_check_signals(kh_host *host) {
+    if (take_signals(host) && !host->shutting_down)
+        host_request_exit(host, 0);
+    return host->stop_requested;
 }
 
 static int on_signal(sd_event_source *s, int fd, uint32_t revents, void *ud) {
     kh_host *host = ud;
     (void)s;
+    (void)fd;
     (void)revents;
-    struct signalfd_siginfo si;
-    while (read(fd, &si, sizeof si) == sizeof si) {
-        if (si.ssi_signo == SIGHUP) {
-            klog_warn("SIGHUP received: reload is not supported yet; ignored");
-            continue;
-        }
-        if (host->shutting_down) {
-            klog_warn("second %s received: exiting at once without draining",
-                      strsignal((int)si.ssi_signo));
-            _exit(1);
-        }
-        klog_info("%s received: draining and shutting down (a second signal "
-                  "exits at once)",
-                  strsignal((int)si.ssi_signo));
+    if (take_signals(host)) {
         host_shutdown(host);
         sd_event_exit(host->ev, host->exit_code);
-        return 0;
     }
     return 0;
 }
 
 static int on_exit_request(sd_event_source *s, void *ud) {
     kh_host *host = ud;
-    sd_event_source_disable_unref(s);
+    /* A floating source: the loop owns it; just make sure it stays off. */
+    sd_event_source_set_enabled(s, SD_EVENT_OFF);
     host_shutdown(host);
     sd_event_exit(host->ev, host->exit_code);
     return 0;

@@ -432,10 +432,8 @@ int kafka_pipeline_start(kh_pipeline_rt *pl, char *err, size_t errlen) {
     pl->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
     if (!pl->rk) {
         snprintf(err, errlen, "cannot create consumer: %s", errstr);
-        conf = NULL; /* rd_kafka_new frees it on failure? no: see below */
-        return -1;
+        goto error; /* on failure the conf is still ours to free */
     }
-    conf = NULL; /* owned by rk now */
     rd_kafka_poll_set_consumer(pl->rk);
 
     rd_kafka_topic_partition_list_t *topics =

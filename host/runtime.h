@@ -127,6 +127,7 @@ struct kh_host {
     char *bootstraps;
     int signal_fd;
     bool shutting_down;
+    bool stop_requested; /* a first SIGTERM/SIGINT was received */
     int exit_code;
     sd_event_source *signal_src, *hang_timer, *report_timer;
 };

@@ -104,6 +104,10 @@ static void describe_suspect(kh_worker *w, char *buf, size_t len) {
     status_read(w->status, &token, &count, &started);
     if (!started)
         return;
+    if (count == 0) {
+        snprintf(buf, len, "in a tick, assign, revoke or terminate callback");
+        return;
+    }
     uint32_t slot = kh_token_slot(token);
     if (slot >= w->pl->n_parts)
         return;

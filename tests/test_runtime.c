@@ -486,3 +486,93 @@ Test(runtime, broker_down_then_up_resumes_without_loss, .timeout = 120) {
     th_cluster_stop(&c);
     tu_rmdir(dir);
 }
+
+Test(runtime, message_larger_than_a_batch_gets_through, .timeout = 90) {
+    th_cluster c;
+    th_cluster_start(&c, 1);
+    th_create_topic(&c, "big", 1);
+    /* 3 MiB: three times the transport's 1 MiB batch budget. */
+    size_t size = 3u << 20;
+    char *value = malloc(size);
+    for (size_t i = 0; i < size; i++)
+        value[i] = (char)('a' + i % 26);
+    char errstr[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", c.bootstraps, errstr,
+                      sizeof errstr);
+    cr_assert_eq(rd_kafka_conf_set(conf, "message.max.bytes", "10000000",
+                                   errstr, sizeof errstr),
+                 RD_KAFKA_CONF_OK, "%s", errstr);
+    rd_kafka_t *rk =
+        rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    cr_assert_not_null(rk, "%s", errstr);
+    for (int i = 0; i < 3; i++) {
+        const char *small = "small";
+        int big = i == 1;
+        cr_assert_eq(rd_kafka_producev(
+                         rk, RD_KAFKA_V_TOPIC("big"), RD_KAFKA_V_PARTITION(0),
+                         RD_KAFKA_V_VALUE(big ? value : (char *)small,
+                                          big ? size : strlen(small)),
+                         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                         RD_KAFKA_V_END),
+                     0);
+    }
+    cr_assert_eq(rd_kafka_flush(rk, 30000), 0);
+    rd_kafka_destroy(rk);
+
+    char *dir = tu_tmpdir();
+    char *pl = pipeline_ini(dir, "p", "big", 1, NULL, NULL);
+    th_host h;
+    th_host_start(&h, dir, "host", host_ini(&c, NULL, pl));
+    char *rec = record_path(dir, "p");
+    const char *paths[] = {rec};
+    cr_assert(th_wait_distinct(paths, 1, 1, 3, 3, 40000), "%s", th_log(&h));
+    cr_assert(th_wait_committed(&c, "g-p", "big", 1, 3, 20000), "%s",
+              th_log(&h));
+    cr_assert_eq(th_host_stop(&h, SIGTERM, 20000), 0);
+    /* The recorded value is the whole 3 MiB, byte for byte. */
+    size_t len;
+    char *text = tu_read_file(rec, &len);
+    char *start = strstr(text, "\"offset\":1,");
+    cr_assert_not_null(start);
+    char *v = strstr(start, "\"value\":\"");
+    cr_assert_not_null(v);
+    v += strlen("\"value\":\"");
+    cr_assert_eq(memcmp(v, value, size), 0, "value corrupted");
+    cr_assert_eq(v[size], '"', "value not %zu bytes", size);
+    free(text);
+    free(value);
+    th_host_free(&h);
+    th_cluster_stop(&c);
+    tu_rmdir(dir);
+}
+
+Test(runtime, cooperative_sticky_uses_incremental_assign, .timeout = 90) {
+    th_cluster c;
+    th_cluster_start(&c, 1);
+    th_create_topic(&c, "coop", 3);
+    th_produce(&c, "coop", 3, 200, -1, -1, NULL);
+    char *dir = tu_tmpdir();
+    char *pl = pipeline_ini(dir, "p", "coop", 2, NULL, NULL);
+    th_host h;
+    th_host_start(
+        &h, dir, "host",
+        host_ini(&c, "partition.assignment.strategy = cooperative-sticky", pl));
+    char *rec = record_path(dir, "p");
+    const char *paths[] = {rec};
+    cr_assert(th_wait_distinct(paths, 1, 3, 200, 600, 40000), "%s", th_log(&h));
+    cr_assert(th_wait_committed(&c, "g-p", "coop", 3, 200, 20000), "%s",
+              th_log(&h));
+    /* A plain assign() would have been refused under COOPERATIVE. */
+    cr_assert_eq(th_log_count(&h, "assign failed"), 0, "%s", th_log(&h));
+    cr_assert_eq(th_host_stop(&h, SIGTERM, 20000), 0, "%s", th_log(&h));
+    th_ledger l;
+    th_ledger_init(&l, 3, 200);
+    th_ledger_add_file(&l, rec);
+    assert_complete(&l);
+    cr_assert_eq(th_ledger_duplicates(&l), 0);
+    th_ledger_free(&l);
+    th_host_free(&h);
+    th_cluster_stop(&c);
+    tu_rmdir(dir);
+}
