@@ -52,12 +52,16 @@ static bool take_signals(kh_host *host) {
     return stop;
 }
 
-/* Called from bounded waits outside the event loop (drains, worker
- * stops): a shutdown request ends the wait and runs once it returns. */
+/* Called from bounded waits outside the event loop (revoke drains): a
+ * first SIGTERM/SIGINT ends such a wait early, and the shutdown runs once
+ * control is back in the loop. During the shutdown's own waits it returns
+ * false: they are already bounded, and a second signal exits at once. */
 bool host_check_signals(kh_host *host) {
-    if (take_signals(host) && !host->shutting_down)
+    if (take_signals(host) && !host->shutting_down) {
         host_request_exit(host, 0);
-    return host->stop_requested;
+        return true;
+    }
+    return false;
 }
 
 static int on_signal(sd_event_source *s, int fd, uint32_t revents, void *ud) {
