@@ -154,6 +154,7 @@ static void pipeline_free(kh_pipeline *pl) {
         free(pl->topics[i]);
     free(pl->topics);
     free(pl->group);
+    free(pl->dlq_topic);
     free(pl->plugin);
     free(pl->plugin_path);
     kv_free(pl->config, pl->n_config);
@@ -188,6 +189,12 @@ enum pipeline_key {
     PK_SHUTDOWN_TIMEOUT_MS,
     PK_ON_EXHAUSTED,
     PK_TICK_INTERVAL_MS,
+    PK_MAX_ATTEMPTS,
+    PK_RETRY_BACKOFF_MS,
+    PK_RETRY_BACKOFF_MAX_MS,
+    PK_POISON_AFTER,
+    PK_ON_FAILURE,
+    PK_DLQ_TOPIC,
     PK_COUNT
 };
 
@@ -218,6 +225,18 @@ static const struct pipeline_key_info {
     [PK_TICK_INTERVAL_MS] = {"tick_interval_ms", false,
                              offsetof(kh_pipeline, tick_interval_ms), 1000, 0,
                              3600000},
+    [PK_MAX_ATTEMPTS] = {"max_attempts", false,
+                         offsetof(kh_pipeline, max_attempts), 5, 1, 1000000},
+    [PK_RETRY_BACKOFF_MS] = {"retry_backoff_ms", false,
+                             offsetof(kh_pipeline, retry_backoff_ms), 100, 0,
+                             3600000},
+    [PK_RETRY_BACKOFF_MAX_MS] = {"retry_backoff_max_ms", false,
+                                 offsetof(kh_pipeline, retry_backoff_max_ms),
+                                 10000, 0, 86400000},
+    [PK_POISON_AFTER] = {"poison_after", false,
+                         offsetof(kh_pipeline, poison_after), 3, 1, 1000},
+    [PK_ON_FAILURE] = {"on_failure", false, NO_FIELD, 0, 0, 0},
+    [PK_DLQ_TOPIC] = {"dlq_topic", false, NO_FIELD, 0, 0, 0},
 };
 
 /* [host] keys besides brokers: integers, used only with brokers = mock
@@ -477,6 +496,7 @@ static size_t find_or_add_pipeline(parser *p, const char *name) {
             *(int *)((char *)pl + pipeline_keys[k].field) =
                 pipeline_keys[k].def;
     pl->on_exhausted = KH_ON_EXHAUSTED_PAUSE;
+    pl->on_failure = KH_ON_FAILURE_DLQ;
     cfg->n_pipelines = n;
     return n - 1;
 }
@@ -923,6 +943,30 @@ static void on_pipeline_key(parser *p, const char *key, const char *raw) {
     case PK_PLUGIN:
         set_plugin(p, pl, value);
         return;
+    case PK_ON_FAILURE:
+        if (strcmp(value, "dlq") == 0)
+            pl->on_failure = KH_ON_FAILURE_DLQ;
+        else if (strcmp(value, "skip") == 0)
+            pl->on_failure = KH_ON_FAILURE_SKIP;
+        else if (strcmp(value, "pause") == 0)
+            pl->on_failure = KH_ON_FAILURE_PAUSE;
+        else
+            report(p, p->lineno,
+                   "bad value '%s' for 'on_failure' in [%s]: expected dlq, "
+                   "skip or pause",
+                   value, p->section);
+        break;
+    case PK_DLQ_TOPIC:
+        if (!*value || has_space(value)) {
+            report(p, p->lineno,
+                   "bad value '%s' for 'dlq_topic' in [%s]: expected one "
+                   "topic name",
+                   value, p->section);
+            break;
+        }
+        pl->dlq_topic = value;
+        pl->dlq_topic_line = p->lineno;
+        return;
     case PK_ON_EXHAUSTED:
         if (strcmp(value, "pause") == 0)
             pl->on_exhausted = KH_ON_EXHAUSTED_PAUSE;
@@ -1164,6 +1208,40 @@ static void check_complete(parser *p) {
                 report(p, pl->line,
                        "[pipeline.%s] is missing required key '%s'", pl->name,
                        pipeline_keys[k].name);
+        if (pl->retry_backoff_max_ms < pl->retry_backoff_ms)
+            report(p,
+                   ps->key_line[PK_RETRY_BACKOFF_MAX_MS]
+                       ? ps->key_line[PK_RETRY_BACKOFF_MAX_MS]
+                       : ps->key_line[PK_RETRY_BACKOFF_MS],
+                   "retry_backoff_max_ms (%d) of [pipeline.%s] is below "
+                   "retry_backoff_ms (%d)",
+                   pl->retry_backoff_max_ms, pl->name, pl->retry_backoff_ms);
+        /* A dead-letter topic that is also consumed would feed failed
+         * messages straight back into a handler. */
+        for (size_t j = 0; j < cfg->n_pipelines; j++) {
+            kh_pipeline *other = &cfg->pipelines[j];
+            for (size_t t = 0; other->line && t < other->n_topics; t++) {
+                const char *consumed = other->topics[t];
+                if (pl->dlq_topic && !strcmp(pl->dlq_topic, consumed))
+                    report(p, pl->dlq_topic_line,
+                           "dlq_topic '%s' of [pipeline.%s] is consumed by "
+                           "[pipeline.%s]; failed messages would loop back",
+                           pl->dlq_topic, pl->name, other->name);
+                for (size_t u = 0;
+                     !pl->dlq_topic && pl->on_failure == KH_ON_FAILURE_DLQ &&
+                     u < pl->n_topics;
+                     u++) {
+                    size_t n = strlen(pl->topics[u]);
+                    if (!strncmp(consumed, pl->topics[u], n) &&
+                        !strcmp(consumed + n, ".dlq"))
+                        report(p, ps->key_line[PK_TOPICS],
+                               "the default dead-letter topic '%s' of "
+                               "[pipeline.%s] is consumed by [pipeline.%s]; "
+                               "set dlq_topic",
+                               consumed, pl->name, other->name);
+                }
+            }
+        }
         /* Two pipelines in one group would rebalance each other's
          * partitions away; each pipeline is meant to be its own group. */
         for (size_t j = 0; j < i && pl->group; j++) {

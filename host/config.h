@@ -22,6 +22,12 @@ typedef enum kh_on_exhausted {
     KH_ON_EXHAUSTED_EXIT = 1,  /* the whole host exits non-zero */
 } kh_on_exhausted;
 
+typedef enum kh_on_failure {
+    KH_ON_FAILURE_DLQ = 0,   /* produce to the dead-letter topic, then ack */
+    KH_ON_FAILURE_SKIP = 1,  /* log and ack */
+    KH_ON_FAILURE_PAUSE = 2, /* hold the partition at the message */
+} kh_on_failure;
+
 typedef struct kh_pipeline {
     char *name; /* NAME of [pipeline.NAME] */
     int line;   /* line of the section header */
@@ -31,12 +37,19 @@ typedef struct kh_pipeline {
     char *plugin;      /* as written in the file */
     char *plugin_path; /* resolved: relative to the config file's folder */
     int plugin_line;
-    int workers;                  /* default 1, 1..256 */
-    int max_restarts;             /* default 30 */
-    int max_seconds;              /* default 5 */
-    int handler_timeout_ms;       /* default 30000; 0 disables the hang check */
-    int shutdown_timeout_ms;      /* default 10000 */
-    int tick_interval_ms;         /* default 1000; plugin tick, 0 disables */
+    int workers;              /* default 1, 1..256 */
+    int max_restarts;         /* default 30 */
+    int max_seconds;          /* default 5 */
+    int handler_timeout_ms;   /* default 30000; 0 disables the hang check */
+    int shutdown_timeout_ms;  /* default 10000 */
+    int tick_interval_ms;     /* default 1000; plugin tick, 0 disables */
+    int max_attempts;         /* default 5: retry answers before failing */
+    int retry_backoff_ms;     /* default 100: first retry delay */
+    int retry_backoff_max_ms; /* default 10000: retry delay cap */
+    int poison_after;         /* default 3: crashes at one offset = failed */
+    kh_on_failure on_failure; /* default dlq */
+    char *dlq_topic;          /* NULL: "<topic>.dlq" per consumed topic */
+    int dlq_topic_line;
     kh_on_exhausted on_exhausted; /* default pause */
     kh_kv *config; /* [pipeline.NAME.config], for the plugin's init */
     size_t n_config;

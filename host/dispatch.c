@@ -98,7 +98,8 @@ void dispatch_send_partition_event(kh_part *part, kh_frame_type type) {
 
 static bool dispatchable(const kh_part *part, int64_t now) {
     return part->assigned && !part->held && part->pend_len &&
-           !(part->pause & (KH_PAUSE_FAILED | KH_PAUSE_SHUTDOWN)) &&
+           !(part->pause &
+             (KH_PAUSE_FAILED | KH_PAUSE_SHUTDOWN | KH_PAUSE_DLQ)) &&
            now >= part->retry_at_ms &&
            offsets_outstanding(&part->off) < KH_MAX_UNACKED;
 }
@@ -114,9 +115,26 @@ static size_t fill_frame(kh_pipeline_rt *pl, kh_worker *w, int64_t now) {
         kh_part *part = pl->parts[(w->rr + k) % pl->n_parts];
         if (part->owner != w->index || !dispatchable(part, now))
             continue;
+        bool frame_full = false;
         while (part->pend_len && n < KH_BATCH_MAX &&
                w->inflight + n < KH_MAX_INFLIGHT &&
                (n == 0 || bytes < KH_BATCH_BYTES)) {
+            rd_kafka_message_t *head = part->pend[part->pend_head];
+            if (offsets_replay_failed(&part->off, head->offset)) {
+                if (!failure_apply(part))
+                    break; /* held at it (on_failure = pause) */
+                continue;
+            }
+            /* After a crash inside a batch call, messages up to the crash
+             * point go one per frame, so a second crash names its
+             * message exactly (poison detection needs that). */
+            bool isolate = head->offset <= part->isolate_through;
+            if (!isolate)
+                part->isolate_through = -1;
+            else if (n > 0) {
+                frame_full = true;
+                break;
+            }
             rd_kafka_message_t *m = pend_pop(part);
             uint32_t attempt = offsets_plan(&part->off, m->offset);
             if (attempt == 0) {
@@ -130,12 +148,16 @@ static size_t fill_frame(kh_pipeline_rt *pl, kh_worker *w, int64_t now) {
             bytes += m->len + m->key_len;
             n++;
             rd_kafka_message_destroy(m);
+            if (isolate) {
+                frame_full = true;
+                break;
+            }
         }
         if (part->pend_len < KH_PENDING_LOW)
             kafka_pause(part, KH_PAUSE_FLOW, false);
         if (offsets_outstanding(&part->off) >= KH_MAX_UNACKED)
             kafka_pause(part, KH_PAUSE_UNACKED, true);
-        if (n >= KH_BATCH_MAX || bytes >= KH_BATCH_BYTES)
+        if (frame_full || n >= KH_BATCH_MAX || bytes >= KH_BATCH_BYTES)
             break;
     }
     w->rr++;
@@ -189,43 +211,75 @@ static kh_lookup lookup(kh_worker *w, uint64_t token, kh_part **part,
     return offsets_find(&(*part)->off, kh_token_seq(token), e);
 }
 
-static int64_t retry_delay_ms(uint32_t attempt) {
-    int shift = attempt > 1 ? (int)attempt - 1 : 0;
-    if (shift > 6)
-        shift = 6;
-    return 100LL << shift; /* 100 ms, 200 ms ... 6.4 s */
+/* retry_backoff_ms doubling per attempt up to retry_backoff_max_ms, with
+ * +-25% jitter so that retries of many partitions do not line up. */
+static int64_t retry_delay_ms(const kh_pipeline *cfg, uint32_t attempt) {
+    int64_t delay = cfg->retry_backoff_ms;
+    for (uint32_t i = 1; i < attempt && delay < cfg->retry_backoff_max_ms; i++)
+        delay *= 2;
+    if (delay > cfg->retry_backoff_max_ms)
+        delay = cfg->retry_backoff_max_ms;
+    return delay * (75 + rand() % 51) / 100;
 }
 
 static void stop_partition_after(kh_worker *w, kh_part *part, uint64_t seq,
                                  uint8_t result) {
+    const kh_pipeline *cfg = w->pl->cfg;
     kh_entry *e;
     offsets_find(&part->off, seq, &e);
     int64_t offset = e->offset;
     uint32_t attempt = e->attempt;
+    const char *text = part->fail_offset == offset && part->fail_reason[0]
+                           ? part->fail_reason
+                           : NULL;
+    char reason[1100]; /* prefix + fail_reason; failure_note cuts to fit */
+    bool failed =
+        result == KHOST_FAIL || attempt >= (uint32_t)cfg->max_attempts;
+    if (result == KHOST_FAIL)
+        snprintf(reason, sizeof reason, "handler answered FAIL: %s",
+                 text ? text : "no reason given");
+    else
+        snprintf(reason, sizeof reason,
+                 "handler asked for a retry on all %u attempts "
+                 "(max_attempts=%d): %s",
+                 attempt, cfg->max_attempts, text ? text : "no reason given");
     /* The worker skips the rest of this partition until it sees RESUME,
-     * so nothing later is handled before the message is redelivered. */
+     * so nothing later is handled before the message comes again. */
     rewind_to(part, offsets_rewind(&part->off, seq, KH_BUMP_FIRST),
               result == KHOST_RETRY ? "handler asked for a retry"
                                     : "handler failed the message");
     dispatch_send_partition_event(part, KH_F_RESUME);
-    if (result == KHOST_RETRY) {
-        w->pl->retries++;
-        int64_t delay = retry_delay_ms(attempt);
-        part->retry_at_ms = kh_now_ms() + delay;
-        klog_warn("pipeline=%s topic=%s partition=%d offset=%lld: handler "
-                  "asked for a retry (attempt %u); redelivering in %lld ms",
-                  w->pl->cfg->name, part->topic, part->partition,
-                  (long long)offset, attempt, (long long)delay);
-    } else {
-        w->pl->failures++;
-        part->held = true;
-        kafka_pause(part, KH_PAUSE_FAILED, true);
-        klog_error("pipeline=%s topic=%s partition=%d offset=%lld: handler "
-                   "failed the message (attempt %u); the partition is held "
-                   "at this offset, other partitions go on",
-                   w->pl->cfg->name, part->topic, part->partition,
-                   (long long)offset, attempt);
+    if (failed) {
+        failure_note(part, offset, "%s", reason);
+        offsets_mark_failed(&part->off, offset);
+        return;
     }
+    w->pl->retries++;
+    int64_t delay = retry_delay_ms(cfg, attempt);
+    part->retry_at_ms = kh_now_ms() + delay;
+    klog_warn("pipeline=%s topic=%s partition=%d offset=%lld: handler asked "
+              "for a retry (attempt %u of %d%s%s); redelivering in %lld ms, "
+              "later messages of the partition wait",
+              w->pl->cfg->name, part->topic, part->partition, (long long)offset,
+              attempt, cfg->max_attempts, text ? ": " : "", text ? text : "",
+              (long long)delay);
+}
+
+static bool handle_error_text(kh_worker *w, kh_reader *r) {
+    uint64_t token = tr_get_u64(r);
+    size_t len;
+    const uint8_t *text = tr_get_str(r, &len);
+    if (r->error || r->left)
+        return lie(w, "sent a malformed ERROR frame");
+    kh_part *part = NULL;
+    kh_entry *e = NULL;
+    kh_lookup found = lookup(w, token, &part, &e);
+    if (found == KH_LOOKUP_LIE)
+        return lie(w, "sent an error for a message it was never given");
+    if (found == KH_LOOKUP_OK)
+        failure_note(part, e->offset, "%.*s", (int)(len > 500 ? 500 : len),
+                     (const char *)text);
+    return true;
 }
 
 static bool handle_results(kh_worker *w, kh_reader *r) {
@@ -338,6 +392,8 @@ static bool handle_frame(kh_worker *w, uint16_t type, kh_reader *r) {
         return handle_results(w, r);
     case KH_F_ACKS:
         return handle_acks(w, r);
+    case KH_F_ERROR:
+        return handle_error_text(w, r);
     default:
         return lie(w, "sent an unknown frame type");
     }
@@ -407,9 +463,11 @@ void dispatch_drain(kh_pipeline_rt *pl, kh_part **parts, size_t n,
         bool busy = false;
         for (size_t i = 0; i < n && !busy; i++) {
             kh_worker *w = dispatch_owner(parts[i]);
-            busy = unsettled(parts[i]) && w &&
-                   (w->state == KH_W_READY || w->state == KH_W_STOPPING);
+            busy = (unsettled(parts[i]) && w &&
+                    (w->state == KH_W_READY || w->state == KH_W_STOPPING)) ||
+                   parts[i]->dlq_pending > 0;
         }
+        failure_poll(pl);
         int64_t left = deadline_ms - kh_now_ms();
         if (!busy || left <= 0 || host_check_signals(pl->host))
             break;
@@ -426,9 +484,8 @@ void dispatch_drain(kh_pipeline_rt *pl, kh_part **parts, size_t n,
                 .events = POLLIN | (buf_pending(&w->conn.out) ? POLLOUT : 0)};
             who[nfds++] = w;
         }
-        if (!nfds)
-            break;
-        if (poll(fds, (nfds_t)nfds, left < 50 ? (int)left : 50) < 0 &&
+        /* With no worker to hear from, only dead-letter reports remain. */
+        if (poll(fds, (nfds_t)nfds, left < 20 ? (int)left : 20) < 0 &&
             errno != EINTR)
             break;
         for (int i = 0; i < nfds; i++) {

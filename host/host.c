@@ -96,6 +96,7 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *ud) {
     for (size_t i = 0; i < host->n_pipelines; i++) {
         kh_pipeline_rt *pl = &host->pipelines[i];
         supervisor_check_hangs(pl, now);
+        failure_poll(pl);
         /* Retry backoffs expire here, and librdkafka events that arrive
          * while its queue is not empty are picked up. */
         kafka_poll(pl);
@@ -226,17 +227,28 @@ static void host_shutdown(kh_host *host) {
             dispatch_drop_pending(part);
         }
         dispatch_drain(pl, pl->parts, pl->n_parts, deadline);
+        /* Dead-letter copies confirmed now still get their offsets acked
+         * before the final commit. */
+        if (pl->dlq) {
+            int64_t left = deadline - kh_now_ms();
+            rd_kafka_flush(pl->dlq, left > 0 ? (int)left : 0);
+            dispatch_store_dirty(pl);
+        }
         kafka_commit_sync(pl, NULL, 0);
         /* terminate gets at least a second even if the drain used it all. */
         int64_t stop_by =
             deadline > kh_now_ms() + 1000 ? deadline : kh_now_ms() + 1000;
         supervisor_stop_all(pl, stop_by);
         kafka_pipeline_close(pl);
+        failure_pipeline_stop(pl, 0);
         klog_info("pipeline=%s stopped: handled=%llu crashes=%llu "
-                  "restarts=%llu",
+                  "restarts=%llu failed=%llu dead-lettered=%llu skipped=%llu",
                   pl->cfg->name, (unsigned long long)pl->handled,
                   (unsigned long long)pl->crashes,
-                  (unsigned long long)pl->restarts_total);
+                  (unsigned long long)pl->restarts_total,
+                  (unsigned long long)pl->failures,
+                  (unsigned long long)pl->dlq_written,
+                  (unsigned long long)pl->skipped);
     }
 }
 
@@ -244,6 +256,7 @@ static void host_free(kh_host *host) {
     for (size_t i = 0; i < host->n_pipelines; i++) {
         kh_pipeline_rt *pl = &host->pipelines[i];
         kafka_pipeline_close(pl);
+        failure_pipeline_stop(pl, 0);
         for (size_t p = 0; p < pl->n_parts; p++) {
             dispatch_drop_pending(pl->parts[p]);
             free(pl->parts[p]->pend);
@@ -308,6 +321,10 @@ int host_run(const kh_config *cfg) {
         pl->wake_fd[0] = pl->wake_fd[1] = -1;
         char err[1024];
         if (kafka_pipeline_start(pl, err, sizeof err) != 0) {
+            klog_error("pipeline=%s: %s", pl->cfg->name, err);
+            goto out;
+        }
+        if (failure_pipeline_start(pl, err, sizeof err) != 0) {
             klog_error("pipeline=%s: %s", pl->cfg->name, err);
             goto out;
         }

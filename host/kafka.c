@@ -52,6 +52,9 @@ kh_part *pipeline_part(kh_pipeline_rt *pl, const char *topic, int32_t p,
     part->owner = -1;
     part->stored = -1;
     part->committed = -1;
+    part->crash_offset = -1;
+    part->isolate_through = -1;
+    part->fail_offset = -1;
     offsets_init(&part->off);
     pl->parts[pl->n_parts++] = part;
     return part;
@@ -226,6 +229,10 @@ static void on_assign(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
         part->retry_at_ms = 0;
         part->stored = -1;
         part->committed = -1;
+        part->crash_offset = -1;
+        part->crash_count = 0;
+        part->isolate_through = -1;
+        part->fail_offset = -1;
     }
     rd_kafka_error_t *error = NULL;
     rd_kafka_resp_err_t e = 0;

@@ -81,6 +81,22 @@ static uint64_t push(kh_offsets *o, int64_t offset, uint32_t attempt,
     return seq;
 }
 
+bool offsets_replay_failed(const kh_offsets *o, int64_t offset) {
+    for (size_t i = 0; i < o->n_replay && o->replay[i].offset <= offset; i++)
+        if (o->replay[i].offset == offset)
+            return o->replay[i].failed;
+    return false;
+}
+
+int64_t offsets_last_dispatched(const kh_offsets *o) {
+    if (o->next_seq == o->head_seq)
+        return -1;
+    return o
+        ->ring[(o->head + (size_t)(o->next_seq - 1 - o->head_seq)) &
+               (o->cap - 1)]
+        .offset;
+}
+
 uint64_t offsets_dispatch(kh_offsets *o, int64_t offset, uint32_t attempt) {
     return push(o, offset, attempt, KH_ENTRY_INFLIGHT);
 }
@@ -191,6 +207,19 @@ int64_t offsets_rewind(kh_offsets *o, uint64_t from_seq, kh_bump bump) {
     }
     offsets_advance(o);
     return seek_to;
+}
+
+void offsets_mark_failed(kh_offsets *o, int64_t offset) {
+    for (size_t i = 0; i < o->n_replay; i++) {
+        if (o->replay[i].offset == offset) {
+            o->replay[i].failed = true;
+            o->replay[i].already_acked = false;
+            return;
+        }
+    }
+    replay_add(o, offset, 1, false);
+    o->replay[o->n_replay - 1].failed = true;
+    replay_normalize(o);
 }
 
 int64_t offsets_rewind_all(kh_offsets *o) {

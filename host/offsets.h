@@ -51,6 +51,7 @@ typedef struct kh_replay {
     int64_t offset;
     uint32_t attempt;
     bool already_acked;
+    bool failed; /* goes to the failure policy instead of a handler */
 } kh_replay;
 
 typedef struct kh_offsets {
@@ -87,6 +88,16 @@ static inline size_t offsets_outstanding(const kh_offsets *o) {
  * be handled again (the caller then records it with offsets_skip).
  */
 uint32_t offsets_plan(kh_offsets *o, int64_t offset);
+
+/* Is `offset` the next replay and marked failed? Does not consume it;
+ * offsets_plan does. */
+bool offsets_replay_failed(const kh_offsets *o, int64_t offset);
+
+/* Mark a replayed offset (after a rewind) as failed. */
+void offsets_mark_failed(kh_offsets *o, int64_t offset);
+
+/* Offset of the newest dispatched entry, -1 when none is outstanding. */
+int64_t offsets_last_dispatched(const kh_offsets *o);
 
 /* Record a dispatch; returns the seq for the token. */
 uint64_t offsets_dispatch(kh_offsets *o, int64_t offset, uint32_t attempt);

@@ -75,6 +75,7 @@ enum {
     KH_PAUSE_FAILED = 1 << 2,   /* pipeline failed, or a message failed */
     KH_PAUSE_UNACKED = 1 << 3,  /* too many deferred acks outstanding */
     KH_PAUSE_SHUTDOWN = 1 << 4, /* draining for shutdown */
+    KH_PAUSE_DLQ = 1 << 5,      /* a dead-letter write failed; retrying */
 };
 
 typedef struct kh_part {
@@ -92,6 +93,15 @@ typedef struct kh_part {
     bool held;           /* stopped at a failed message */
     int64_t stored;      /* last offset handed to offsets_store, -1 none */
     int64_t committed;   /* last committed offset seen, -1 none */
+    /* Failure policy (failure.c): */
+    int64_t crash_offset;    /* offset of the last crash's suspect, -1 none */
+    int crash_count;         /* consecutive crashes at crash_offset */
+    int64_t isolate_through; /* after a crash in a batch call: dispatch
+                                one message per frame up to here, so the
+                                next crash names its message; -1 none */
+    int64_t fail_offset;     /* the offset fail_reason is about */
+    char fail_reason[512];
+    int dlq_pending; /* dead-letter writes not yet confirmed */
 } kh_part;
 
 struct kh_pipeline_rt {
@@ -114,6 +124,11 @@ struct kh_pipeline_rt {
     /* counters (the metrics endpoint will expose them) */
     uint64_t handled, acked_count, crashes, restarts_total, rebalances;
     uint64_t retries, failures, lies;
+    uint64_t poison, dlq_written, dlq_errors, skipped;
+    rd_kafka_t *dlq; /* dead-letter producer, with on_failure = dlq */
+    struct kh_dlq_job *dlq_retry; /* writes waiting for their retry */
+    char plugin_name[128];
+    char plugin_version[64];
     uint64_t reported_handled;
 };
 
@@ -163,6 +178,19 @@ void dispatch_end_drain(kh_pipeline_rt *pl);
 void dispatch_send_partition_event(kh_part *part, kh_frame_type type);
 kh_worker *dispatch_owner(kh_part *part);
 void dispatch_store_dirty(kh_pipeline_rt *pl);
+
+/* ---- failure.c ---- */
+int failure_pipeline_start(kh_pipeline_rt *pl, char *err, size_t errlen);
+void failure_pipeline_stop(kh_pipeline_rt *pl, int timeout_ms);
+/* Remember why the message at `offset` failed (for log and headers). */
+void failure_note(kh_part *part, int64_t offset, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* The message at the head of part's queue failed: apply on_failure.
+ * Returns true when the message was taken (dlq, skip), false when the
+ * partition is now held at it (pause) and it stays queued. */
+bool failure_apply(kh_part *part);
+/* Serve dead-letter delivery reports and retry failed writes. */
+void failure_poll(kh_pipeline_rt *pl);
 
 /* ---- supervisor.c ---- */
 int supervisor_start(kh_pipeline_rt *pl);

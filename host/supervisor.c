@@ -93,31 +93,65 @@ static void describe_exit(const siginfo_t *si, char *buf, size_t len) {
                  si->si_code == CLD_DUMPED ? " (core dumped)" : "");
 }
 
-/* Which message was the worker handling? That is the crash's suspect. */
-static void describe_suspect(kh_worker *w, char *buf, size_t len) {
+/* Which message was the worker handling? That is the crash's suspect.
+ * Returns the partition, or NULL when it was between messages or in a
+ * callback that is not about a message. */
+static kh_part *find_suspect(kh_worker *w, int64_t *offset, uint32_t *count,
+                             char *buf, size_t len) {
     uint64_t token;
-    uint32_t count;
     int64_t started;
     snprintf(buf, len, "between messages");
     if (!w->status)
-        return;
-    status_read(w->status, &token, &count, &started);
+        return NULL;
+    status_read(w->status, &token, count, &started);
     if (!started)
-        return;
-    if (count == 0) {
+        return NULL;
+    if (*count == 0) {
         snprintf(buf, len, "in a tick, assign, revoke or terminate callback");
-        return;
+        return NULL;
     }
     uint32_t slot = kh_token_slot(token);
     if (slot >= w->pl->n_parts)
-        return;
+        return NULL;
     kh_part *part = w->pl->parts[slot];
     kh_entry *e;
     if (offsets_find(&part->off, kh_token_seq(token), &e) != KH_LOOKUP_OK)
-        return;
+        return NULL;
+    *offset = e->offset;
     snprintf(buf, len, "while handling %s partition=%d offset=%lld%s",
              part->topic, part->partition, (long long)e->offset,
-             count > 1 ? " (first of a batch)" : "");
+             *count > 1 ? " (first of a batch call)" : "");
+    return part;
+}
+
+/* Count crashes per suspect offset; at poison_after the message fails
+ * instead of crashing the partition's worker forever. Called after the
+ * partition was rewound. */
+static void count_poison(kh_pipeline_rt *pl, kh_part *part, int64_t offset,
+                         uint32_t count, const char *how) {
+    if (count > 1) {
+        /* A batch call: the suspect is only the first of the batch. Send
+         * the crashed range one message per frame to find the culprit. */
+        return;
+    }
+    if (part->crash_offset == offset) {
+        part->crash_count++;
+    } else {
+        part->crash_offset = offset;
+        part->crash_count = 1;
+    }
+    if (part->crash_count < pl->cfg->poison_after)
+        return;
+    pl->poison++;
+    klog_error("pipeline=%s topic=%s partition=%d offset=%lld: poison "
+               "message: it crashed its worker %d times in a row (last: %s)",
+               pl->cfg->name, part->topic, part->partition, (long long)offset,
+               part->crash_count, how);
+    failure_note(part, offset, "crashed its worker %d times (last: %s)",
+                 part->crash_count, how);
+    offsets_mark_failed(&part->off, offset);
+    part->crash_count = 0;
+    part->crash_offset = -1;
 }
 
 static bool intensity_exceeded(kh_pipeline_rt *pl, int64_t now) {
@@ -189,7 +223,13 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
     (void)s;
     char how[96], suspect[256];
     describe_exit(si, how, sizeof how);
-    describe_suspect(w, suspect, sizeof suspect);
+    int64_t suspect_offset = -1;
+    uint32_t suspect_count = 0;
+    kh_part *suspect_part = find_suspect(w, &suspect_offset, &suspect_count,
+                                         suspect, sizeof suspect);
+    if (w->kill_reason[0] && strstr(w->kill_reason, "handler_timeout_ms"))
+        snprintf(how, sizeof how, "killed after handler_timeout_ms=%d (hang)",
+                 pl->cfg->handler_timeout_ms);
     pid_t pid = w->pid;
     bool orderly = w->state == KH_W_STOPPING && si->si_code == CLD_EXITED &&
                    si->si_status == 0;
@@ -222,8 +262,12 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
         if (!part->assigned || part->owner != w->index)
             continue;
         kafka_pause(part, KH_PAUSE_WORKER, true);
+        if (suspect_count > 1)
+            part->isolate_through = offsets_last_dispatched(&part->off);
         dispatch_rewind_part(part, "worker crashed");
     }
+    if (suspect_part)
+        count_poison(pl, suspect_part, suspect_offset, suspect_count, how);
     dispatch_store_dirty(pl);
 
     int64_t now = kh_now_ms();
@@ -367,6 +411,8 @@ void supervisor_worker_ready(kh_worker *w, const char *name,
     kh_pipeline_rt *pl = w->pl;
     w->state = KH_W_READY;
     snprintf(w->plugin_version, sizeof w->plugin_version, "%s", version);
+    snprintf(pl->plugin_name, sizeof pl->plugin_name, "%s", name);
+    snprintf(pl->plugin_version, sizeof pl->plugin_version, "%s", version);
     klog_info("pipeline=%s worker=%d pid=%d ready: plugin %s %s", pl->cfg->name,
               w->index, (int)w->pid, name, version);
     for (size_t i = 0; i < pl->n_parts; i++) {

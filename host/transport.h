@@ -42,6 +42,9 @@
  *                  RESULTS frames, in order (early results while a slow
  *                  handler works through a batch shrink what a crash costs).
  *     ACKS         u32 n, n x u64 token   (deferred acks)
+ *     ERROR        u64 token, str text: the plugin's reason for a retry or
+ *                  fail answer (api->set_error), sent before the RESULTS
+ *                  that carry the answer
  */
 #ifndef KHOST_TRANSPORT_H
 #define KHOST_TRANSPORT_H
@@ -79,6 +82,7 @@ typedef enum kh_frame_type {
     KH_F_INIT_FAILED = 65,
     KH_F_RESULTS = 66,
     KH_F_ACKS = 67,
+    KH_F_ERROR = 68,
 } kh_frame_type;
 
 /* ---- growable buffer ---- */

@@ -174,6 +174,7 @@ struct khost_host {
     size_t cap_slots;
     /* Per-slot scratch of the current frame, cap_slots entries each. */
     const khost_message **batch;
+    size_t frame_n; /* messages of the frame being handled, 0 between */
     khost_result *results;
     uint8_t *codes; /* what goes into RESULTS */
     /* Partitions whose messages are answered SKIPPED until RESUME (see
@@ -343,6 +344,23 @@ static int api_ack(khost_host *h, uint64_t token) {
     return 0;
 }
 
+/* The answer's reason goes out before the RESULTS that carry the answer,
+ * so the host has it when it applies the failure policy. */
+static int api_set_error(khost_host *h, uint64_t token, const char *text) {
+    bool current = false;
+    for (size_t i = 0; i < h->frame_n && !current; i++)
+        current = h->batch[i]->ack_token == token;
+    if (!current || !text)
+        return -EINVAL;
+    char line[1001]; /* one line for a log and a header: cap it */
+    snprintf(line, sizeof line, "%s", text);
+    size_t start = tr_frame_begin(&h->conn.out, KH_F_ERROR);
+    tr_put_u64(&h->conn.out, token);
+    tr_put_str(&h->conn.out, line);
+    tr_frame_end(&h->conn.out, start);
+    return 0;
+}
+
 /* ---- setup ---- */
 
 static void map_status(worker *w) {
@@ -473,6 +491,7 @@ static void start_plugin(worker *w) {
         .config_get = api_config_get,
         .config_entry = api_config_entry,
         .ack = api_ack,
+        .set_error = api_set_error,
     };
 
     char err[1024];
@@ -609,6 +628,7 @@ static void handle_messages(worker *w, kh_reader *r) {
 
     uint8_t *res = w->codes;
     uint32_t sent = 0;
+    w->frame_n = n;
 
     if (n && has_batch(w)) {
         /* Only messages of partitions that are not held go to the plugin;
@@ -681,6 +701,7 @@ static void handle_messages(worker *w, kh_reader *r) {
         }
     }
 
+    w->frame_n = 0;
     /* RESULTS before ACKS, so the host always learns that a message was
      * deferred before it sees the ack. */
     put_results(w, sent, n);

@@ -133,6 +133,120 @@ bool th_wait_committed(th_cluster *c, const char *group, const char *topic,
     return false;
 }
 
+static char *copy_bytes(const void *p, size_t len) {
+    if (!p)
+        return NULL;
+    char *s = malloc(len + 1);
+    memcpy(s, p, len);
+    s[len] = '\0';
+    return s;
+}
+
+th_msg *th_consume_topic(th_cluster *c, const char *topic, size_t *n,
+                         int timeout_ms) {
+    char errstr[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", c->bootstraps, errstr,
+                      sizeof errstr);
+    rd_kafka_conf_set(conf, "group.id", "th-reader", errstr, sizeof errstr);
+    rd_kafka_conf_set(conf, "enable.partition.eof", "true", errstr,
+                      sizeof errstr);
+    rd_kafka_conf_set(conf, "enable.auto.commit", "false", errstr,
+                      sizeof errstr);
+    rd_kafka_t *rk =
+        rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+    cr_assert_not_null(rk, "%s", errstr);
+    *n = 0;
+    th_msg *out = NULL;
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+    const struct rd_kafka_metadata *md;
+    if (rd_kafka_metadata(rk, 0, rkt, &md, 5000) != 0 || md->topic_cnt != 1 ||
+        md->topics[0].err) {
+        /* No such topic: nothing was written to it. */
+        if (md)
+            rd_kafka_metadata_destroy(md);
+        rd_kafka_topic_destroy(rkt);
+        rd_kafka_destroy(rk);
+        return NULL;
+    }
+    int parts = md->topics[0].partition_cnt;
+    rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(rkt);
+    rd_kafka_topic_partition_list_t *l =
+        rd_kafka_topic_partition_list_new(parts);
+    for (int p = 0; p < parts; p++)
+        rd_kafka_topic_partition_list_add(l, topic, p)->offset =
+            RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_assign(rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    int eof = 0;
+    int64_t deadline = mono_ms() + timeout_ms;
+    while (eof < parts && mono_ms() < deadline) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
+        if (!m)
+            continue;
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            eof++;
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        if (m->err) {
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        out = realloc(out, (*n + 1) * sizeof *out);
+        th_msg *t = &out[(*n)++];
+        t->key = copy_bytes(m->key, m->key_len);
+        t->value = copy_bytes(m->payload, m->len);
+        size_t hl = 0;
+        t->headers = calloc(1, 1);
+        rd_kafka_headers_t *h;
+        if (!rd_kafka_message_headers(m, &h)) {
+            const char *name;
+            const void *v;
+            size_t vlen;
+            for (size_t i = 0; !rd_kafka_header_get_all(h, i, &name, &v, &vlen);
+                 i++) {
+                size_t add = strlen(name) + vlen + 2;
+                t->headers = realloc(t->headers, hl + add + 1);
+                hl += (size_t)sprintf(t->headers + hl, "%s=%.*s\n", name,
+                                      (int)vlen, v ? (const char *)v : "");
+            }
+        }
+        rd_kafka_message_destroy(m);
+    }
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+    return out;
+}
+
+void th_msgs_free(th_msg *msgs, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        free(msgs[i].key);
+        free(msgs[i].value);
+        free(msgs[i].headers);
+    }
+    free(msgs);
+}
+
+const char *th_header(const th_msg *m, const char *name) {
+    static char buf[1024];
+    bool any = false;
+    size_t nl = strlen(name);
+    for (const char *p = m->headers; p && *p;) {
+        const char *end = strchr(p, '\n');
+        if (!end)
+            break;
+        if (!strncmp(p, name, nl) && p[nl] == '=') {
+            snprintf(buf, sizeof buf, "%.*s", (int)(end - p - (int)nl - 1),
+                     p + nl + 1);
+            any = true;
+        }
+        p = end + 1;
+    }
+    return any ? buf : NULL;
+}
+
 void th_host_start(th_host *h, const char *dir, const char *name,
                    const char *ini) {
     memset(h, 0, sizeof *h);

@@ -38,6 +38,21 @@ int64_t th_committed(th_cluster *c, const char *group, const char *topic,
 bool th_wait_committed(th_cluster *c, const char *group, const char *topic,
                        int parts, int64_t end, int timeout_ms);
 
+/* A message read back from a topic, copied out of librdkafka. */
+typedef struct th_msg {
+    char *key;     /* NUL-terminated copy, NULL for a null key */
+    char *value;   /* NUL-terminated copy, NULL for a null value */
+    char *headers; /* "name=value\n" per header, in order */
+} th_msg;
+
+/* Every message of a topic, from the beginning of each partition (no
+ * group). Returns NULL with *n = 0 when the topic does not exist. */
+th_msg *th_consume_topic(th_cluster *c, const char *topic, size_t *n,
+                         int timeout_ms);
+void th_msgs_free(th_msg *msgs, size_t n);
+/* The last value of header `name`, in a static buffer, or NULL. */
+const char *th_header(const th_msg *m, const char *name);
+
 typedef struct th_host {
     pid_t pid;
     char *dir;

@@ -34,7 +34,7 @@ Test(cli, help_lists_commands_and_exit_codes) {
 Test(cli, version_names_abi) {
     tu_result r = run((char *[]){KHOST, "--version", NULL});
     cr_assert_eq(r.exit_code, 0);
-    cr_assert(strstr(r.out, "khost " KHOST_VERSION " (plugin ABI 1.0)"), "%s",
+    cr_assert(strstr(r.out, "khost " KHOST_VERSION " (plugin ABI 1.1)"), "%s",
               r.out);
     tu_result_free(&r);
 }
@@ -58,7 +58,7 @@ Test(cli, plugin_info_shows_descriptor) {
         run((char *[]){KHOST, "plugin-info", PLUGINS "/file_sink.so", NULL});
     cr_assert_eq(r.exit_code, 0, "%s", r.err);
     cr_assert(strstr(r.out, "name:        file_sink\n"), "%s", r.out);
-    cr_assert(strstr(r.out, "abi:         1.0 (host speaks 1.0)"), "%s", r.out);
+    cr_assert(strstr(r.out, "abi:         1.1 (host speaks 1.1)"), "%s", r.out);
     cr_assert(strstr(r.out, "optional:    handle_batch tick"), "%s", r.out);
     tu_result_free(&r);
     r = run((char *[]){KHOST, "plugin-info", KHOST_FIXTURE_DIR "/fx_full.so",

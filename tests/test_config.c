@@ -993,3 +993,64 @@ Test(config, kv_get) {
     cr_assert_null(config_kv_get(kv, 1, "b"));
     cr_assert_null(config_kv_get(NULL, 0, "a"));
 }
+
+Test(config, failure_policy_defaults) {
+    loaded *l = load_text(VALID_HOST VALID_PIPELINE);
+    assert_ok(l);
+    kh_pipeline *p = &l->cfg.pipelines[0];
+    cr_assert_eq(p->on_failure, KH_ON_FAILURE_DLQ);
+    cr_assert_eq(p->max_attempts, 5);
+    cr_assert_eq(p->retry_backoff_ms, 100);
+    cr_assert_eq(p->retry_backoff_max_ms, 10000);
+    cr_assert_eq(p->poison_after, 3);
+    cr_assert_null(p->dlq_topic);
+    unload(l);
+}
+
+Test(config, failure_policy_values) {
+    loaded *l = load_text(VALID_HOST VALID_PIPELINE
+                          "on_failure = skip\nmax_attempts = 9\n"
+                          "poison_after = 2\ndlq_topic = dead\n");
+    assert_ok(l);
+    kh_pipeline *p = &l->cfg.pipelines[0];
+    cr_assert_eq(p->on_failure, KH_ON_FAILURE_SKIP);
+    cr_assert_eq(p->max_attempts, 9);
+    cr_assert_eq(p->poison_after, 2);
+    cr_assert_str_eq(p->dlq_topic, "dead");
+    unload(l);
+}
+
+Test(config, failure_policy_errors) {
+    loaded *l = load_text(VALID_HOST VALID_PIPELINE
+                          "on_failure = drop\n"          /* line 7 */
+                          "max_attempts = -1\n"          /* line 8 */
+                          "retry_backoff_ms = 500\n"     /* line 9 */
+                          "retry_backoff_max_ms = 100\n" /* line 10 */
+                          "dlq_topic = orders\n");       /* line 11 */
+    assert_errors(l, 4);
+    assert_error(l, 7,
+                 "bad value 'drop' for 'on_failure' in [pipeline.orders]: "
+                 "expected dlq, skip or pause");
+    assert_error(l, 8,
+                 "bad value '-1' for 'max_attempts' in [pipeline.orders]: "
+                 "expected an integer in 1..1000000");
+    assert_error(l, 10,
+                 "retry_backoff_max_ms (100) of [pipeline.orders] is below "
+                 "retry_backoff_ms (500)");
+    assert_error(l, 11,
+                 "dlq_topic 'orders' of [pipeline.orders] is consumed by "
+                 "[pipeline.orders]; failed messages would loop back");
+    unload(l);
+}
+
+Test(config, default_dlq_topic_consumed_elsewhere) {
+    loaded *l = load_text(VALID_HOST VALID_PIPELINE
+                          "[pipeline.second]\ntopics = orders.dlq\n"
+                          "group = g2\nplugin = p.so\n");
+    assert_errors(l, 1);
+    assert_error(l, 4,
+                 "the default dead-letter topic 'orders.dlq' of "
+                 "[pipeline.orders] is consumed by [pipeline.second]; set "
+                 "dlq_topic");
+    unload(l);
+}

@@ -535,7 +535,7 @@ Test(worker, message_fields_config_and_callbacks) {
     char *rec = wk_record(&w);
     char expect[1024];
     snprintf(expect, sizeof expect,
-             "init pipe/2 api=%zu abi=1.0\n"
+             "init pipe/2 api=%zu abi=1.1\n"
              "config record=%s\n"
              "config colour=blue\n"
              "missing=null\n"

@@ -31,7 +31,7 @@ extern "C" {
 #endif
 
 #define KHOST_ABI_MAJOR 1
-#define KHOST_ABI_MINOR 0
+#define KHOST_ABI_MINOR 1
 
 /* The one symbol the host looks up, with dlsym, in every plugin. */
 #define KHOST_PLUGIN_ENTRY khost_plugin_entry
@@ -133,8 +133,15 @@ typedef struct khost_host_api {
      * advances over a contiguous run of acked offsets. */
     int (*ack)(khost_host *host, uint64_t ack_token);
 
-    /* Reserved for later minors (produce, metrics). NULL in ABI 1.0. */
-    void (*reserved[6])(void);
+    /* ABI 1.1: attach a one-line reason to a message the handler answers
+     * KHOST_RETRY or KHOST_FAIL (call it before returning). The reason
+     * goes into the log and the dead-letter headers. Returns 0, or
+     * -EINVAL for a token not being handled now. Check api->abi_minor >= 1
+     * (or use khost_set_error below) before calling it. */
+    int (*set_error)(khost_host *host, uint64_t ack_token, const char *text);
+
+    /* Reserved for later minors (produce, metrics). NULL until then. */
+    void (*reserved[5])(void);
 } khost_host_api;
 
 /* What init receives. */
@@ -236,6 +243,14 @@ khost_logf(const khost_host_api *api, khost_host *host, int level,
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
     api->log(host, level, line);
+}
+
+/* set_error if the host has it (ABI >= 1.1), else nothing. */
+static inline int khost_set_error(const khost_host_api *api, khost_host *host,
+                                  uint64_t ack_token, const char *text) {
+    if (api->abi_minor < 1 || !api->set_error)
+        return -1;
+    return api->set_error(host, ack_token, text);
 }
 
 #ifdef __cplusplus

@@ -331,6 +331,8 @@ static khost_result fault_handle(void *state, const khost_message *m) {
                    "fault: fail_on marker found at topic %s partition %" PRId32
                    " offset %" PRId64 ", returning FAIL",
                    topic, m->partition, m->offset);
+        khost_set_error(f->api, f->host, m->ack_token,
+                        "fault: fail_on marker found");
         return KHOST_FAIL;
     }
     if (has_marker(f, M_RETRY, m)) {
@@ -338,6 +340,8 @@ static khost_result fault_handle(void *state, const khost_message *m) {
                    "fault: retry_on marker found at topic %s partition %" PRId32
                    " offset %" PRId64 ", returning RETRY",
                    topic, m->partition, m->offset);
+        khost_set_error(f->api, f->host, m->ack_token,
+                        "fault: retry_on marker found");
         return KHOST_RETRY;
     }
     if (has_marker(f, M_DEFER, m)) {

@@ -1,0 +1,48 @@
+/*
+ * bench_common: small helpers shared by the benchmark tools.
+ */
+#ifndef KHOST_BENCH_COMMON_H
+#define KHOST_BENCH_COMMON_H
+
+#include <librdkafka/rdkafka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+static inline double bench_mono(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Wall clock, seconds since the epoch: comparable with khost's log
+ * timestamps and with other processes. */
+static inline double bench_wall(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static inline void bench_set(rd_kafka_conf_t *conf, const char *k,
+                             const char *v) {
+    char errstr[512];
+    if (rd_kafka_conf_set(conf, k, v, errstr, sizeof errstr) !=
+        RD_KAFKA_CONF_OK) {
+        fprintf(stderr, "bench: %s = %s: %s\n", k, v, errstr);
+        exit(2);
+    }
+}
+
+static inline long bench_num(const char *what, const char *s, long lo,
+                             long hi) {
+    char *end;
+    long n = strtol(s, &end, 10);
+    if (*s == '\0' || *end || n < lo || n > hi) {
+        fprintf(stderr, "bench: %s must be %ld..%ld, not '%s'\n", what, lo, hi,
+                s);
+        exit(2);
+    }
+    return n;
+}
+
+#endif

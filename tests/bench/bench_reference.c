@@ -1,0 +1,127 @@
+/*
+ * bench_reference BOOTSTRAP TOPIC GROUP COUNT [COMMIT_INTERVAL_MS]
+ *
+ * The reference: a plain librdkafka group consumer loop, configured like a
+ * khost pipeline (session.timeout.ms=6000, heartbeat.interval.ms=500,
+ * auto.offset.reset=earliest, enable.auto.offset.store=false with
+ * rd_kafka_offsets_store for every message, auto-commit). It consumes until
+ * it has COUNT messages and prints one machine-readable line:
+ *
+ *   REFERENCE messages=N seconds=S msgs_per_s=R assign_to_first_s=A
+ *             assign_to_committed_s=C
+ *
+ * seconds is from the first message to the last one polled: the initial
+ * rebalance delay of the group is not part of it. assign_to_committed_s is
+ * from the assignment to the end of a synchronous commit of everything,
+ * which is how khost is timed (see README.md).
+ */
+#define _GNU_SOURCE
+#include "bench_common.h"
+
+#include <string.h>
+
+static double t_assign_wall, t_assign_mono;
+
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *l, void *opaque) {
+    (void)opaque;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        rd_kafka_assign(rk, l);
+        if (t_assign_mono == 0) {
+            t_assign_mono = bench_mono();
+            t_assign_wall = bench_wall();
+        }
+    } else {
+        rd_kafka_assign(rk, NULL);
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc != 5 && argc != 6) {
+        fprintf(stderr, "usage: bench_reference BOOTSTRAP TOPIC GROUP COUNT "
+                        "[COMMIT_INTERVAL_MS]\n");
+        return 2;
+    }
+    long count = bench_num("COUNT", argv[4], 1, 100000000);
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    bench_set(conf, "bootstrap.servers", argv[1]);
+    bench_set(conf, "group.id", argv[3]);
+    bench_set(conf, "client.id", "bench-reference");
+    bench_set(conf, "session.timeout.ms", "6000");
+    bench_set(conf, "heartbeat.interval.ms", "500");
+    bench_set(conf, "auto.offset.reset", "earliest");
+    bench_set(conf, "enable.auto.offset.store", "false");
+    bench_set(conf, "auto.commit.interval.ms", argc == 6 ? argv[5] : "1000");
+    rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
+    char errstr[512];
+    rd_kafka_t *rk =
+        rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+    if (!rk) {
+        fprintf(stderr, "bench_reference: %s\n", errstr);
+        return 1;
+    }
+    rd_kafka_poll_set_consumer(rk);
+    rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(sub, argv[2], RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t e = rd_kafka_subscribe(rk, sub);
+    rd_kafka_topic_partition_list_destroy(sub);
+    if (e) {
+        fprintf(stderr, "bench_reference: subscribe: %s\n",
+                rd_kafka_err2str(e));
+        return 1;
+    }
+
+    /* One reusable one-element list for rd_kafka_offsets_store. */
+    rd_kafka_topic_partition_list_t *store =
+        rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(store, argv[2], 0);
+
+    long got = 0, store_errors = 0;
+    double t_first = 0, t_last = 0;
+    double deadline = bench_mono() + 120;
+    while (got < count) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
+        if (!m) {
+            if (bench_mono() > deadline) {
+                fprintf(stderr,
+                        "bench_reference: timed out with %ld of %ld "
+                        "messages\n",
+                        got, count);
+                return 1;
+            }
+            continue;
+        }
+        if (m->err) {
+            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                fprintf(stderr, "bench_reference: %s\n",
+                        rd_kafka_message_errstr(m));
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        if (got++ == 0)
+            t_first = bench_mono();
+        store->elems[0].partition = m->partition;
+        store->elems[0].offset = m->offset + 1;
+        if (rd_kafka_offsets_store(rk, store) || store->elems[0].err)
+            store_errors++;
+        rd_kafka_message_destroy(m);
+    }
+    t_last = bench_mono();
+    e = rd_kafka_commit(rk, NULL, 0 /* sync */);
+    double t_committed = bench_mono();
+    if (e)
+        fprintf(stderr, "bench_reference: final commit: %s\n",
+                rd_kafka_err2str(e));
+    double secs = t_last - t_first;
+    printf("REFERENCE messages=%ld seconds=%.4f msgs_per_s=%.0f "
+           "assign_to_first_s=%.4f assign_to_committed_s=%.4f "
+           "assign_wall=%.3f store_errors=%ld\n",
+           got, secs, secs > 0 ? (double)got / secs : 0.0,
+           t_first - t_assign_mono, t_committed - t_assign_mono,
+           t_assign_wall, store_errors);
+    fflush(stdout);
+    rd_kafka_topic_partition_list_destroy(store);
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+    return 0;
+}
