@@ -195,6 +195,8 @@ enum pipeline_key {
     PK_POISON_AFTER,
     PK_ON_FAILURE,
     PK_DLQ_TOPIC,
+    PK_RELOAD_MAX_CRASHES,
+    PK_RELOAD_PROBATION_MS,
     PK_COUNT
 };
 
@@ -237,6 +239,12 @@ static const struct pipeline_key_info {
                          offsetof(kh_pipeline, poison_after), 3, 1, 1000},
     [PK_ON_FAILURE] = {"on_failure", false, NO_FIELD, 0, 0, 0},
     [PK_DLQ_TOPIC] = {"dlq_topic", false, NO_FIELD, 0, 0, 0},
+    [PK_RELOAD_MAX_CRASHES] = {"reload_max_crashes", false,
+                               offsetof(kh_pipeline, reload_max_crashes), 2, 0,
+                               1000},
+    [PK_RELOAD_PROBATION_MS] = {"reload_probation_ms", false,
+                                offsetof(kh_pipeline, reload_probation_ms),
+                                10000, 0, 3600000},
 };
 
 /* [host] keys besides brokers: integers, used only with brokers = mock

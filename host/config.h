@@ -49,6 +49,8 @@ typedef struct kh_pipeline {
     int poison_after;         /* default 3: crashes at one offset = failed */
     kh_on_failure on_failure; /* default dlq */
     char *dlq_topic;          /* NULL: "<topic>.dlq" per consumed topic */
+    int reload_max_crashes;   /* default 2: crashes tolerated on probation */
+    int reload_probation_ms;  /* default 10000; 0: no probation */
     int dlq_topic_line;
     kh_on_exhausted on_exhausted; /* default pause */
     kh_kv *config; /* [pipeline.NAME.config], for the plugin's init */

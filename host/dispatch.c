@@ -78,10 +78,7 @@ void dispatch_rewind_part(kh_part *part, const char *why) {
 /* ---- sending ---- */
 
 kh_worker *dispatch_owner(kh_part *part) {
-    kh_pipeline_rt *pl = part->pl;
-    if (part->owner < 0 || part->owner >= pl->n_workers)
-        return NULL;
-    return &pl->workers[part->owner];
+    return part->owner;
 }
 
 void dispatch_send_partition_event(kh_part *part, kh_frame_type type) {
@@ -113,7 +110,7 @@ static size_t fill_frame(kh_pipeline_rt *pl, kh_worker *w, int64_t now) {
     size_t n = 0, bytes = 0;
     for (size_t k = 0; k < pl->n_parts; k++) {
         kh_part *part = pl->parts[(w->rr + k) % pl->n_parts];
-        if (part->owner != w->index || !dispatchable(part, now))
+        if (part->owner != w || !dispatchable(part, now))
             continue;
         bool frame_full = false;
         while (part->pend_len && n < KH_BATCH_MAX &&
@@ -204,7 +201,7 @@ static kh_lookup lookup(kh_worker *w, uint64_t token, kh_part **part,
     if (slot >= w->pl->n_parts)
         return KH_LOOKUP_LIE;
     *part = w->pl->parts[slot];
-    if (!(*part)->assigned || (*part)->owner != w->index) {
+    if (!(*part)->assigned || (*part)->owner != w) {
         /* Revoked or moved since: an answer from the old epoch. */
         return KH_LOOKUP_STALE;
     }

@@ -87,7 +87,7 @@ int failure_pipeline_start(kh_pipeline_rt *pl, char *err, size_t errlen) {
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     char client_id[160];
     snprintf(client_id, sizeof client_id, "khost-%s-dlq", cfg->name);
-    const kh_config *hc = pl->host->cfg;
+    const kh_config *hc = pl->root;
     const kh_kv *lists[2] = {hc->kafka, cfg->kafka};
     size_t counts[2] = {hc->n_kafka, cfg->n_kafka};
     if (rd_kafka_conf_set(conf, "bootstrap.servers", pl->host->bootstraps,

@@ -12,8 +12,10 @@
 #include "host.h"
 
 #include "log.h"
+#include "plugin_loader.h"
 #include "runtime.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -27,7 +29,7 @@
 
 static void host_shutdown(kh_host *host);
 
-/* Read pending signals. SIGHUP is logged and ignored for now; a second
+/* Read pending signals. SIGHUP reloads the config file; a second
  * SIGTERM/SIGINT during shutdown exits at once. Returns true when a first
  * SIGTERM/SIGINT asks for a shutdown. */
 static bool take_signals(kh_host *host) {
@@ -36,7 +38,10 @@ static bool take_signals(kh_host *host) {
     while (read(host->signal_fd, &si, sizeof si) == sizeof si) {
         const char *name = strsignal((int)si.ssi_signo);
         if (si.ssi_signo == SIGHUP) {
-            klog_warn("SIGHUP received: reload is not supported yet; ignored");
+            /* Acted on from the loop (run_pending_reload), never nested
+             * inside a drain; many SIGHUPs in a row make one reload of the
+             * file as it is then. */
+            host->reload_requested = true;
         } else if (host->shutting_down || host->stop_requested) {
             klog_warn("second %s received: exiting at once without draining",
                       name);
@@ -64,6 +69,15 @@ bool host_check_signals(kh_host *host) {
     return false;
 }
 
+static void run_pending_reload(kh_host *host) {
+    if (!host->reload_requested || host->shutting_down || host->stop_requested)
+        return;
+    host->reload_requested = false;
+    char msg[512];
+    klog_info("SIGHUP received: reloading %s", host->cfg->path);
+    reload_apply(host, msg, sizeof msg);
+}
+
 static int on_signal(sd_event_source *s, int fd, uint32_t revents, void *ud) {
     kh_host *host = ud;
     (void)s;
@@ -72,7 +86,9 @@ static int on_signal(sd_event_source *s, int fd, uint32_t revents, void *ud) {
     if (take_signals(host)) {
         host_shutdown(host);
         sd_event_exit(host->ev, host->exit_code);
+        return 0;
     }
+    run_pending_reload(host);
     return 0;
 }
 
@@ -94,13 +110,15 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *ud) {
     kh_host *host = ud;
     int64_t now = kh_now_ms();
     for (size_t i = 0; i < host->n_pipelines; i++) {
-        kh_pipeline_rt *pl = &host->pipelines[i];
+        kh_pipeline_rt *pl = host->pipelines[i];
         supervisor_check_hangs(pl, now);
         failure_poll(pl);
+        reload_tick(pl, now);
         /* Retry backoffs expire here, and librdkafka events that arrive
          * while its queue is not empty are picked up. */
         kafka_poll(pl);
     }
+    run_pending_reload(host);
     sd_event_source_set_time(s, usec + KH_TICK_MS * 1000);
     sd_event_source_set_enabled(s, SD_EVENT_ON);
     return 0;
@@ -109,7 +127,7 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *ud) {
 static int on_report(sd_event_source *s, uint64_t usec, void *ud) {
     kh_host *host = ud;
     for (size_t i = 0; i < host->n_pipelines; i++) {
-        kh_pipeline_rt *pl = &host->pipelines[i];
+        kh_pipeline_rt *pl = host->pipelines[i];
         if (pl->handled == pl->reported_handled)
             continue;
         int assigned = 0;
@@ -213,64 +231,51 @@ static void host_shutdown(kh_host *host) {
     if (host->shutting_down)
         return;
     host->shutting_down = true;
-    for (size_t i = 0; i < host->n_pipelines; i++) {
-        kh_pipeline_rt *pl = &host->pipelines[i];
-        if (!pl->rk)
-            continue;
-        pl->stopping = true;
-        int64_t deadline = kh_now_ms() + pl->cfg->shutdown_timeout_ms;
-        for (size_t p = 0; p < pl->n_parts; p++) {
-            kh_part *part = pl->parts[p];
-            if (!part->assigned)
-                continue;
-            kafka_pause(part, KH_PAUSE_SHUTDOWN, true);
-            dispatch_drop_pending(part);
-        }
-        dispatch_drain(pl, pl->parts, pl->n_parts, deadline);
-        /* Dead-letter copies confirmed now still get their offsets acked
-         * before the final commit. */
-        if (pl->dlq) {
-            int64_t left = deadline - kh_now_ms();
-            rd_kafka_flush(pl->dlq, left > 0 ? (int)left : 0);
-            dispatch_store_dirty(pl);
-        }
-        kafka_commit_sync(pl, NULL, 0);
-        /* terminate gets at least a second even if the drain used it all. */
-        int64_t stop_by =
-            deadline > kh_now_ms() + 1000 ? deadline : kh_now_ms() + 1000;
-        supervisor_stop_all(pl, stop_by);
-        kafka_pipeline_close(pl);
-        failure_pipeline_stop(pl, 0);
-        klog_info("pipeline=%s stopped: handled=%llu crashes=%llu "
-                  "restarts=%llu failed=%llu dead-lettered=%llu skipped=%llu",
-                  pl->cfg->name, (unsigned long long)pl->handled,
-                  (unsigned long long)pl->crashes,
-                  (unsigned long long)pl->restarts_total,
-                  (unsigned long long)pl->failures,
-                  (unsigned long long)pl->dlq_written,
-                  (unsigned long long)pl->skipped);
+    for (size_t i = 0; i < host->n_pipelines; i++)
+        pipeline_stop(host->pipelines[i]);
+}
+
+/* Plugin snapshots live in a private folder: $RUNTIME_DIRECTORY under
+ * systemd, else $TMPDIR or /tmp. */
+static int make_snapshot_dir(kh_host *host) {
+    const char *base = getenv("RUNTIME_DIRECTORY");
+    if (!base || !*base)
+        base = getenv("TMPDIR");
+    if (!base || !*base)
+        base = "/tmp";
+    if (asprintf(&host->snapshot_dir, "%s/khost-%d-XXXXXX", base,
+                 (int)getpid()) < 0 ||
+        !mkdtemp(host->snapshot_dir)) {
+        klog_error("cannot create a folder for plugin snapshots under %s: %s",
+                   base, strerror(errno));
+        return -1;
     }
+    return 0;
+}
+
+static void remove_snapshot_dir(kh_host *host) {
+    if (!host->snapshot_dir)
+        return;
+    DIR *d = opendir(host->snapshot_dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char *p = NULL;
+        if (asprintf(&p, "%s/%s", host->snapshot_dir, e->d_name) >= 0)
+            unlink(p);
+        free(p);
+    }
+    if (d)
+        closedir(d);
+    rmdir(host->snapshot_dir);
+    free(host->snapshot_dir);
+    host->snapshot_dir = NULL;
 }
 
 static void host_free(kh_host *host) {
-    for (size_t i = 0; i < host->n_pipelines; i++) {
-        kh_pipeline_rt *pl = &host->pipelines[i];
-        kafka_pipeline_close(pl);
-        failure_pipeline_stop(pl, 0);
-        for (size_t p = 0; p < pl->n_parts; p++) {
-            dispatch_drop_pending(pl->parts[p]);
-            free(pl->parts[p]->pend);
-            offsets_free(&pl->parts[p]->off);
-            free(pl->parts[p]->topic);
-            free(pl->parts[p]);
-        }
-        free(pl->parts);
-        for (int w = 0; w < pl->n_workers; w++)
-            pl->workers[w].restart_timer =
-                sd_event_source_disable_unref(pl->workers[w].restart_timer);
-        free(pl->workers);
-        free(pl->restarts);
-    }
+    for (size_t i = 0; i < host->n_pipelines; i++)
+        pipeline_free(host->pipelines[i]);
     free(host->pipelines);
     host->signal_src = sd_event_source_disable_unref(host->signal_src);
     host->hang_timer = sd_event_source_disable_unref(host->hang_timer);
@@ -282,10 +287,19 @@ static void host_free(kh_host *host) {
         mock_cluster_stop(&host->mock);
     if (host->has_mock)
         free(host->bootstraps);
+    remove_snapshot_dir(host);
+    admin_stop(host);
+    for (size_t i = 0; i < host->n_retired; i++) {
+        config_free(host->retired[i]);
+        free(host->retired[i]);
+    }
+    free(host->retired);
+    config_free(host->cfg);
+    free(host->cfg);
 }
 
-int host_run(const kh_config *cfg) {
-    kh_host host = {.cfg = cfg, .signal_fd = -1};
+int host_run(kh_config *cfg) {
+    kh_host host = {.cfg = cfg, .signal_fd = -1, .admin_fd = -1};
     int rc = 1;
 
     /* Block before librdkafka starts threads, so that they inherit the
@@ -305,6 +319,8 @@ int host_run(const kh_config *cfg) {
         klog_error("cannot set up the event loop: %s", strerror(errno));
         goto out;
     }
+    if (make_snapshot_dir(&host) != 0)
+        goto out;
     if (cfg->mock_brokers > 0) {
         if (start_mock(&host) != 0)
             goto out;
@@ -312,32 +328,20 @@ int host_run(const kh_config *cfg) {
         host.bootstraps = cfg->brokers;
     }
 
-    host.pipelines = calloc(cfg->n_pipelines, sizeof *host.pipelines);
-    host.n_pipelines = cfg->n_pipelines;
+    host.pipelines =
+        calloc(cfg->n_pipelines ? cfg->n_pipelines : 1, sizeof *host.pipelines);
     for (size_t i = 0; i < cfg->n_pipelines; i++) {
-        kh_pipeline_rt *pl = &host.pipelines[i];
-        pl->host = &host;
-        pl->cfg = &cfg->pipelines[i];
-        pl->wake_fd[0] = pl->wake_fd[1] = -1;
-        char err[1024];
-        if (kafka_pipeline_start(pl, err, sizeof err) != 0) {
-            klog_error("pipeline=%s: %s", pl->cfg->name, err);
+        kh_pipeline_rt *pl = pipeline_start(&host, cfg, &cfg->pipelines[i]);
+        if (!pl)
             goto out;
-        }
-        if (failure_pipeline_start(pl, err, sizeof err) != 0) {
-            klog_error("pipeline=%s: %s", pl->cfg->name, err);
-            goto out;
-        }
-        if (supervisor_start(pl) != 0) {
-            klog_error("pipeline=%s: cannot start workers", pl->cfg->name);
-            goto out;
-        }
-        klog_info("pipeline=%s: group=%s, %zu topic(s), %d worker(s), "
-                  "plugin %s",
-                  pl->cfg->name, pl->cfg->group, pl->cfg->n_topics,
-                  pl->cfg->workers, pl->cfg->plugin_path);
+        host.pipelines[host.n_pipelines++] = pl;
     }
 
+    char err[512];
+    if (admin_start(&host, err, sizeof err) != 0)
+        klog_warn("control socket unavailable (khost reload will not "
+                  "work; SIGHUP still does): %s",
+                  err);
     sd_event_add_io(host.ev, &host.signal_src, host.signal_fd, EPOLLIN,
                     on_signal, &host);
     uint64_t now;

@@ -7,7 +7,8 @@
 
 #include "config.h"
 
-/* Run until SIGTERM/SIGINT. Returns the process exit code. */
-int host_run(const kh_config *cfg);
+/* Run until SIGTERM/SIGINT. Takes ownership of cfg (a reload replaces
+ * it). Returns the process exit code. */
+int host_run(kh_config *cfg);
 
 #endif

@@ -49,7 +49,7 @@ kh_part *pipeline_part(kh_pipeline_rt *pl, const char *topic, int32_t p,
     part->topic = strdup(topic);
     part->partition = p;
     part->slot = (uint32_t)pl->n_parts;
-    part->owner = -1;
+    part->owner = NULL;
     part->stored = -1;
     part->committed = -1;
     part->crash_offset = -1;
@@ -278,7 +278,7 @@ static void release_part(kh_part *part) {
     if (w)
         w->n_parts--;
     part->assigned = false;
-    part->owner = -1;
+    part->owner = NULL;
     part->pause = 0;
     part->held = false;
     /* Answers still on their way carry old seqs: reset fences them. */
@@ -409,7 +409,7 @@ static int conf_set(rd_kafka_conf_t *conf, const char *k, const char *v,
 }
 
 int kafka_pipeline_start(kh_pipeline_rt *pl, char *err, size_t errlen) {
-    const kh_config *hc = pl->host->cfg;
+    const kh_config *hc = pl->root;
     const kh_pipeline *cfg = pl->cfg;
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     char client_id[160];

@@ -3,6 +3,7 @@
  * work lives in the modules (config, plugin_loader, mock_cluster, host).
  */
 #define _GNU_SOURCE
+#include "admin.h"
 #include "config.h"
 #include "host.h"
 #include "log.h"
@@ -169,25 +170,26 @@ static int cmd_plugin_info(int argc, char **argv) {
 
 static int cmd_run(int argc, char **argv) {
     const char *path = config_arg(argc, argv, "run");
-    kh_config cfg = {0};
+    kh_config *cfg = calloc(1, sizeof *cfg);
     kh_errors errs = {0};
-    if (config_load(path, &cfg, &errs) != 0) {
+    if (config_load(path, cfg, &errs) != 0) {
         print_errors(&errs);
         fprintf(stderr, "%s: invalid, %zu error%s; not starting\n", path,
                 errs.count, errs.count == 1 ? "" : "s");
         errors_free(&errs);
-        config_free(&cfg);
+        config_free(cfg);
+        free(cfg);
         return EXIT_INVALID;
     }
     /* A plugin that cannot even load would only crash-loop its workers:
      * refuse to start, as check-config would. */
-    for (size_t i = 0; i < cfg.n_pipelines; i++) {
+    for (size_t i = 0; i < cfg->n_pipelines; i++) {
         kh_plugin plugin;
         char err[1024];
-        if (plugin_load(cfg.pipelines[i].plugin_path, &plugin, err,
+        if (plugin_load(cfg->pipelines[i].plugin_path, &plugin, err,
                         sizeof err) != 0) {
             errors_add(&errs, "%s:%d: plugin of [pipeline.%s]: %s", path,
-                       cfg.pipelines[i].plugin_line, cfg.pipelines[i].name,
+                       cfg->pipelines[i].plugin_line, cfg->pipelines[i].name,
                        err);
             continue;
         }
@@ -198,13 +200,44 @@ static int cmd_run(int argc, char **argv) {
         fprintf(stderr, "%s: invalid, %zu error%s; not starting\n", path,
                 errs.count, errs.count == 1 ? "" : "s");
         errors_free(&errs);
-        config_free(&cfg);
+        config_free(cfg);
+        free(cfg);
         return EXIT_INVALID;
     }
     errors_free(&errs);
-    int rc = host_run(&cfg);
-    config_free(&cfg);
-    return rc;
+    return host_run(cfg); /* takes cfg: a reload replaces it */
+}
+
+/* reload and status talk to the running host through its control
+ * socket, found from the same config file. */
+static int cmd_control(int argc, char **argv, const char *command) {
+    const char *path = config_arg(argc, argv, argv[0]);
+    if (!strcmp(command, "reload")) {
+        /* Check the file first: a clear error here beats a rejection that
+         * only the host's log explains. */
+        kh_config cfg = {0};
+        kh_errors errs = {0};
+        if (config_load(path, &cfg, &errs) != 0) {
+            print_errors(&errs);
+            fprintf(stderr, "%s: invalid, %zu error%s; not reloading\n", path,
+                    errs.count, errs.count == 1 ? "" : "s");
+            errors_free(&errs);
+            config_free(&cfg);
+            return EXIT_INVALID;
+        }
+        errors_free(&errs);
+        config_free(&cfg);
+    }
+    char reply[8192];
+    if (admin_request(path, command, reply, sizeof reply) != 0) {
+        fprintf(stderr, "khost %s: %s\n", command, reply);
+        return EXIT_RUNTIME;
+    }
+    fputs(reply, stdout);
+    if (!strncmp(reply, "error:", 6) || strstr(reply, "\nerror:"))
+        return !strncmp(reply, "error: rejected", 15) ? EXIT_INVALID
+                                                      : EXIT_RUNTIME;
+    return EXIT_OK;
 }
 
 int main(int argc, char **argv) {
@@ -239,6 +272,8 @@ int main(int argc, char **argv) {
         return cmd_check_config(sub_argc, sub_argv);
     if (!strcmp(cmd, "plugin-info"))
         return cmd_plugin_info(sub_argc, sub_argv);
+    if (!strcmp(cmd, "reload") || !strcmp(cmd, "status"))
+        return cmd_control(sub_argc, sub_argv, cmd);
     if (!strcmp(cmd, "mock-cluster"))
         return mock_cluster_main(sub_argc, sub_argv);
     /* Internal: the host execs itself in this mode for each worker. */

@@ -167,6 +167,55 @@ int plugin_init(kh_plugin *plugin, const khost_init_args *args, void **state,
     return -1;
 }
 
+char *plugin_snapshot(const char *path, const char *dir, char *err,
+                      size_t errlen) {
+    static unsigned serial;
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    char *out = NULL;
+    if (asprintf(&out, "%s/%u-%s", dir, ++serial, base) < 0) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return NULL;
+    }
+    int in = open(path, O_RDONLY | O_CLOEXEC);
+    int fd =
+        in < 0 ? -1 : open(out, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0500);
+    if (in < 0 || fd < 0) {
+        snprintf(err, errlen, "%s: cannot snapshot to %s: %s", path, out,
+                 strerror(errno));
+        goto fail;
+    }
+    char buf[65536];
+    ssize_t n;
+    while ((n = read(in, buf, sizeof buf)) > 0) {
+        for (ssize_t done = 0; done < n;) {
+            ssize_t w = write(fd, buf + done, (size_t)(n - done));
+            if (w < 0) {
+                snprintf(err, errlen, "%s: cannot write snapshot %s: %s", path,
+                         out, strerror(errno));
+                goto fail;
+            }
+            done += w;
+        }
+    }
+    if (n < 0) {
+        snprintf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+        goto fail;
+    }
+    close(in);
+    close(fd);
+    return out;
+fail:
+    if (in >= 0)
+        close(in);
+    if (fd >= 0) {
+        close(fd);
+        unlink(out);
+    }
+    free(out);
+    return NULL;
+}
+
 void plugin_unload(kh_plugin *plugin) {
     if (plugin->dl)
         dlclose(plugin->dl);

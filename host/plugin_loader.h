@@ -26,6 +26,14 @@ int plugin_init(kh_plugin *plugin, const khost_init_args *args, void **state,
 
 void plugin_unload(kh_plugin *plugin);
 
+/* Copy `path` to a fresh file in `dir` and return its malloc'd path.
+ * Workers load the copy, so an operator overwriting the original in place
+ * (cp new.so plugin.so) never changes the bytes under a running worker
+ * (glibc maps a .so by path and inode), and a restarted worker gets the
+ * same version as its siblings. Returns NULL with err set on failure. */
+char *plugin_snapshot(const char *path, const char *dir, char *err,
+                      size_t errlen);
+
 /* Names of the optional callbacks the plugin provides, space separated,
  * e.g. "handle_batch tick"; "none" when there are none. */
 void plugin_describe_optional(const kh_plugin *plugin, char *buf, size_t len);

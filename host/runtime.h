@@ -21,6 +21,7 @@
 
 #include <librdkafka/rdkafka.h>
 #include <stdbool.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <systemd/sd-event.h>
 
@@ -50,6 +51,9 @@ typedef enum kh_worker_state {
 
 typedef struct kh_worker {
     kh_pipeline_rt *pl;
+    const kh_pipeline *cfg;  /* this worker's generation's config */
+    const char *plugin_path; /* its plugin snapshot */
+    bool candidate;          /* started by a reload, not cut over yet */
     int index;
     kh_worker_state state;
     pid_t pid;
@@ -64,7 +68,8 @@ typedef struct kh_worker {
     int consecutive_crashes;
     int64_t spawned_ms;
     char kill_reason[160]; /* why the host killed it, for the crash log */
-    char init_error[512];  /* INIT_FAILED text */
+    char plugin_name[128];
+    char init_error[512]; /* INIT_FAILED text */
     char plugin_version[64];
 } kh_worker;
 
@@ -84,7 +89,9 @@ typedef struct kh_part {
     int32_t partition;
     uint32_t slot; /* index in pl->parts; encoded in tokens */
     bool assigned;
-    int owner; /* worker index, -1 when unassigned */
+    /* The worker that owns it, NULL when unassigned. A pointer, not an
+     * index: during a plugin reload two generations of workers coexist. */
+    kh_worker *owner;
     kh_offsets off;
     rd_kafka_message_t **pend; /* ring of polled, undispatched messages */
     size_t pend_head, pend_len, pend_cap;
@@ -106,7 +113,10 @@ typedef struct kh_part {
 
 struct kh_pipeline_rt {
     kh_host *host;
+    const kh_config *root; /* the whole file this pipeline came from */
     const kh_pipeline *cfg;
+    struct stat plugin_stat;  /* of cfg->plugin_path when snapshotted */
+    struct kh_reload *reload; /* reload.c state, NULL when none */
     rd_kafka_t *rk;
     rd_kafka_queue_t *queue;
     int wake_fd[2]; /* librdkafka writes here when its queue fills */
@@ -114,6 +124,7 @@ struct kh_pipeline_rt {
     sd_event_source *defer_src; /* keeps polling while the budget ran out */
     kh_worker *workers;
     int n_workers;
+    char *snapshot; /* the plugin copy current workers load */
     kh_part **parts;
     size_t n_parts, cap_parts;
     kh_part *last_part; /* lookup cache: messages come in runs */
@@ -124,7 +135,7 @@ struct kh_pipeline_rt {
     /* counters (the metrics endpoint will expose them) */
     uint64_t handled, acked_count, crashes, restarts_total, rebalances;
     uint64_t retries, failures, lies;
-    uint64_t poison, dlq_written, dlq_errors, skipped;
+    uint64_t poison, dlq_written, dlq_errors, skipped, reloads;
     rd_kafka_t *dlq; /* dead-letter producer, with on_failure = dlq */
     struct kh_dlq_job *dlq_retry; /* writes waiting for their retry */
     char plugin_name[128];
@@ -134,15 +145,22 @@ struct kh_pipeline_rt {
 
 struct kh_host {
     sd_event *ev;
-    const kh_config *cfg;
-    kh_pipeline_rt *pipelines;
+    kh_config *cfg;      /* the current configuration (owned) */
+    kh_config **retired; /* earlier ones still referenced (reload.c) */
+    size_t n_retired;
+    int admin_fd; /* control socket, -1 when none */
+    char *admin_path;
+    sd_event_source *admin_src;
+    kh_pipeline_rt **pipelines;
     size_t n_pipelines;
     kh_mock mock;
     bool has_mock;
     char *bootstraps;
+    char *snapshot_dir; /* private copies of plugins (plugin_snapshot) */
     int signal_fd;
     bool shutting_down;
-    bool stop_requested; /* a first SIGTERM/SIGINT was received */
+    bool stop_requested;   /* a first SIGTERM/SIGINT was received */
+    bool reload_requested; /* SIGHUP seen, not acted on yet */
     int exit_code;
     sd_event_source *signal_src, *hang_timer, *report_timer;
 };
@@ -199,9 +217,37 @@ void supervisor_worker_ready(kh_worker *w, const char *name,
 void supervisor_kill(kh_worker *w, const char *reason);
 void supervisor_check_hangs(kh_pipeline_rt *pl, int64_t now_ms);
 /* Pick the worker that owns a newly assigned partition. */
-int supervisor_assign_owner(kh_pipeline_rt *pl);
+kh_worker *supervisor_assign_owner(kh_pipeline_rt *pl);
 /* SHUTDOWN every worker and wait (bounded) for them to exit. */
 void supervisor_stop_all(kh_pipeline_rt *pl, int64_t deadline_ms);
+void supervisor_stop_workers(kh_pipeline_rt *pl, kh_worker *ws, int n,
+                             int64_t deadline_ms);
+int supervisor_spawn(kh_worker *w);
+
+/* ---- pipeline.c ---- */
+kh_pipeline_rt *pipeline_start(kh_host *host, const kh_config *root,
+                               const kh_pipeline *cfg);
+void pipeline_stop(kh_pipeline_rt *pl); /* drain, commit, leave the group */
+void pipeline_free(kh_pipeline_rt *pl);
+
+/* ---- reload.c ---- */
+/* Re-read the config file and apply what changed. Returns 0 when the new
+ * file was accepted (plugin swaps go on in the background), -1 when it
+ * was rejected and the old configuration keeps running; msg gets one
+ * line either way. */
+int reload_apply(kh_host *host, char *msg, size_t len);
+void reload_worker_ready(kh_worker *w);
+/* A worker of pl died: a candidate's death aborts its reload; a crash
+ * during probation may roll the reload back. */
+void reload_worker_died(kh_worker *w, const char *how);
+void reload_tick(kh_pipeline_rt *pl, int64_t now_ms);
+void reload_abort(kh_pipeline_rt *pl, const char *why);
+void reload_free(kh_pipeline_rt *pl);
+
+/* ---- admin.c ---- */
+/* The control socket (mode 0600) that `khost reload -c FILE` talks to. */
+int admin_start(kh_host *host, char *err, size_t errlen);
+void admin_stop(kh_host *host);
 
 /* ---- host.c ---- */
 /* True when a second SIGTERM/SIGINT arrived: stop waiting at once. */

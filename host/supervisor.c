@@ -36,15 +36,15 @@
 
 extern char **environ;
 
-static int worker_spawn(kh_worker *w);
+int supervisor_spawn(kh_worker *w);
 
 static void send_init(kh_worker *w) {
-    const kh_pipeline *cfg = w->pl->cfg;
+    const kh_pipeline *cfg = w->cfg;
     kh_buf *b = &w->conn.out;
     size_t start = tr_frame_begin(b, KH_F_INIT);
     tr_put_str(b, cfg->name);
     tr_put_u32(b, (uint32_t)w->index);
-    tr_put_str(b, cfg->plugin_path);
+    tr_put_str(b, w->plugin_path);
     tr_put_u32(b, (uint32_t)cfg->tick_interval_ms);
     tr_put_u32(b, (uint32_t)cfg->n_config);
     for (size_t i = 0; i < cfg->n_config; i++) {
@@ -191,7 +191,7 @@ static int on_restart_timer(sd_event_source *s, uint64_t usec, void *userdata) {
     w->restart_timer = sd_event_source_disable_unref(w->restart_timer);
     if (w->pl->failed || w->pl->stopping || w->pl->host->shutting_down)
         return 0;
-    if (worker_spawn(w) != 0)
+    if (supervisor_spawn(w) != 0)
         klog_error("pipeline=%s worker=%d: restart failed; retrying",
                    w->pl->cfg->name, w->index);
     return 0;
@@ -237,6 +237,16 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
     if (w->state == KH_W_READY || w->state == KH_W_STOPPING)
         dispatch_read(w);
     release_process(w);
+    if (w->candidate) {
+        /* A reload's new worker: it owns nothing yet, and its death means
+         * the reload cannot go through. */
+        w->state = KH_W_STOPPED;
+        klog_error("pipeline=%s new worker=%d pid=%d %s%s%s", pl->cfg->name,
+                   w->index, (int)pid, how, w->init_error[0] ? ": " : "",
+                   w->init_error);
+        reload_worker_died(w, how); /* may free w */
+        return 0;
+    }
     if (orderly || pl->stopping || pl->host->shutting_down) {
         w->state = KH_W_STOPPED;
         klog_info("pipeline=%s worker=%d pid=%d %s", pl->cfg->name, w->index,
@@ -259,7 +269,7 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
      * waits for the replacement. */
     for (size_t i = 0; i < pl->n_parts; i++) {
         kh_part *part = pl->parts[i];
-        if (!part->assigned || part->owner != w->index)
+        if (!part->assigned || part->owner != w)
             continue;
         kafka_pause(part, KH_PAUSE_WORKER, true);
         if (suspect_count > 1)
@@ -281,10 +291,11 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
     }
     pl->restarts_total++;
     schedule_restart(w);
+    reload_worker_died(w, how); /* counts crashes during a probation */
     return 0;
 }
 
-static int worker_spawn(kh_worker *w) {
+int supervisor_spawn(kh_worker *w) {
     kh_pipeline_rt *pl = w->pl;
     int sv[2] = {-1, -1};
     int memfd = -1;
@@ -398,9 +409,11 @@ int supervisor_start(kh_pipeline_rt *pl) {
     for (int i = 0; i < pl->n_workers; i++) {
         kh_worker *w = &pl->workers[i];
         w->pl = pl;
+        w->cfg = pl->cfg;
+        w->plugin_path = pl->snapshot;
         w->index = i;
         w->conn.fd = -1;
-        if (worker_spawn(w) != 0)
+        if (supervisor_spawn(w) != 0)
             return -1;
     }
     return 0;
@@ -411,13 +424,20 @@ void supervisor_worker_ready(kh_worker *w, const char *name,
     kh_pipeline_rt *pl = w->pl;
     w->state = KH_W_READY;
     snprintf(w->plugin_version, sizeof w->plugin_version, "%s", version);
+    snprintf(w->plugin_name, sizeof w->plugin_name, "%s", name);
+    if (w->candidate) {
+        klog_info("pipeline=%s new worker=%d pid=%d ready: plugin %s %s",
+                  pl->cfg->name, w->index, (int)w->pid, name, version);
+        reload_worker_ready(w);
+        return;
+    }
     snprintf(pl->plugin_name, sizeof pl->plugin_name, "%s", name);
     snprintf(pl->plugin_version, sizeof pl->plugin_version, "%s", version);
     klog_info("pipeline=%s worker=%d pid=%d ready: plugin %s %s", pl->cfg->name,
               w->index, (int)w->pid, name, version);
     for (size_t i = 0; i < pl->n_parts; i++) {
         kh_part *part = pl->parts[i];
-        if (!part->assigned || part->owner != w->index)
+        if (!part->assigned || part->owner != w)
             continue;
         dispatch_send_partition_event(part, KH_F_ASSIGN);
         kafka_pause(part, KH_PAUSE_WORKER, false);
@@ -463,18 +483,23 @@ void supervisor_check_hangs(kh_pipeline_rt *pl, int64_t now_ms) {
     }
 }
 
-int supervisor_assign_owner(kh_pipeline_rt *pl) {
+kh_worker *supervisor_assign_owner(kh_pipeline_rt *pl) {
     int best = 0;
     for (int i = 1; i < pl->n_workers; i++)
         if (pl->workers[i].n_parts < pl->workers[best].n_parts)
             best = i;
     pl->workers[best].n_parts++;
-    return best;
+    return &pl->workers[best];
 }
 
 void supervisor_stop_all(kh_pipeline_rt *pl, int64_t deadline_ms) {
-    for (int i = 0; i < pl->n_workers; i++) {
-        kh_worker *w = &pl->workers[i];
+    supervisor_stop_workers(pl, pl->workers, pl->n_workers, deadline_ms);
+}
+
+void supervisor_stop_workers(kh_pipeline_rt *pl, kh_worker *ws, int n,
+                             int64_t deadline_ms) {
+    for (int i = 0; i < n; i++) {
+        kh_worker *w = &ws[i];
         w->restart_timer = sd_event_source_disable_unref(w->restart_timer);
         if (!w->pid)
             continue;
@@ -487,8 +512,8 @@ void supervisor_stop_all(kh_pipeline_rt *pl, int64_t deadline_ms) {
     /* Flush SHUTDOWN frames and wait for the exits, bounded. */
     for (;;) {
         int alive = 0;
-        for (int i = 0; i < pl->n_workers; i++) {
-            kh_worker *w = &pl->workers[i];
+        for (int i = 0; i < n; i++) {
+            kh_worker *w = &ws[i];
             if (!w->pid)
                 continue;
             if (buf_pending(&w->conn.out))
@@ -513,8 +538,8 @@ void supervisor_stop_all(kh_pipeline_rt *pl, int64_t deadline_ms) {
             break;
         usleep(10 * 1000);
     }
-    for (int i = 0; i < pl->n_workers; i++) {
-        kh_worker *w = &pl->workers[i];
+    for (int i = 0; i < n; i++) {
+        kh_worker *w = &ws[i];
         if (!w->pid)
             continue;
         klog_warn("pipeline=%s worker=%d pid=%d did not stop in time; "

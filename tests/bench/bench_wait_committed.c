@@ -7,12 +7,14 @@
  * handle that never joins the group) until every partition's committed
  * offset has reached its high watermark. Prints one line:
  *
- *   COMMITTED end_total=N first_wall=W1 first_total=C1 done_wall=W2
+ *   COMMITTED end_total=N first_wall=W first_total=C t10=T t50=T t90=T
+ *             done_wall=W samples=K
  *
  * first_*: when a committed offset was first seen and how many messages it
- * covered; done_wall: when all of them were seen at the end. Wall clock,
- * seconds since the epoch, so it can be compared with khost's log lines.
- * Exit 1 on timeout (default 120 s).
+ * covered; tP: when the committed total was first seen at or above P% of
+ * end_total; done_wall: when every partition was seen at its end. All
+ * times are wall clock, seconds since the epoch (comparable with khost's
+ * log lines). Exit 1 on timeout (default 120 s).
  */
 #define _GNU_SOURCE
 #include "bench_common.h"
@@ -68,14 +70,18 @@ int main(int argc, char **argv) {
     for (int p = 0; p < parts; p++)
         rd_kafka_topic_partition_list_add(l, topic, p);
 
-    double first_wall = 0;
-    long first_total = 0;
+    double first_wall = 0, t_pct[3] = {0, 0, 0};
+    static const int pct[3] = {10, 50, 90};
+    long first_total = 0, samples = 0;
     for (;;) {
         for (int p = 0; p < parts; p++)
             l->elems[p].offset = RD_KAFKA_OFFSET_INVALID;
         rd_kafka_resp_err_t e = rd_kafka_committed(rk, l, 2000);
         double now = bench_wall();
-        if (!e) {
+        if (e) {
+            fprintf(stderr, "bench_wait_committed: %s\n", rd_kafka_err2str(e));
+        } else {
+            samples++;
             long total = 0;
             int at_end = 0;
             for (int p = 0; p < parts; p++) {
@@ -88,10 +94,15 @@ int main(int argc, char **argv) {
                 first_wall = now;
                 first_total = total;
             }
+            for (int i = 0; i < 3; i++)
+                if (t_pct[i] == 0 && total * 100 >= end_total * pct[i])
+                    t_pct[i] = now;
             if (at_end == parts) {
-                printf("COMMITTED end_total=%ld first_wall=%.3f "
-                       "first_total=%ld done_wall=%.3f\n",
-                       end_total, first_wall, first_total, now);
+                printf("COMMITTED end_total=%ld first_wall=%.4f "
+                       "first_total=%ld t10=%.4f t50=%.4f t90=%.4f "
+                       "done_wall=%.4f samples=%ld\n",
+                       end_total, first_wall, first_total, t_pct[0], t_pct[1],
+                       t_pct[2], now, samples);
                 break;
             }
         }
