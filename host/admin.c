@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -101,6 +102,85 @@ static int on_admin(sd_event_source *s, int fd, uint32_t revents, void *ud) {
     return 0;
 }
 
+#define KH_WATCH_QUIET_MS 300
+
+static bool watched_name(kh_host *host, const char *dir, const char *name) {
+    size_t dl = strlen(dir);
+    const char *paths[1 + 256];
+    size_t n = 0;
+    paths[n++] = host->cfg->path;
+    for (size_t i = 0; i < host->cfg->n_pipelines && n < 257; i++)
+        paths[n++] = host->cfg->pipelines[i].plugin_path;
+    for (size_t i = 0; i < n; i++) {
+        const char *slash = strrchr(paths[i], '/');
+        const char *base = slash ? slash + 1 : paths[i];
+        size_t pl = slash ? (size_t)(slash - paths[i]) : 1;
+        const char *pdir = slash ? paths[i] : ".";
+        if (pl == dl && !strncmp(pdir, dir, dl) && !strcmp(base, name))
+            return true;
+    }
+    return false;
+}
+
+static int on_watch(sd_event_source *s, const struct inotify_event *ev,
+                    void *ud) {
+    kh_host *host = ud;
+    const char *dir = NULL;
+    sd_event_source_get_description(s, &dir);
+    if (ev->len && dir && watched_name(host, dir, ev->name)) {
+        /* Wait for quiet: an editor or a deploy writes in several steps. */
+        host->watch_due_ms = kh_now_ms() + KH_WATCH_QUIET_MS;
+        klog_debug("watch: %s/%s changed", dir, ev->name);
+    }
+    return 0;
+}
+
+static void unwatch(kh_host *host) {
+    for (size_t i = 0; i < host->n_watch; i++)
+        sd_event_source_disable_unref(host->watch_srcs[i]);
+    free(host->watch_srcs);
+    host->watch_srcs = NULL;
+    host->n_watch = 0;
+}
+
+static void watch_dir(kh_host *host, const char *path) {
+    char dir[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    if (slash)
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    else
+        snprintf(dir, sizeof dir, ".");
+    for (size_t i = 0; i < host->n_watch; i++) {
+        const char *d = NULL;
+        sd_event_source_get_description(host->watch_srcs[i], &d);
+        if (d && !strcmp(d, dir))
+            return;
+    }
+    sd_event_source *src = NULL;
+    int rc = sd_event_add_inotify(host->ev, &src, dir,
+                                  IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE,
+                                  on_watch, host);
+    if (rc < 0) {
+        klog_warn("watch: cannot watch %s: %s", dir, strerror(-rc));
+        return;
+    }
+    sd_event_source_set_description(src, dir);
+    host->watch_srcs =
+        realloc(host->watch_srcs, (host->n_watch + 1) * sizeof src);
+    host->watch_srcs[host->n_watch++] = src;
+}
+
+void admin_watch(kh_host *host) {
+    unwatch(host);
+    if (!host->cfg->watch)
+        return;
+    watch_dir(host, host->cfg->path);
+    for (size_t i = 0; i < host->cfg->n_pipelines; i++)
+        watch_dir(host, host->cfg->pipelines[i].plugin_path);
+    klog_info("watch: reloading when %s or a plugin file changes",
+              host->cfg->path);
+}
+
 int admin_start(kh_host *host, char *err, size_t errlen) {
     host->admin_path = admin_socket_path(host->cfg->path);
     if (!host->admin_path) {
@@ -148,6 +228,7 @@ int admin_start(kh_host *host, char *err, size_t errlen) {
 }
 
 void admin_stop(kh_host *host) {
+    unwatch(host);
     host->admin_src = sd_event_source_disable_unref(host->admin_src);
     if (host->admin_fd >= 0) {
         close(host->admin_fd);

@@ -197,6 +197,7 @@ enum pipeline_key {
     PK_DLQ_TOPIC,
     PK_RELOAD_MAX_CRASHES,
     PK_RELOAD_PROBATION_MS,
+    PK_RELOAD_STRATEGY,
     PK_COUNT
 };
 
@@ -223,6 +224,7 @@ static const struct pipeline_key_info {
     [PK_SHUTDOWN_TIMEOUT_MS] = {"shutdown_timeout_ms", false,
                                 offsetof(kh_pipeline, shutdown_timeout_ms),
                                 10000, 0, 3600000},
+    [PK_RELOAD_STRATEGY] = {"reload_strategy", false, NO_FIELD, 0, 0, 0},
     [PK_ON_EXHAUSTED] = {"on_exhausted", false, NO_FIELD, 0, 0, 0},
     [PK_TICK_INTERVAL_MS] = {"tick_interval_ms", false,
                              offsetof(kh_pipeline, tick_interval_ms), 1000, 0,
@@ -260,7 +262,7 @@ static const struct host_int_key {
 #define N_HOST_INT_KEYS (sizeof host_int_keys / sizeof host_int_keys[0])
 
 static const char *const host_keys[] = {"brokers", "mock_partitions",
-                                        "mock_seed"};
+                                        "mock_seed", "watch"};
 
 /* librdkafka properties whose value khost decides; a user setting them
  * would silently break offset handling or pipeline isolation. */
@@ -784,6 +786,22 @@ static void on_host_int_key(parser *p, const struct host_int_key *info,
 }
 
 static void on_host_key(parser *p, const char *key, const char *raw) {
+    if (strcmp(key, "watch") == 0) {
+        char *value = expand_env(p, key, raw);
+        if (!value)
+            return;
+        if (strcmp(value, "true") == 0)
+            p->cfg->watch = 1;
+        else if (strcmp(value, "false") == 0)
+            p->cfg->watch = 0;
+        else
+            report(p, p->lineno,
+                   "bad value '%s' for 'watch' in [host]: expected true or "
+                   "false",
+                   value);
+        free(value);
+        return;
+    }
     for (size_t i = 0; i < N_HOST_INT_KEYS; i++) {
         if (strcmp(key, host_int_keys[i].name) == 0) {
             on_host_int_key(p, &host_int_keys[i], raw);
@@ -962,6 +980,17 @@ static void on_pipeline_key(parser *p, const char *key, const char *raw) {
             report(p, p->lineno,
                    "bad value '%s' for 'on_failure' in [%s]: expected dlq, "
                    "skip or pause",
+                   value, p->section);
+        break;
+    case PK_RELOAD_STRATEGY:
+        if (strcmp(value, "all") == 0)
+            pl->reload_canary = 0;
+        else if (strcmp(value, "canary") == 0)
+            pl->reload_canary = 1;
+        else
+            report(p, p->lineno,
+                   "bad value '%s' for 'reload_strategy' in [%s]: expected "
+                   "all or canary",
                    value, p->section);
         break;
     case PK_DLQ_TOPIC:

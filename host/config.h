@@ -51,6 +51,7 @@ typedef struct kh_pipeline {
     char *dlq_topic;          /* NULL: "<topic>.dlq" per consumed topic */
     int reload_max_crashes;   /* default 2: crashes tolerated on probation */
     int reload_probation_ms;  /* default 10000; 0: no probation */
+    int reload_canary;        /* reload_strategy = canary (default all) */
     int dlq_topic_line;
     kh_on_exhausted on_exhausted; /* default pause */
     kh_kv *config; /* [pipeline.NAME.config], for the plugin's init */
@@ -66,7 +67,8 @@ typedef struct kh_config {
     int mock_brokers;    /* > 0 when brokers is mock / mock:N, else 0 */
     int mock_partitions; /* mock only: partitions per topic, default 4 */
     int mock_seed;       /* mock only: messages seeded per topic, default 0 */
-    kh_kv *kafka;        /* [kafka]: librdkafka properties for every consumer */
+    int watch;    /* 1: reload when the config or a plugin file changes */
+    kh_kv *kafka; /* [kafka]: librdkafka properties for every consumer */
     size_t n_kafka;
     kh_pipeline *pipelines;
     size_t n_pipelines;

@@ -172,8 +172,11 @@ void dispatch_pump(kh_pipeline_rt *pl) {
     if (pl->failed)
         return;
     int64_t now = kh_now_ms();
-    for (int i = 0; i < pl->n_workers; i++) {
-        kh_worker *w = &pl->workers[i];
+    int n_extra;
+    kh_worker *extra = reload_workers(pl, &n_extra);
+    for (int i = 0; i < pl->n_workers + n_extra; i++) {
+        kh_worker *w =
+            i < pl->n_workers ? &pl->workers[i] : &extra[i - pl->n_workers];
         if (w->state != KH_W_READY)
             continue;
         while (w->inflight < KH_MAX_INFLIGHT &&
@@ -471,8 +474,11 @@ void dispatch_drain(kh_pipeline_rt *pl, kh_part **parts, size_t n,
         struct pollfd fds[64];
         kh_worker *who[64];
         int nfds = 0;
-        for (int i = 0; i < pl->n_workers && nfds < 64; i++) {
-            kh_worker *w = &pl->workers[i];
+        int n_extra;
+        kh_worker *extra = reload_workers(pl, &n_extra);
+        for (int i = 0; i < pl->n_workers + n_extra && nfds < 64; i++) {
+            kh_worker *w =
+                i < pl->n_workers ? &pl->workers[i] : &extra[i - pl->n_workers];
             if (w->conn.fd < 0 ||
                 (w->state != KH_W_READY && w->state != KH_W_STOPPING))
                 continue;

@@ -70,11 +70,18 @@ bool host_check_signals(kh_host *host) {
 }
 
 static void run_pending_reload(kh_host *host) {
-    if (!host->reload_requested || host->shutting_down || host->stop_requested)
+    if (host->shutting_down || host->stop_requested)
         return;
+    bool watched = host->watch_due_ms && kh_now_ms() >= host->watch_due_ms;
+    if (!host->reload_requested && !watched)
+        return;
+    klog_info("%s: reloading %s",
+              host->reload_requested ? "SIGHUP received"
+                                     : "watched file changed",
+              host->cfg->path);
     host->reload_requested = false;
+    host->watch_due_ms = 0;
     char msg[512];
-    klog_info("SIGHUP received: reloading %s", host->cfg->path);
     reload_apply(host, msg, sizeof msg);
 }
 
@@ -342,6 +349,7 @@ int host_run(kh_config *cfg) {
         klog_warn("control socket unavailable (khost reload will not "
                   "work; SIGHUP still does): %s",
                   err);
+    admin_watch(&host);
     sd_event_add_io(host.ev, &host.signal_src, host.signal_fd, EPOLLIN,
                     on_signal, &host);
     uint64_t now;

@@ -43,6 +43,8 @@ typedef struct kh_reload {
     struct stat plugin_stat;
     int64_t deadline_ms;
     bool is_rollback;
+    bool canary; /* one partition moved, the rest waiting */
+    kh_part *canary_part;
     /* After the cutover: the probation window and what to go back to. */
     bool probation;
     int64_t probation_until_ms;
@@ -55,6 +57,11 @@ typedef struct kh_reload {
 } kh_reload;
 
 static void sweep_configs(kh_host *host);
+
+static void finish_cutover(kh_pipeline_rt *pl);
+static void hand_over(kh_pipeline_rt *pl, kh_part *part, kh_worker *to,
+                      const char *why);
+static kh_worker *least_loaded(kh_worker *ws, int n);
 
 static bool kv_same(const kh_kv *a, size_t na, const kh_kv *b, size_t nb) {
     if (na != nb)
@@ -141,6 +148,15 @@ void reload_abort(kh_pipeline_rt *pl, const char *why) {
                    "running plugin (%s) keeps every partition",
                    pl->cfg->name, r->is_rollback ? "rollback" : "reload", why,
                    pl->plugin_version);
+        /* A canary's partition goes back before its workers go. */
+        for (size_t i = 0; i < pl->n_parts; i++) {
+            kh_part *part = pl->parts[i];
+            if (part->assigned && part->owner >= r->workers &&
+                part->owner < r->workers + r->n)
+                hand_over(pl, part, least_loaded(pl->workers, pl->n_workers),
+                          "swap abandoned: back to the running plugin");
+        }
+        r->canary = false;
         supervisor_stop_workers(pl, r->workers, r->n, kh_now_ms());
         free_candidates(r);
         if (r->snapshot) {
@@ -215,35 +231,83 @@ static kh_worker *least_loaded(kh_worker *ws, int n) {
     return best;
 }
 
-/* Every candidate is ready: hand the partitions over, one at a time. */
+kh_worker *reload_workers(kh_pipeline_rt *pl, int *n) {
+    kh_reload *r = pl->reload;
+    *n = r && r->workers ? r->n : 0;
+    return *n ? r->workers : NULL;
+}
+
+/* Move one partition to `to`: REVOKE to the old owner (its on_revoke can
+ * still ack), drain what it has in flight, rewind to acked + 1, ASSIGN. */
+static void hand_over(kh_pipeline_rt *pl, kh_part *part, kh_worker *to,
+                      const char *why) {
+    kh_worker *from = part->owner;
+    dispatch_send_partition_event(part, KH_F_REVOKE);
+    dispatch_drop_pending(part);
+    int bound = pl->cfg->shutdown_timeout_ms < KH_HANDOVER_DRAIN_MAX_MS
+                    ? pl->cfg->shutdown_timeout_ms
+                    : KH_HANDOVER_DRAIN_MAX_MS;
+    dispatch_drain(pl, &part, 1, kh_now_ms() + bound);
+    if (from && from->status)
+        status_set_drain(from->status, false);
+    dispatch_rewind_part(part, why);
+    if (from)
+        from->n_parts--;
+    to->n_parts++;
+    part->owner = to;
+    dispatch_send_partition_event(part, KH_F_ASSIGN);
+    kafka_pause(part, KH_PAUSE_WORKER, to->state != KH_W_READY);
+}
+
+/* Every candidate is ready: hand the partitions over, one at a time. With
+ * reload_strategy = canary, only the first one now (see reload_tick). */
 static void cutover(kh_pipeline_rt *pl) {
+    kh_reload *r = pl->reload;
+    for (int i = 0; i < r->n; i++)
+        r->workers[i].candidate = false; /* live now: crashes count */
+    if (pl->cfg->reload_canary && !r->is_rollback && !r->canary) {
+        for (size_t i = 0; i < pl->n_parts; i++) {
+            kh_part *part = pl->parts[i];
+            if (!part->assigned)
+                continue;
+            hand_over(pl, part, least_loaded(r->workers, r->n),
+                      "canary: handed to the new plugin");
+            r->canary = true;
+            r->canary_part = part;
+            r->probation = true;
+            r->crashes = 0;
+            r->probation_until_ms =
+                kh_now_ms() + (pl->cfg->reload_probation_ms > 0
+                                   ? pl->cfg->reload_probation_ms
+                                   : 10000);
+            klog_info("pipeline=%s canary: %s partition=%d now runs plugin "
+                      "%s; the other partitions follow once it passes %d ms "
+                      "of probation",
+                      pl->cfg->name, part->topic, part->partition,
+                      r->workers[0].plugin_version,
+                      pl->cfg->reload_probation_ms);
+            dispatch_pump(pl);
+            return;
+        }
+    }
+    finish_cutover(pl);
+}
+
+/* Move every partition still on the old generation, stop it, and make the
+ * new generation the pipeline's workers. */
+static void finish_cutover(kh_pipeline_rt *pl) {
     kh_reload *r = pl->reload;
     kh_worker *old = pl->workers;
     int n_old = pl->n_workers;
     char old_version[64];
     snprintf(old_version, sizeof old_version, "%s", pl->plugin_version);
-    int moved = 0;
+    int moved = r->canary ? 1 : 0;
     for (size_t i = 0; i < pl->n_parts; i++) {
         kh_part *part = pl->parts[i];
-        if (!part->assigned)
+        if (!part->assigned || (r->canary && part == r->canary_part))
             continue;
-        kh_worker *from = part->owner;
-        /* on_revoke first: deferred acks made there still count. */
-        dispatch_send_partition_event(part, KH_F_REVOKE);
-        dispatch_drop_pending(part);
-        int bound = pl->cfg->shutdown_timeout_ms < KH_HANDOVER_DRAIN_MAX_MS
-                        ? pl->cfg->shutdown_timeout_ms
-                        : KH_HANDOVER_DRAIN_MAX_MS;
-        dispatch_drain(pl, &part, 1, kh_now_ms() + bound);
-        dispatch_rewind_part(part, "handed over to the reloaded plugin");
-        if (from)
-            from->n_parts--;
-        kh_worker *to = least_loaded(r->workers, r->n);
-        to->n_parts++;
-        part->owner = to;
-        to->candidate = false; /* its partition events now flow */
-        dispatch_send_partition_event(part, KH_F_ASSIGN);
-        kafka_pause(part, KH_PAUSE_WORKER, false);
+        hand_over(pl, part, least_loaded(r->workers, r->n),
+                  "handed over to the reloaded plugin");
         moved++;
     }
     dispatch_store_dirty(pl);
@@ -253,8 +317,6 @@ static void cutover(kh_pipeline_rt *pl) {
         old[i].restart_timer =
             sd_event_source_disable_unref(old[i].restart_timer);
     free(old);
-    for (int i = 0; i < r->n; i++)
-        r->workers[i].candidate = false;
     pl->workers = r->workers;
     pl->n_workers = r->n;
     r->workers = NULL;
@@ -281,7 +343,7 @@ static void cutover(kh_pipeline_rt *pl) {
               "rebalance",
               pl->cfg->name, r->is_rollback ? "ROLLED BACK" : "reloaded",
               old_version, pl->plugin_version, moved);
-    if (!r->is_rollback && pl->cfg->reload_probation_ms > 0) {
+    if (!r->is_rollback && !r->canary && pl->cfg->reload_probation_ms > 0) {
         r->probation = true;
         r->probation_until_ms = kh_now_ms() + pl->cfg->reload_probation_ms;
         r->crashes = 0;
@@ -319,13 +381,17 @@ void reload_worker_died(kh_worker *w, const char *how) {
         reload_abort(pl, why); /* frees w: nothing may touch it after */
         return;
     }
-    if (r->probation && kh_now_ms() <= r->probation_until_ms &&
+    /* During a canary only the new generation is on probation. */
+    bool on_probation =
+        !r->canary || (w >= r->workers && w < r->workers + r->n);
+    if (r->probation && on_probation && kh_now_ms() <= r->probation_until_ms &&
         ++r->crashes > pl->cfg->reload_max_crashes && !r->rollback_due) {
         klog_error("pipeline=%s: the reloaded plugin crashed %d times "
                    "within reload_probation_ms=%d (more than "
                    "reload_max_crashes=%d): rolling back to %s",
                    pl->cfg->name, r->crashes, pl->cfg->reload_probation_ms,
-                   pl->cfg->reload_max_crashes, r->prev_version);
+                   pl->cfg->reload_max_crashes,
+                   r->canary ? pl->plugin_version : r->prev_version);
         r->rollback_due = true; /* started from reload_tick, outside the
                                    child handler */
     }
@@ -337,6 +403,28 @@ void reload_tick(kh_pipeline_rt *pl, int64_t now) {
         return;
     if (r->workers && now > r->deadline_ms) {
         reload_abort(pl, "new workers were not ready within 30 s");
+        return;
+    }
+    if (r->canary && r->rollback_due) {
+        /* The old generation still runs: give the partition back. */
+        kh_part *part = r->canary_part;
+        if (part->assigned && part->owner && part->owner->pl == pl)
+            hand_over(pl, part, least_loaded(pl->workers, pl->n_workers),
+                      "canary failed: back to the previous plugin");
+        klog_error("pipeline=%s canary ROLLED BACK: plugin %s stays on every "
+                   "partition",
+                   pl->cfg->name, pl->plugin_version);
+        r->probation = false;
+        reload_abort(pl, "the canary crashed too often");
+        sweep_configs(pl->host);
+        return;
+    }
+    if (r->canary && now > r->probation_until_ms) {
+        klog_info("pipeline=%s canary passed its probation (%d crash(es)); "
+                  "moving the other partitions",
+                  pl->cfg->name, r->crashes);
+        finish_cutover(pl);
+        sweep_configs(pl->host);
         return;
     }
     if (r->rollback_due) {
@@ -534,6 +622,7 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
     host->retired[host->n_retired++] = (kh_config *)cur;
     host->cfg = next;
     sweep_configs(host);
+    admin_watch(host); /* plugin paths may have changed */
     snprintf(msg, len,
              "applied: %d pipeline(s) unchanged or updated in place, %d "
              "plugin swap(s) started, %d restarted, %d added, %d removed",

@@ -161,6 +161,9 @@ struct kh_host {
     bool shutting_down;
     bool stop_requested;   /* a first SIGTERM/SIGINT was received */
     bool reload_requested; /* SIGHUP seen, not acted on yet */
+    int64_t watch_due_ms;  /* a watched file changed: reload at this time */
+    sd_event_source **watch_srcs; /* inotify watches of folders */
+    size_t n_watch;
     int exit_code;
     sd_event_source *signal_src, *hang_timer, *report_timer;
 };
@@ -243,11 +246,17 @@ void reload_worker_died(kh_worker *w, const char *how);
 void reload_tick(kh_pipeline_rt *pl, int64_t now_ms);
 void reload_abort(kh_pipeline_rt *pl, const char *why);
 void reload_free(kh_pipeline_rt *pl);
+/* Workers of a swap in progress (the new generation while a canary runs
+ * or candidates start), which pump, hang checks and drains serve too. */
+kh_worker *reload_workers(kh_pipeline_rt *pl, int *n);
 
 /* ---- admin.c ---- */
 /* The control socket (mode 0600) that `khost reload -c FILE` talks to. */
 int admin_start(kh_host *host, char *err, size_t errlen);
 void admin_stop(kh_host *host);
+/* [host] watch = true: (re)arm inotify on the folders of the config file
+ * and the plugins; a change schedules a reload after a quiet period. */
+void admin_watch(kh_host *host);
 
 /* ---- host.c ---- */
 /* True when a second SIGTERM/SIGINT arrived: stop waiting at once. */

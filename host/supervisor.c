@@ -431,8 +431,11 @@ void supervisor_worker_ready(kh_worker *w, const char *name,
         reload_worker_ready(w);
         return;
     }
-    snprintf(pl->plugin_name, sizeof pl->plugin_name, "%s", name);
-    snprintf(pl->plugin_version, sizeof pl->plugin_version, "%s", version);
+    /* A canary's worker is not the pipeline's plugin yet. */
+    if (w >= pl->workers && w < pl->workers + pl->n_workers) {
+        snprintf(pl->plugin_name, sizeof pl->plugin_name, "%s", name);
+        snprintf(pl->plugin_version, sizeof pl->plugin_version, "%s", version);
+    }
     klog_info("pipeline=%s worker=%d pid=%d ready: plugin %s %s", pl->cfg->name,
               w->index, (int)w->pid, name, version);
     for (size_t i = 0; i < pl->n_parts; i++) {
@@ -465,8 +468,11 @@ void supervisor_check_hangs(kh_pipeline_rt *pl, int64_t now_ms) {
     int timeout = pl->cfg->handler_timeout_ms;
     if (timeout <= 0)
         return;
-    for (int i = 0; i < pl->n_workers; i++) {
-        kh_worker *w = &pl->workers[i];
+    int n_extra;
+    kh_worker *extra = reload_workers(pl, &n_extra);
+    for (int i = 0; i < pl->n_workers + n_extra; i++) {
+        kh_worker *w =
+            i < pl->n_workers ? &pl->workers[i] : &extra[i - pl->n_workers];
         if (w->state != KH_W_READY || !w->status)
             continue;
         uint64_t token;

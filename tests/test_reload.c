@@ -384,3 +384,92 @@ Test(reload, ten_sighups_in_a_second_end_on_latest_config, .timeout = 120) {
     th_cluster_stop(&c);
     tu_rmdir(dir);
 }
+
+Test(reload, watch_reloads_when_the_plugin_file_changes, .timeout = 120) {
+    th_cluster c;
+    th_cluster_start(&c, 1);
+    th_create_topic(&c, "r8", 2);
+    th_produce(&c, "r8", 2, 100, -1, -1, NULL);
+    char *dir = tu_tmpdir();
+    char *so;
+    cr_assert_neq(asprintf(&so, "%s/plugin.so", dir), -1);
+    install(FX("fxr_v1"), so, false);
+    char *ini;
+    cr_assert_neq(asprintf(&ini,
+                           "[host]\nbrokers = %s\nwatch = true\n[kafka]\n"
+                           "session.timeout.ms = 6000\n%s",
+                           c.bootstraps, pipeline(dir, "p", "r8", NULL)),
+                  -1);
+    th_host h;
+    th_host_start(&h, dir, "host", ini);
+    cr_assert(wait_rec(rec_path(dir, "p"), 2, 100, 40000), "%s", th_log(&h));
+    /* A deploy by rename, and no reload command: the watch notices. */
+    install(FX("fxr_v2"), so, false);
+    cr_assert(th_wait_log(&h, "reloaded: plugin v1 -> v2", 1, 20000), "%s",
+              th_log(&h));
+    cr_assert_eq(th_log_count(&h, "watched file changed"), 1,
+                 "one reload for one deploy: %s", th_log(&h));
+    th_produce(&c, "r8", 2, 100, -1, -1, NULL);
+    cr_assert(wait_rec(rec_path(dir, "p"), 2, 200, 40000), "%s", th_log(&h));
+    rec *rc = read_rec(rec_path(dir, "p"));
+    for (int p = 0; p < 2; p++)
+        for (int o = 100; o < 200; o++)
+            cr_assert_str_eq(rc->ver[p][o], "v2");
+    free(rc);
+    cr_assert_eq(th_host_stop(&h, SIGTERM, 20000), 0);
+    th_host_free(&h);
+    th_cluster_stop(&c);
+    tu_rmdir(dir);
+}
+
+Test(reload, canary_moves_one_partition_then_all, .timeout = 120) {
+    th_cluster c;
+    char *dir;
+    th_host h;
+    start(&c, &dir, &h, "r4",
+          "reload_strategy = canary\nreload_probation_ms = 4000");
+    char *so;
+    cr_assert_neq(asprintf(&so, "%s/plugin.so", dir), -1);
+    install(FX("fxr_v2"), so, false);
+    tu_result r = reload_cmd(&h);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    tu_result_free(&r);
+    cr_assert(th_wait_log(&h, "canary: r4 partition=", 1, 30000), "%s",
+              th_log(&h));
+    /* During the probation: one partition on v2, three on v1. */
+    th_produce(&c, "r4", 4, 100, -1, -1, NULL); /* offsets 200..299 */
+    cr_assert(wait_rec(rec_path(dir, "p"), 4, 300, 20000), "%s", th_log(&h));
+    cr_assert_eq(th_log_count(&h, "canary passed"), 0,
+                 "probation ended too early: %s", th_log(&h));
+    rec *rc = read_rec(rec_path(dir, "p"));
+    int on_v2 = 0;
+    for (int p = 0; p < 4; p++) {
+        bool v2 = !strcmp(rc->ver[p][299], "v2");
+        on_v2 += v2;
+        for (int o = 200; o < 300; o++)
+            cr_assert_str_eq(rc->ver[p][o], v2 ? "v2" : "v1",
+                             "partition %d mixed versions", p);
+    }
+    cr_assert_eq(on_v2, 1, "%d partitions on the canary", on_v2);
+    free(rc);
+    /* Then the rest follow. */
+    cr_assert(th_wait_log(&h, "canary passed", 1, 20000), "%s", th_log(&h));
+    cr_assert(th_wait_log(&h, "reloaded: plugin v1 -> v2", 1, 20000), "%s",
+              th_log(&h));
+    th_produce(&c, "r4", 4, 100, -1, -1, NULL);
+    cr_assert(wait_rec(rec_path(dir, "p"), 4, 400, 20000), "%s", th_log(&h));
+    rc = read_rec(rec_path(dir, "p"));
+    for (int p = 0; p < 4; p++) {
+        cr_assert(rc->ordered[p], "partition %d out of order", p);
+        for (int o = 0; o < 400; o++)
+            cr_assert_eq(rc->seen[p][o], 1, "%d/%d x%d", p, o, rc->seen[p][o]);
+        for (int o = 300; o < 400; o++)
+            cr_assert_str_eq(rc->ver[p][o], "v2");
+    }
+    free(rc);
+    cr_assert_eq(th_log_count(&h, "rebalance #"), 1);
+    cr_assert_eq(th_host_stop(&h, SIGTERM, 20000), 0);
+    th_host_free(&h);
+    th_cluster_stop(&c);
+    tu_rmdir(dir);
+}
