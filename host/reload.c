@@ -478,13 +478,6 @@ static void sweep_configs(kh_host *host) {
     host->n_retired = keep;
 }
 
-static kh_pipeline_rt *find_running(kh_host *host, const char *name) {
-    for (size_t i = 0; i < host->n_pipelines; i++)
-        if (!strcmp(host->pipelines[i]->cfg->name, name))
-            return host->pipelines[i];
-    return NULL;
-}
-
 static const kh_pipeline *find_new(const kh_config *c, const char *name) {
     for (size_t i = 0; i < c->n_pipelines; i++)
         if (!strcmp(c->pipelines[i].name, name))
@@ -593,12 +586,11 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
     }
     for (size_t i = 0; i < next->n_pipelines; i++) {
         const kh_pipeline *np = &next->pipelines[i];
-        if (find_running(host, np->name))
-            continue;
-        bool restarted_now = false;
-        for (size_t j = 0; j < n; j++)
-            restarted_now |= !strcmp(list[j]->cfg->name, np->name);
-        if (restarted_now)
+        /* Only the new list: the old one holds pipelines freed above. */
+        bool present = false;
+        for (size_t j = 0; j < n && !present; j++)
+            present = !strcmp(list[j]->cfg->name, np->name);
+        if (present)
             continue;
         if (host->has_mock)
             for (size_t t = 0; t < np->n_topics; t++) {
