@@ -16,14 +16,18 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <grp.h>
 #include <ini.h>
 #include <librdkafka/rdkafka.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* A config file is a page of text; anything bigger is a mistake (a log or
  * a binary given by accident) and would only waste memory. */
@@ -157,6 +161,8 @@ static void pipeline_free(kh_pipeline *pl) {
     free(pl->dlq_topic);
     free(pl->plugin);
     free(pl->plugin_path);
+    free(pl->user);
+    free(pl->user_group);
     kv_free(pl->config, pl->n_config);
     kv_free(pl->kafka, pl->n_kafka);
 }
@@ -171,7 +177,16 @@ void config_free(kh_config *cfg) {
     for (size_t i = 0; i < cfg->n_pipelines; i++)
         pipeline_free(&cfg->pipelines[i]);
     free(cfg->pipelines);
+    errors_free(&cfg->warnings);
     memset(cfg, 0, sizeof *cfg);
+}
+
+void config_print_warnings(const kh_config *cfg, FILE *out) {
+    if (!cfg || !out)
+        return;
+    for (size_t i = 0; i < cfg->warnings.count; i++)
+        fprintf(out, "warning: %s\n", cfg->warnings.items[i]);
+    fflush(out);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -198,6 +213,11 @@ enum pipeline_key {
     PK_RELOAD_MAX_CRASHES,
     PK_RELOAD_PROBATION_MS,
     PK_RELOAD_STRATEGY,
+    PK_RLIMIT_AS_MB,
+    PK_RLIMIT_NOFILE,
+    PK_RLIMIT_CPU_S,
+    PK_USER,
+    PK_USER_GROUP,
     PK_COUNT
 };
 
@@ -247,6 +267,16 @@ static const struct pipeline_key_info {
     [PK_RELOAD_PROBATION_MS] = {"reload_probation_ms", false,
                                 offsetof(kh_pipeline, reload_probation_ms),
                                 10000, 0, 3600000},
+    /* Worker limits, 0 = none set by khost. 1 TiB, the kernel's default
+     * nr_open and a year are far past anything meant on purpose. */
+    [PK_RLIMIT_AS_MB] = {"rlimit_as_mb", false,
+                         offsetof(kh_pipeline, rlimit_as_mb), 0, 0, 1048576},
+    [PK_RLIMIT_NOFILE] = {"rlimit_nofile", false,
+                          offsetof(kh_pipeline, rlimit_nofile), 0, 0, 1048576},
+    [PK_RLIMIT_CPU_S] = {"rlimit_cpu_s", false,
+                         offsetof(kh_pipeline, rlimit_cpu_s), 0, 0, 31536000},
+    [PK_USER] = {"user", false, NO_FIELD, 0, 0, 0},
+    [PK_USER_GROUP] = {"user_group", false, NO_FIELD, 0, 0, 0},
 };
 
 /* [host] keys besides brokers: integers, used only with brokers = mock
@@ -294,6 +324,7 @@ typedef struct pipeline_state {
     int key_line[PK_COUNT]; /* 0 = not set */
     int config_line;        /* line of [pipeline.NAME.config], 0 = none */
     int kafka_line;         /* line of [pipeline.NAME.kafka], 0 = none */
+    long user_gid;          /* primary group of user =, -1 = none */
 } pipeline_state;
 
 typedef struct diag {
@@ -326,15 +357,15 @@ typedef struct parser {
 
     diag *diags;
     size_t n_diags;
+    diag *warns; /* become cfg->warnings; never fail the load */
+    size_t n_warns;
+    mode_t file_mode; /* of the config file, for the secrets check */
 } parser;
 
-__attribute__((format(printf, 3, 4))) static void report(parser *p, int line,
-                                                         const char *fmt, ...) {
+__attribute__((format(printf, 4, 0))) static void
+add_diag(diag **list, size_t *count, int line, const char *fmt, va_list ap) {
     char *msg = NULL;
-    va_list ap;
-    va_start(ap, fmt);
     int n = vasprintf(&msg, fmt, ap);
-    va_end(ap);
     if (n < 0)
         out_of_memory();
     if (n > DIAG_MAX_CHARS)
@@ -343,9 +374,26 @@ __attribute__((format(printf, 3, 4))) static void report(parser *p, int line,
     for (char *c = msg; *c; c++)
         if ((unsigned char)*c < 0x20 || *c == 0x7f)
             *c = '?';
-    p->diags = xrealloc(p->diags, (p->n_diags + 1) * sizeof *p->diags);
-    p->diags[p->n_diags] = (diag){line, p->n_diags, msg};
-    p->n_diags++;
+    *list = xrealloc(*list, (*count + 1) * sizeof **list);
+    (*list)[*count] = (diag){line, *count, msg};
+    (*count)++;
+}
+
+__attribute__((format(printf, 3, 4))) static void report(parser *p, int line,
+                                                         const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    add_diag(&p->diags, &p->n_diags, line, fmt, ap);
+    va_end(ap);
+}
+
+/* A warning: shown to the operator, but the file is still valid. */
+__attribute__((format(printf, 3, 4))) static void
+report_warning(parser *p, int line, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    add_diag(&p->warns, &p->n_warns, line, fmt, ap);
+    va_end(ap);
 }
 
 static int diag_cmp(const void *a, const void *b) {
@@ -507,6 +555,9 @@ static size_t find_or_add_pipeline(parser *p, const char *name) {
                 pipeline_keys[k].def;
     pl->on_exhausted = KH_ON_EXHAUSTED_PAUSE;
     pl->on_failure = KH_ON_FAILURE_DLQ;
+    pl->run_as_uid = -1;
+    pl->run_as_gid = -1;
+    p->ps[n - 1].user_gid = -1;
     cfg->n_pipelines = n;
     return n - 1;
 }
@@ -653,6 +704,42 @@ static const kh_kv *kv_find(const kh_kv *kv, size_t n, const char *key) {
     return NULL;
 }
 
+/* Words that make a key's value a credential, matched case-insensitively
+ * anywhere in the key, so librdkafka's sasl.password, ssl.key.password and
+ * sasl.oauthbearer.client.secret count as well as a plugin's db_password
+ * or api_token. ssl.key.pem is a private key given inline. */
+static const char *const secret_words[] = {
+    "password", "passwd",  "secret",      "credential",
+    "token",    "api_key", "private_key", "ssl.key.pem",
+};
+
+static bool is_secret_key(const char *key) {
+    size_t n = strlen(key);
+    /* sasl.oauthbearer.token.endpoint.url and the like: an address. */
+    if (n >= 4 &&
+        (!strcasecmp(key + n - 4, ".url") || !strcasecmp(key + n - 4, "_url")))
+        return false;
+    for (size_t i = 0; i < sizeof secret_words / sizeof *secret_words; i++)
+        if (strcasestr(key, secret_words[i]))
+            return true;
+    return false;
+}
+
+/* A credential written into a file that others may read is a leak
+ * waiting to happen: warn, but leave the file valid. A value with a
+ * ${VAR} in it counts as coming from the environment. */
+static void check_secret(parser *p, const char *key, const char *raw) {
+    if (!(p->file_mode & (S_IRGRP | S_IROTH)) || !*raw || strstr(raw, "${") ||
+        !is_secret_key(key))
+        return;
+    report_warning(
+        p, p->lineno,
+        "'%s' is written in a file readable by %s (mode %04o); use ${VAR} "
+        "or chmod 600",
+        key, p->file_mode & S_IROTH ? "others" : "its group",
+        (unsigned)(p->file_mode & 07777));
+}
+
 static void on_free_kv(parser *p, kh_kv **kv, size_t *n, const char *key,
                        const char *raw) {
     const kh_kv *dup = kv_find(*kv, *n, key);
@@ -662,8 +749,10 @@ static void on_free_kv(parser *p, kh_kv **kv, size_t *n, const char *key,
         return;
     }
     char *value = expand_env(p, key, raw);
-    if (value)
-        kv_add(kv, n, key, value, p->lineno);
+    if (!value)
+        return;
+    kv_add(kv, n, key, value, p->lineno);
+    check_secret(p, key, raw);
 }
 
 static void on_kafka_prop(parser *p, kh_kv **kv, size_t *n, const char *key,
@@ -700,6 +789,7 @@ static void on_kafka_prop(parser *p, kh_kv **kv, size_t *n, const char *key,
         return;
     }
     kv_add(kv, n, key, value, p->lineno);
+    check_secret(p, key, raw);
 }
 
 /* Broker address list: entries are trimmed and joined back without
@@ -993,6 +1083,42 @@ static void on_pipeline_key(parser *p, const char *key, const char *raw) {
                    "all or canary",
                    value, p->section);
         break;
+    case PK_USER: {
+        /* Resolved now, so a typo fails the load and not the worker; the
+         * numbers are what the worker switches to. */
+        if (!*value) {
+            report(p, p->lineno, "empty value for 'user' in [%s]", p->section);
+            break;
+        }
+        struct passwd *pw = getpwnam(value);
+        if (!pw) {
+            report(p, p->lineno, "unknown user '%s' in [%s]", value,
+                   p->section);
+            break;
+        }
+        pl->run_as_uid = (long)pw->pw_uid;
+        p->ps[p->pipe].user_gid = (long)pw->pw_gid;
+        pl->user = value;
+        pl->user_line = p->lineno;
+        return;
+    }
+    case PK_USER_GROUP: {
+        if (!*value) {
+            report(p, p->lineno, "empty value for 'user_group' in [%s]",
+                   p->section);
+            break;
+        }
+        struct group *gr = getgrnam(value);
+        if (!gr) {
+            report(p, p->lineno, "unknown group '%s' in [%s]", value,
+                   p->section);
+            break;
+        }
+        pl->run_as_gid = (long)gr->gr_gid;
+        pl->user_group = value;
+        pl->user_group_line = p->lineno;
+        return;
+    }
     case PK_DLQ_TOPIC:
         if (!*value || has_space(value)) {
             report(p, p->lineno,
@@ -1216,6 +1342,31 @@ static int with_ini_settings(parser *p, size_t longest) {
 /* ---------------------------------------------------------------------- */
 /* Whole-file checks, once every section has been seen */
 
+/* user = without user_group = runs as the user's primary group. Switching
+ * identity needs root; without it the pipeline will not start, which
+ * check-config (maybe run by someone else than the service) only warns
+ * about. */
+static void check_identity(parser *p, kh_pipeline *pl, pipeline_state *ps) {
+    if (pl->user && !pl->user_group)
+        pl->run_as_gid = ps->user_gid;
+    uid_t euid = geteuid();
+    if (euid == 0)
+        return;
+    if (pl->user && (uid_t)pl->run_as_uid != euid)
+        report_warning(
+            p, pl->user_line,
+            "user '%s' of [pipeline.%s] needs khost to run as root (this "
+            "process runs as uid %u); such a pipeline does not start",
+            pl->user, pl->name, (unsigned)euid);
+    else if (pl->run_as_gid >= 0 && (gid_t)pl->run_as_gid != getegid())
+        report_warning(
+            p, pl->user_group ? pl->user_group_line : pl->user_line,
+            "user_group of [pipeline.%s] (gid %ld) needs khost to run as "
+            "root (this process runs as gid %u); such a pipeline does not "
+            "start",
+            pl->name, pl->run_as_gid, (unsigned)getegid());
+}
+
 static void check_complete(parser *p) {
     kh_config *cfg = p->cfg;
     if (!p->brokers_line)
@@ -1245,6 +1396,7 @@ static void check_complete(parser *p) {
                 report(p, pl->line,
                        "[pipeline.%s] is missing required key '%s'", pl->name,
                        pipeline_keys[k].name);
+        check_identity(p, pl, ps);
         if (pl->retry_backoff_max_ms < pl->retry_backoff_ms)
             report(p,
                    ps->key_line[PK_RETRY_BACKOFF_MAX_MS]
@@ -1301,12 +1453,14 @@ static void check_complete(parser *p) {
 
 /* ---------------------------------------------------------------------- */
 
-static char *read_file(const char *path, size_t *len, int *err) {
+static char *read_file(const char *path, size_t *len, int *err, mode_t *mode) {
     FILE *f = fopen(path, "rb");
     if (!f) {
         *err = errno;
         return NULL;
     }
+    struct stat st;
+    *mode = fstat(fileno(f), &st) == 0 ? st.st_mode : 0;
     char *buf = NULL;
     size_t n = 0, cap = 0;
     for (;;) {
@@ -1361,7 +1515,8 @@ int config_load(const char *path, kh_config *cfg, kh_errors *errs) {
 
     size_t len = 0;
     int err = 0;
-    char *text = read_file(path, &len, &err);
+    mode_t mode = 0;
+    char *text = read_file(path, &len, &err, &mode);
     if (!text) {
         if (err == EFBIG)
             errors_add(errs, "%s:0: cannot read: larger than %d bytes", path,
@@ -1380,7 +1535,8 @@ int config_load(const char *path, kh_config *cfg, kh_errors *errs) {
         i += n;
     }
 
-    parser p = {.path = path, .cfg = cfg, .text = text, .len = len};
+    parser p = {
+        .path = path, .cfg = cfg, .text = text, .len = len, .file_mode = mode};
     int rc = with_ini_settings(&p, longest);
     if (rc == -2)
         report(&p, 0, "out of memory while parsing");
@@ -1408,6 +1564,15 @@ int config_load(const char *path, kh_config *cfg, kh_errors *errs) {
     }
     size_t n_errors = p.n_diags;
     free(p.diags);
+    if (p.n_warns)
+        qsort(p.warns, p.n_warns, sizeof *p.warns, diag_cmp);
+    for (size_t i = 0; i < p.n_warns; i++) {
+        if (i < CONFIG_MAX_ERRORS)
+            errors_add(&cfg->warnings, "%s:%d: %s", path, p.warns[i].line,
+                       p.warns[i].msg);
+        free(p.warns[i].msg);
+    }
+    free(p.warns);
     free(p.ps);
     free(p.section);
     free(p.scratch);

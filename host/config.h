@@ -9,6 +9,7 @@
 #define KHOST_CONFIG_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 /* One key = value pair, remembering where it came from for error lines. */
 typedef struct kh_kv {
@@ -54,11 +55,26 @@ typedef struct kh_pipeline {
     int reload_canary;        /* reload_strategy = canary (default all) */
     int dlq_topic_line;
     kh_on_exhausted on_exhausted; /* default pause */
+    /* Worker hardening (hardening.h); applied at each worker start. */
+    int rlimit_as_mb;  /* default 0: no limit set; else RLIMIT_AS in MiB */
+    int rlimit_nofile; /* default 0: inherited; else RLIMIT_NOFILE */
+    int rlimit_cpu_s;  /* default 0: no limit set; else RLIMIT_CPU in s */
+    char *user;        /* user = NAME, NULL: khost's own user */
+    char *user_group;  /* user_group = NAME, NULL: the user's group */
+    long run_as_uid;   /* resolved uid of user, -1 when unset */
+    long run_as_gid;   /* gid of user_group, else of user; -1 unset */
+    int user_line, user_group_line;
     kh_kv *config; /* [pipeline.NAME.config], for the plugin's init */
     size_t n_config;
     kh_kv *kafka; /* [pipeline.NAME.kafka], overrides [kafka] */
     size_t n_kafka;
 } kh_pipeline;
+
+/* A growing list of "FILE:LINE: message" strings. */
+typedef struct kh_errors {
+    char **items;
+    size_t count;
+} kh_errors;
 
 typedef struct kh_config {
     char *path;          /* the file as given */
@@ -72,13 +88,12 @@ typedef struct kh_config {
     size_t n_kafka;
     kh_pipeline *pipelines;
     size_t n_pipelines;
+    /* Problems that do not make the file invalid, "FILE:LINE: message",
+     * sorted by line; config_load fills it even when it returns 0 (e.g.
+     * a password written in a file others can read). Freed by
+     * config_free. Print them with config_print_warnings. */
+    kh_errors warnings;
 } kh_config;
-
-/* A growing list of "FILE:LINE: message" strings. */
-typedef struct kh_errors {
-    char **items;
-    size_t count;
-} kh_errors;
 
 /* Parse and validate `path`. Returns 0 when valid; otherwise a negative
  * value, with every problem appended to errs (cfg is then still safe to
@@ -87,6 +102,9 @@ typedef struct kh_errors {
 int config_load(const char *path, kh_config *cfg, kh_errors *errs);
 
 void config_free(kh_config *cfg);
+
+/* Write each of cfg->warnings as "warning: FILE:LINE: message" to out. */
+void config_print_warnings(const kh_config *cfg, FILE *out);
 
 /* Look up a key in a kv list; NULL when absent. */
 const char *config_kv_get(const kh_kv *kv, size_t n, const char *key);

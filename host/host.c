@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define KH_TICK_MS 50
@@ -257,6 +258,9 @@ static int make_snapshot_dir(kh_host *host) {
                    base, strerror(errno));
         return -1;
     }
+    /* Traversable, not listable: workers that run as another user (user =)
+     * must reach their snapshot, and only by its exact name. */
+    chmod(host->snapshot_dir, 0711);
     return 0;
 }
 

@@ -97,6 +97,7 @@ static int cmd_check_config(int argc, char **argv) {
     kh_config cfg = {0};
     kh_errors errs = {0};
     config_load(path, &cfg, &errs);
+    config_print_warnings(&cfg, stderr);
     /* Only load plugins of a config that parsed, but do report plugin
      * problems together with any other problems of the same file. */
     for (size_t i = 0; i < cfg.n_pipelines; i++) {
@@ -181,6 +182,7 @@ static int cmd_run(int argc, char **argv) {
         free(cfg);
         return EXIT_INVALID;
     }
+    config_print_warnings(cfg, stderr);
     /* A plugin that cannot even load would only crash-loop its workers:
      * refuse to start, as check-config would. */
     for (size_t i = 0; i < cfg->n_pipelines; i++) {
@@ -225,6 +227,7 @@ static int cmd_control(int argc, char **argv, const char *command) {
             config_free(&cfg);
             return EXIT_INVALID;
         }
+        config_print_warnings(&cfg, stderr);
         errors_free(&errs);
         config_free(&cfg);
     }

@@ -185,6 +185,10 @@ char *plugin_snapshot(const char *path, const char *dir, char *err,
                  strerror(errno));
         goto fail;
     }
+    /* Readable by a worker running as another user, writable by nobody:
+     * chown to that user would let one worker change what others load.
+     * fchmod, because the umask may have cut bits from open's mode. */
+    fchmod(fd, 0555);
     char buf[65536];
     ssize_t n;
     while ((n = read(in, buf, sizeof buf)) > 0) {

@@ -517,6 +517,8 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
                  cur->path);
         return reject(next, &errs, msg, len, what);
     }
+    for (size_t i = 0; i < next->warnings.count; i++)
+        klog_warn("%s", next->warnings.items[i]);
     for (size_t i = 0; i < next->n_pipelines; i++) {
         kh_plugin plugin;
         char err[1024];

@@ -13,6 +13,7 @@
  * still reaches that limit (30 restarts in 5 s) instead of crawling on.
  */
 #define _GNU_SOURCE
+#include "hardening.h"
 #include "log.h"
 #include "runtime.h"
 #include "worker.h"
@@ -258,10 +259,14 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
         klog_error("pipeline=%s worker=%d pid=%d plugin failed to start: %s",
                    pl->cfg->name, w->index, (int)pid,
                    w->init_error[0] ? w->init_error : "(no reason given)");
-    else
-        klog_error("pipeline=%s worker=%d pid=%d crashed: %s %s%s%s",
-                   pl->cfg->name, w->index, (int)pid, how, suspect,
+    else {
+        char limits[128];
+        hardening_describe_limits(w->cfg, limits, sizeof limits);
+        klog_error("pipeline=%s worker=%d pid=%d crashed: %s%s%s%s %s%s%s",
+                   pl->cfg->name, w->index, (int)pid, how,
+                   limits[0] ? " (" : "", limits, limits[0] ? ")" : "", suspect,
                    w->kill_reason[0] ? "; " : "", w->kill_reason);
+    }
     w->kill_reason[0] = '\0';
     w->init_error[0] = '\0';
 
@@ -295,8 +300,39 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
     return 0;
 }
 
+/* Limits and identity of the worker (hardening.h): checked here, applied
+ * by the worker itself before it loads the plugin. Returns the worker
+ * options in args, or -1 when such a worker cannot start in this process
+ * at all (then there is no point in retrying: the ids do not change). */
+static int prepare_hardening(kh_worker *w, kh_hardening_args *args) {
+    const kh_pipeline *cfg = w->cfg;
+    char err[512];
+    if (hardening_check_identity(cfg, geteuid(), getegid(), err, sizeof err) !=
+        0) {
+        klog_error("pipeline=%s worker=%d: cannot start a worker process: %s",
+                   cfg->name, w->index, err);
+        return -1;
+    }
+    kh_hardening h;
+    hardening_from_config(cfg, &h);
+    hardening_worker_args(&h, args);
+    /* The snapshot is private to the host's user; a worker running as
+     * another one must be able to read it (never to write it). */
+    if (h.uid >= 0 && (uid_t)h.uid != geteuid() && w->plugin_path &&
+        hardening_share_snapshot(w->plugin_path, err, sizeof err) != 0)
+        klog_warn("pipeline=%s worker=%d: plugin snapshot may be unreadable "
+                  "for user %s: %s",
+                  cfg->name, w->index, cfg->user, err);
+    return 0;
+}
+
 int supervisor_spawn(kh_worker *w) {
     kh_pipeline_rt *pl = w->pl;
+    kh_hardening_args hargs;
+    if (prepare_hardening(w, &hargs) != 0) {
+        w->state = KH_W_STOPPED;
+        return -1;
+    }
     int sv[2] = {-1, -1};
     int memfd = -1;
     posix_spawn_file_actions_t fa;
@@ -337,8 +373,19 @@ int supervisor_spawn(kh_worker *w) {
     char host_pid[32], tag[160];
     snprintf(host_pid, sizeof host_pid, "%d", (int)getpid());
     snprintf(tag, sizeof tag, "worker %s/%d", pl->cfg->name, w->index);
-    char *argv[] = {"khost", "worker", "--host-pid", host_pid,
-                    "--tag", tag,      NULL};
+    /* "-v" lets the worker's own debug lines through, as the host's. */
+    char *argv[8 + KH_HARDENING_MAX_ARGS] = {"khost"};
+    int argc = 1;
+    if (klog_level() >= KLOG_DEBUG)
+        argv[argc++] = "-v";
+    argv[argc++] = "worker";
+    argv[argc++] = "--host-pid";
+    argv[argc++] = host_pid;
+    argv[argc++] = "--tag";
+    argv[argc++] = tag;
+    for (int i = 0; i < hargs.argc; i++)
+        argv[argc++] = hargs.argv[i];
+    argv[argc] = NULL;
     pid_t pid;
     int rc = posix_spawn(&pid, "/proc/self/exe", &fa, &attr, argv, environ);
     if (rc != 0) {
@@ -375,8 +422,14 @@ int supervisor_spawn(kh_worker *w) {
     send_init(w);
     if (conn_flush(&w->conn) == 1)
         sd_event_source_set_io_events(w->io_src, EPOLLIN | EPOLLOUT);
-    klog_debug("pipeline=%s worker=%d started pid=%d", pl->cfg->name, w->index,
-               (int)pid);
+    char limits[128];
+    hardening_describe_limits(w->cfg, limits, sizeof limits);
+    const kh_pipeline *wc = w->cfg;
+    klog_debug("pipeline=%s worker=%d started pid=%d%s%s%s%s%s%s",
+               pl->cfg->name, w->index, (int)pid, limits[0] ? " " : "", limits,
+               wc->user ? " user=" : "", wc->user ? wc->user : "",
+               wc->user_group ? " user_group=" : "",
+               wc->user_group ? wc->user_group : "");
     return 0;
 
 error:

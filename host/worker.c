@@ -17,6 +17,7 @@
 #define _GNU_SOURCE
 #include "worker.h"
 
+#include "hardening.h"
 #include "log.h"
 #include "plugin_loader.h"
 #include "transport.h"
@@ -464,7 +465,10 @@ init_failed(worker *w, char *path, const char *err) {
     exit(KH_EXIT_INIT_FAILED);
 }
 
-static void start_plugin(worker *w) {
+/* startup_error: set when the worker could not harden itself
+ * (hardening_apply); then the plugin is never loaded and the host gets
+ * the reason as the init failure. */
+static void start_plugin(worker *w, const char *startup_error) {
     kh_reader r;
     int timed_out;
     uint16_t type = wait_frame(w, &r, -1, &timed_out);
@@ -482,6 +486,8 @@ static void start_plugin(worker *w) {
     snprintf(tag, sizeof tag, "worker %s/%" PRId32 " pid=%ld", w->pipeline,
              w->worker_index, (long)getpid());
     klog_set_tag(tag);
+    if (startup_error)
+        init_failed(w, path, startup_error);
 
     w->api = (khost_host_api){
         .struct_size = sizeof(khost_host_api),
@@ -814,8 +820,11 @@ static void __attribute__((noreturn)) run(worker *w) {
 static void __attribute__((noreturn)) usage_error(const char *why) {
     fprintf(stderr,
             "khost worker: %s\n"
-            "usage: khost worker --host-pid PID [--tag NAME] (internal: "
-            "started by khost run)\n",
+            "usage: khost worker --host-pid PID [--tag NAME] [--rlimit-as "
+            "BYTES]\n"
+            "       [--rlimit-nofile N] [--rlimit-cpu SECONDS] [--uid UID] "
+            "[--gid GID]\n"
+            "       (internal: started by khost run)\n",
             why);
     exit(2);
 }
@@ -823,7 +832,14 @@ static void __attribute__((noreturn)) usage_error(const char *why) {
 int worker_main(int argc, char **argv) {
     long host_pid = -1;
     const char *tag = "worker";
+    kh_hardening hard = {.uid = -1, .gid = -1};
     for (int i = 1; i < argc; i++) {
+        const char *why = NULL;
+        int hrc = hardening_parse_arg(&hard, argc, argv, &i, &why);
+        if (hrc < 0)
+            usage_error(why);
+        if (hrc > 0)
+            continue;
         if (!strcmp(argv[i], "--host-pid") && i + 1 < argc) {
             char *end;
             errno = 0;
@@ -853,11 +869,15 @@ int worker_main(int argc, char **argv) {
     signal(SIGINT, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
     klog_set_tag(tag);
+    /* Limits and identity before anything of the plugin's is loaded. */
+    char hard_err[512];
+    bool hardened =
+        hardening_apply(&hard, host_pid, hard_err, sizeof hard_err) == 0;
 
     worker *w = xcalloc(1, sizeof *w);
     w->conn.fd = -1;
     map_status(w);
     conn_init(&w->conn, KH_WORKER_CHANNEL_FD, KH_FRAME_MAX_TO_WORKER);
-    start_plugin(w);
+    start_plugin(w, hardened ? NULL : hard_err);
     run(w);
 }
