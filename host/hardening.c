@@ -298,8 +298,8 @@ static int switch_identity(const kh_hardening *h, char *err, size_t errlen) {
     }
     /* Trust, but verify: no id may be left behind, and root must be out
      * of reach for good. */
-    uid_t ru, eu, su;
-    gid_t rg, eg, sg;
+    uid_t ru = (uid_t)-1, eu = (uid_t)-1, su = (uid_t)-1;
+    gid_t rg = (gid_t)-1, eg = (gid_t)-1, sg = (gid_t)-1;
     if (getresuid(&ru, &eu, &su) != 0 || getresgid(&rg, &eg, &sg) != 0 ||
         (h->uid >= 0 &&
          (ru != (uid_t)h->uid || eu != (uid_t)h->uid || su != (uid_t)h->uid)) ||
