@@ -34,7 +34,9 @@ void dispatch_enqueue(kh_part *part, rd_kafka_message_t *m) {
     }
     part->pend[(part->pend_head + part->pend_len) % part->pend_cap] = m;
     part->pend_len++;
-    if (part->pend_len >= KH_PENDING_HIGH)
+    part->pend_bytes += m->len + m->key_len;
+    if (part->pend_len >= KH_PENDING_HIGH ||
+        part->pend_bytes >= KH_PENDING_HIGH_BYTES)
         kafka_pause(part, KH_PAUSE_FLOW, true);
 }
 
@@ -42,6 +44,7 @@ static rd_kafka_message_t *pend_pop(kh_part *part) {
     rd_kafka_message_t *m = part->pend[part->pend_head];
     part->pend_head = (part->pend_head + 1) % part->pend_cap;
     part->pend_len--;
+    part->pend_bytes -= m->len + m->key_len;
     return m;
 }
 
@@ -150,7 +153,8 @@ static size_t fill_frame(kh_pipeline_rt *pl, kh_worker *w, int64_t now) {
                 break;
             }
         }
-        if (part->pend_len < KH_PENDING_LOW)
+        if (part->pend_len < KH_PENDING_LOW &&
+            part->pend_bytes < KH_PENDING_LOW_BYTES)
             kafka_pause(part, KH_PAUSE_FLOW, false);
         if (offsets_outstanding(&part->off) >= KH_MAX_UNACKED)
             kafka_pause(part, KH_PAUSE_UNACKED, true);
@@ -399,6 +403,16 @@ static bool handle_frame(kh_worker *w, uint16_t type, kh_reader *r) {
     }
 }
 
+static int on_eof_timer(sd_event_source *s, uint64_t usec, void *ud) {
+    kh_worker *w = ud;
+    (void)s;
+    (void)usec;
+    w->eof_timer = sd_event_source_disable_unref(w->eof_timer);
+    if (w->pid)
+        supervisor_kill(w, "closed its channel to the host but kept running");
+    return 0;
+}
+
 int dispatch_read(kh_worker *w) {
     if (w->conn.fd < 0)
         return -1;
@@ -425,9 +439,18 @@ int dispatch_read(kh_worker *w) {
     }
     dispatch_store_dirty(w->pl);
     if (closed) {
-        /* The exit itself arrives through the pidfd. */
         if (w->io_src)
             sd_event_source_set_enabled(w->io_src, SD_EVENT_OFF);
+        /* A dying worker's exit arrives through the pidfd right after its
+         * channel closes. One that closed its channel and lives on would
+         * hold its partitions forever: give the exit a moment, then kill. */
+        if (w->pid && w->state != KH_W_STOPPING && !w->eof_timer && w->pl &&
+            w->pl->host->ev) {
+            uint64_t now;
+            sd_event_now(w->pl->host->ev, CLOCK_MONOTONIC, &now);
+            sd_event_add_time(w->pl->host->ev, &w->eof_timer, CLOCK_MONOTONIC,
+                              now + 200 * 1000, 10 * 1000, on_eof_timer, w);
+        }
         return -1;
     }
     return 0;

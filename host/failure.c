@@ -288,6 +288,7 @@ bool failure_apply(kh_part *part) {
     /* Take it off the queue; the ledger gets its entry here. */
     part->pend_head = (part->pend_head + 1) % part->pend_cap;
     part->pend_len--;
+    part->pend_bytes -= m->len + m->key_len;
     /* The replay carries the attempt number this delivery would have had;
      * the handler saw one fewer. */
     uint32_t attempts = offsets_plan(&part->off, m->offset);

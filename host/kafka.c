@@ -421,7 +421,10 @@ int kafka_pipeline_start(kh_pipeline_rt *pl, char *err, size_t errlen) {
         conf_set(conf, "client.id", client_id, err, errlen) ||
         conf_set(conf, "enable.auto.offset.store", "false", err, errlen) ||
         conf_set(conf, "auto.commit.interval.ms", "1000", err, errlen) ||
-        conf_set(conf, "auto.offset.reset", "earliest", err, errlen))
+        conf_set(conf, "auto.offset.reset", "earliest", err, errlen) ||
+        /* A resumed partition waits for the broker's long-poll; 500 ms
+         * (librdkafka's default) stalls it after every flow pause. */
+        conf_set(conf, "fetch.wait.max.ms", "100", err, errlen))
         goto error;
     for (size_t i = 0; i < hc->n_kafka; i++)
         if (conf_set(conf, hc->kafka[i].key, hc->kafka[i].value, err, errlen))

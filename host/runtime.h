@@ -27,15 +27,21 @@
 
 /* Flow-control bounds. A worker never has more than KH_MAX_INFLIGHT
  * messages without a result; a partition's host-side queue of polled but
- * undispatched messages pauses fetching above KH_PENDING_HIGH and resumes
- * below KH_PENDING_LOW, so host memory stays bounded whatever a handler
- * does. Deferred-but-unacked messages pause at KH_MAX_UNACKED. */
+ * undispatched messages pauses fetching above KH_PENDING_HIGH messages or
+ * KH_PENDING_HIGH_BYTES and resumes below both low marks, so host memory
+ * stays bounded whatever a handler does. The marks are wide on purpose:
+ * a pause makes librdkafka drop what it had prefetched and a resume waits
+ * for a broker long-poll, so frequent pauses cost most of the throughput
+ * (measured: 0.37x the reference consumer at 4096/1024, 0.92x at
+ * 65536/16384). Deferred-but-unacked messages pause at KH_MAX_UNACKED. */
 #define KH_MAX_INFLIGHT 4096
 #define KH_BATCH_MAX 512
 #define KH_BATCH_BYTES (1u << 20)
 #define KH_OUTBUF_MAX (8u << 20)
-#define KH_PENDING_HIGH 4096
-#define KH_PENDING_LOW 1024
+#define KH_PENDING_HIGH 65536
+#define KH_PENDING_LOW 16384
+#define KH_PENDING_HIGH_BYTES (16u << 20)
+#define KH_PENDING_LOW_BYTES (4u << 20)
 #define KH_MAX_UNACKED 100000
 
 typedef struct kh_host kh_host;
@@ -61,6 +67,7 @@ typedef struct kh_worker {
     sd_event_source *io_src;
     sd_event_source *child_src;
     sd_event_source *restart_timer;
+    sd_event_source *eof_timer; /* channel closed: is it dying, or hiding? */
     kh_worker_status *status; /* shared page, read-only for the host */
     size_t inflight;          /* messages sent without a result */
     int n_parts;              /* partitions owned */
@@ -95,6 +102,7 @@ typedef struct kh_part {
     kh_offsets off;
     rd_kafka_message_t **pend; /* ring of polled, undispatched messages */
     size_t pend_head, pend_len, pend_cap;
+    size_t pend_bytes; /* payload + key bytes queued */
     unsigned pause;      /* KH_PAUSE_* bits as last told to librdkafka */
     int64_t retry_at_ms; /* no dispatch before this (retry backoff) */
     bool held;           /* stopped at a failed message */

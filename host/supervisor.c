@@ -73,6 +73,7 @@ static int on_worker_io(sd_event_source *s, int fd, uint32_t revents,
 
 static void release_process(kh_worker *w) {
     w->io_src = sd_event_source_disable_unref(w->io_src);
+    w->eof_timer = sd_event_source_disable_unref(w->eof_timer);
     w->child_src = sd_event_source_disable_unref(w->child_src);
     conn_close(&w->conn);
     if (w->status) {

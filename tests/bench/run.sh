@@ -1,0 +1,322 @@
+#!/usr/bin/env bash
+# Throughput benchmark: khost with the noop plugin vs a plain librdkafka
+# group consumer (the reference) vs kcat, against ONE standalone mock
+# cluster. Method and caveats: tests/bench/README.md.
+#
+#   bash tests/bench/run.sh
+#
+# Environment (all optional):
+#   BENCH_MESSAGES   messages per topic (default 320000; keep <= 40000 per
+#                    partition, the mock keeps only ~5 MB per partition)
+#   BENCH_REPS       rounds; the table shows medians (default 5)
+#   BENCH_COMMIT_MS  auto.commit.interval.ms for the timed group consumers
+#                    (default 10; it bounds the timing error, see README)
+#   BENCH_WORKERS    khost worker counts (default "1 2 4")
+#   BENCH_KHOST_KAFKA  extra lines for khost's [kafka] section, to try a
+#                    setting, e.g. BENCH_KHOST_KAFKA='fetch.wait.max.ms = 10'
+#   BENCH_BUILD_DIR  build directory (default <repo>/build)
+#   BENCH_NO_BUILD=1 do not build, use the binaries as they are
+#   BENCH_KEEP=1     keep the work directory with every log
+#
+# Exit status: 0 when the benchmark ran (whatever the numbers), 1 when it
+# could not run (build failure, a contender failed or timed out).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BUILD=${BENCH_BUILD_DIR:-$ROOT/build}
+N=${BENCH_MESSAGES:-320000}
+PARTS=8
+REPS=${BENCH_REPS:-5}
+COMMIT_MS=${BENCH_COMMIT_MS:-10}
+WORKERS=${BENCH_WORKERS:-1 2 4}
+TARGET=0.8
+TIMEOUT_S=90 # per contender run
+
+say() { printf '[bench] %s\n' "$*" >&2; }
+die() {
+    say "error: $*"
+    exit 1
+}
+
+# ---- build ----
+TOOLS="bench_produce bench_reference bench_wait_committed"
+if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
+    if [[ ! -f $BUILD/CMakeCache.txt ]]; then
+        say "configuring $BUILD"
+        cmake -S "$ROOT" -B "$BUILD" -DKHOST_WERROR=ON >/dev/null ||
+            die "cmake configure failed"
+    fi
+    say "building khost, noop and the bench tools in $BUILD"
+    # Only what the benchmark needs; bench targets exist only when the test
+    # tree is configured (it needs Criterion), else they are compiled below.
+    targets="khost noop"
+    if cmake --build "$BUILD" --target help 2>/dev/null | grep -q bench_produce; then
+        targets="$targets $TOOLS"
+    fi
+    # shellcheck disable=SC2086
+    cmake --build "$BUILD" -j2 --target $targets >"$BUILD/bench-build.log" 2>&1 ||
+        {
+            tail -20 "$BUILD/bench-build.log" >&2
+            die "build failed (log: $BUILD/bench-build.log); BENCH_NO_BUILD=1 uses the binaries as they are"
+        }
+fi
+KHOST=$BUILD/khost
+NOOP=$BUILD/plugins/noop.so
+BIN=$BUILD/bench
+for t in $TOOLS; do
+    if [[ ! -x $BIN/$t ]]; then
+        say "compiling $t directly (test tree not configured)"
+        mkdir -p "$BIN"
+        # shellcheck disable=SC2046
+        gcc -O2 -std=gnu11 -Wall -Wextra -o "$BIN/$t" "$ROOT/tests/bench/$t.c" \
+            $(pkg-config --cflags --libs rdkafka) || die "cannot compile $t"
+    fi
+done
+[[ -x $KHOST && -f $NOOP ]] || die "missing $KHOST or $NOOP"
+command -v kcat >/dev/null || die "kcat not found (apt-get install kcat)"
+
+# cpu_busy: percent of all CPUs busy during one second (other people's load
+# skews a benchmark on a small machine; it is printed with the results).
+cpu_busy() {
+    local a b
+    a=$(head -1 /proc/stat)
+    sleep 1
+    b=$(head -1 /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN {
+        n = split(a, x); split(b, y); t = 0
+        for (i = 2; i <= n; i++) t += y[i] - x[i]
+        idle = (y[5] - x[5]) + (y[6] - x[6])
+        printf "%.0f", (t > 0 ? 100 * (t - idle) / t : 0) }'
+}
+
+# ---- processes: every one we start is tracked by pid and ended on exit ----
+WORK=$(mktemp -d /tmp/khost-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    local st=$?
+    set +e
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    if [[ ${BENCH_KEEP:-0} == 1 || $st != 0 ]]; then
+        say "logs kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$st"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+forget() { # drop a pid that has been waited for
+    local keep=() p
+    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]+"${keep[@]}"}")
+}
+
+# ---- the mock cluster: one topic per round ----
+topic_args=()
+for r in $(seq "$REPS"); do topic_args+=(--topic "bench$r:$PARTS"); done
+# Rarely the mock hangs while creating its topics; then start it again.
+for attempt in 1 2 3; do
+    "$KHOST" mock-cluster --brokers 1 "${topic_args[@]}" \
+        --bootstrap-file "$WORK/bootstrap" >"$WORK/mock.out" 2>"$WORK/mock.err" &
+    MOCK=$!
+    PIDS+=("$MOCK")
+    for _ in $(seq 100); do
+        [[ -s $WORK/bootstrap ]] && break
+        kill -0 "$MOCK" 2>/dev/null || die "mock cluster exited: $(cat "$WORK/mock.err")"
+        sleep 0.05
+    done
+    [[ -s $WORK/bootstrap ]] && break
+    say "mock cluster not up after 5 s (attempt $attempt), restarting it"
+    kill -KILL "$MOCK" 2>/dev/null || true
+    wait "$MOCK" 2>/dev/null || true
+    forget "$MOCK"
+done
+[[ -s $WORK/bootstrap ]] || die "mock cluster did not start"
+BOOT=$(cat "$WORK/bootstrap")
+say "mock cluster at $BOOT (pid $MOCK); $REPS round(s) of $N messages x 100 B over $PARTS partitions"
+
+# kv KEY LINE: the value of KEY=VALUE in LINE
+kv() { sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" <<<" $2"; }
+
+# Results: one line per run in $WORK/results: NAME SECONDS RATE STEADY
+record() { echo "$1 $2 $3 $4" >>"$WORK/results"; }
+
+# commit_rates FILE: from bench_wait_committed's line, print
+# "SECONDS RATE STEADY": first commit seen -> all committed, and 10%->90%.
+commit_rates() {
+    local line
+    line=$(grep '^COMMITTED' "$1") || return 1
+    awk -v f="$(kv first_wall "$line")" -v c="$(kv first_total "$line")" \
+        -v d="$(kv done_wall "$line")" -v n="$(kv end_total "$line")" \
+        -v a="$(kv t10 "$line")" -v b="$(kv t90 "$line")" 'BEGIN {
+            s = d - f; st = b - a
+            printf "%.4f %.0f %.0f\n", s, (s > 0 ? (n - c) / s : 0),
+                   (st > 0 ? 0.8 * n / st : 0) }'
+}
+
+start_watcher() { # GROUP TOPIC OUTFILE
+    "$BIN/bench_wait_committed" "$BOOT" "$2" "$PARTS" "$1" "$TIMEOUT_S" \
+        >"$3" 2>"$3.err" &
+    WATCHER=$!
+    PIDS+=("$WATCHER")
+}
+
+finish_watcher() { # OUTFILE
+    local rc=0
+    wait "$WATCHER" || rc=$?
+    forget "$WATCHER"
+    [[ $rc == 0 ]] || die "bench_wait_committed failed ($rc): $(cat "$1.err")"
+}
+
+run_reference() { # ROUND
+    local tag=ref-r$1 line rates
+    start_watcher "bench-$tag-$$" "bench$1" "$WORK/$tag.commits"
+    timeout "$TIMEOUT_S" "$BIN/bench_reference" "$BOOT" "bench$1" \
+        "bench-$tag-$$" "$N" "$COMMIT_MS" >"$WORK/$tag.out" 2>"$WORK/$tag.err" ||
+        die "bench_reference failed: $(tail -3 "$WORK/$tag.err")"
+    finish_watcher "$WORK/$tag.commits"
+    line=$(grep '^REFERENCE' "$WORK/$tag.out")
+    [[ $(kv messages "$line") == "$N" ]] || die "reference got $(kv messages "$line") messages"
+    record reference-self "$(kv seconds "$line")" "$(kv msgs_per_s "$line")" -
+    rates=$(commit_rates "$WORK/$tag.commits") || die "no commit timing in $WORK/$tag.commits"
+    # shellcheck disable=SC2086
+    record reference $rates
+    say "  reference: $(kv msgs_per_s "$line") msg/s first->last message;" \
+        "$(awk '{print $2 " msg/s by commits, " $3 " steady"}' <<<"$rates")"
+}
+
+run_kcat() { # ROUND
+    local tag=kcat-r$1 t0 t1 secs
+    t0=$EPOCHREALTIME
+    # fetch.wait.max.ms=10: see README.md (otherwise ~1 s of the wall time
+    # is two 500 ms long-poll fetches: the EOF check and the shutdown).
+    timeout "$TIMEOUT_S" kcat -C -b "$BOOT" -t "bench$1" -o beginning -e -q \
+        -X fetch.wait.max.ms=10 >/dev/null 2>"$WORK/$tag.err" || die "kcat failed: $(tail -3 "$WORK/$tag.err")"
+    t1=$EPOCHREALTIME
+    secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }')
+    record kcat "$secs" "$(awk -v s="$secs" -v n="$N" 'BEGIN { printf "%.0f", n / s }')" -
+    say "  kcat: $secs s wall"
+}
+
+run_khost() { # ROUND WORKERS
+    local tag=khost-w$2-r$1 ini kpid rc=0 stopped rates
+    ini=$WORK/$tag.ini
+    cat >"$ini" <<EOF
+[host]
+brokers = $BOOT
+[kafka]
+session.timeout.ms = 6000
+heartbeat.interval.ms = 500
+; the benchmark times khost through its commits: commit often
+auto.commit.interval.ms = $COMMIT_MS
+${BENCH_KHOST_KAFKA:-}
+[pipeline.bench]
+topics = bench$1
+group = bench-$tag-$$
+plugin = $NOOP
+workers = $2
+handler_timeout_ms = 0
+EOF
+    start_watcher "bench-$tag-$$" "bench$1" "$WORK/$tag.commits"
+    "$KHOST" run -c "$ini" 2>"$WORK/$tag.log" &
+    kpid=$!
+    PIDS+=("$kpid")
+    finish_watcher "$WORK/$tag.commits"
+    kill -TERM "$kpid"
+    wait "$kpid" || rc=$?
+    forget "$kpid"
+    [[ $rc == 0 ]] || die "khost exited $rc: $(tail -5 "$WORK/$tag.log")"
+    stopped=$(grep -o 'stopped: handled=[0-9]*' "$WORK/$tag.log" | grep -o '[0-9]*$' || true)
+    [[ -n $stopped && $stopped -ge $N ]] || die "khost handled ${stopped:-?} of $N"
+    rates=$(commit_rates "$WORK/$tag.commits") || die "no commit timing in $WORK/$tag.commits"
+    # shellcheck disable=SC2086
+    record "khost-w$2" $rates
+    say "  khost workers=$2: $(awk '{print $2 " msg/s by commits, " $3 " steady"}' <<<"$rates")" \
+        "(handled=$stopped)"
+}
+
+contenders=(reference kcat)
+for w in $WORKERS; do contenders+=("khost:$w"); done
+
+BUSY_BEFORE=$(cpu_busy)
+[[ $BUSY_BEFORE -lt 15 ]] ||
+    say "warning: the machine is already ${BUSY_BEFORE}% busy; results will be noisy"
+t_start=$SECONDS
+for r in $(seq "$REPS"); do
+    out=$("$BIN/bench_produce" "$BOOT" "bench$r" "$PARTS" "$N") ||
+        die "produce failed: $out"
+    say "round $r: $out"
+    # Rotate the order each round so that drift does not favour anyone.
+    k=${#contenders[@]}
+    for i in $(seq 0 $((k - 1))); do
+        c=${contenders[$(((i + r - 1) % k))]}
+        case $c in
+        reference) run_reference "$r" ;;
+        kcat) run_kcat "$r" ;;
+        khost:*) run_khost "$r" "${c#khost:}" ;;
+        esac
+    done
+done
+
+BUSY_AFTER=$(cpu_busy)
+
+# ---- the table: medians over the rounds ----
+med() { # NAME COLUMN: median of that column over NAME's runs
+    awk -v n="$1" -v c="$2" '$1 == n && $c != "-" { print $c }' "$WORK/results" |
+        sort -g | awk '{ v[NR] = $1 } END {
+            if (!NR) { print "-"; exit }
+            m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            print m }'
+}
+REF_RATE=$(med reference 3)
+REF_STEADY=$(med reference 4)
+REF_SELF=$(med reference-self 3)
+
+row() { # NAME LABEL METHOD BASE
+    local s rate steady
+    s=$(med "$1" 2)
+    rate=$(med "$1" 3)
+    steady=$(med "$1" 4)
+    awk -v l="$2" -v m="$3" -v n="$N" -v s="$s" -v r="$rate" -v st="$steady" \
+        -v b="$4" -v bs="$REF_STEADY" 'BEGIN {
+        printf "| %-22s | %-18s | %8d | %7.3f | %9.0f | %5.2fx | ", l, m, n, s, r, r / b
+        if (st == "-") printf "%9s | %6s |\n", "-", "-"
+        else printf "%9.0f | %5.2fx |\n", st, st / bs }'
+}
+
+echo
+echo "khost throughput benchmark: $N x 100 B messages, $PARTS partitions, 1 mock broker,"
+echo "$(nproc) CPU(s), median of $REPS round(s), auto.commit.interval.ms=$COMMIT_MS, librdkafka $(pkg-config --modversion rdkafka 2>/dev/null || echo '?')"
+echo "other load: ${BUSY_BEFORE}% CPU busy before, ${BUSY_AFTER}% after the run"
+[[ -z ${BENCH_KHOST_KAFKA:-} ]] || echo "khost [kafka] extra: $BENCH_KHOST_KAFKA"
+echo
+echo "| contender              | timed by           | messages | seconds |     msg/s |  x ref |  steady/s |  x ref |"
+echo "|------------------------|--------------------|---------:|--------:|----------:|-------:|----------:|-------:|"
+row reference-self "reference (librdkafka)" "itself, 1st->last" "$REF_SELF"
+row reference "reference (librdkafka)" "commits, 1st->all" "$REF_RATE"
+row kcat "kcat -> /dev/null" "wall, start->exit" "$REF_SELF"
+for w in $WORKERS; do
+    row "khost-w$w" "khost noop, $w worker$([[ $w == 1 ]] || echo s)" "commits, 1st->all" "$REF_RATE"
+done
+echo
+echo "x ref: ratio to the reference timed the same way (commit-timed rows and"
+echo "steady/s to the commit-timed reference; kcat to the self-timed reference)."
+echo "steady/s: 80% of the messages / time from 10% to 90% committed."
+best=$(for w in $WORKERS; do echo "$w $(med "khost-w$w" 3)"; done | sort -k2 -g | tail -1)
+awk -v b="$best" -v ref="$REF_RATE" -v t="$TARGET" 'BEGIN {
+    split(b, a, " "); r = a[2] / ref
+    printf "target: khost >= %.1fx the reference: %s (best: %s worker(s), %.2fx)\n",
+           t, (r >= t ? "MET" : "NOT MET"), a[1], r }'
+say "done in $((SECONDS - t_start)) s"
