@@ -85,7 +85,13 @@ void kafka_pause(kh_part *part, unsigned reason, bool on) {
 void kafka_seek(kh_part *part, int64_t offset) {
     rd_kafka_topic_partition_list_t *l = one_partition(part);
     l->elems[0].offset = offset;
-    rd_kafka_error_t *error = rd_kafka_seek_partitions(part->pl->rk, l, 2000);
+    /* librdkafka 2.0.2 waits for the seek's reply with the remaining time
+     * in milliseconds handed to a microsecond queue pop (its #4230), so
+     * 2000 would wait 2 ms and the seek would finish later, behind our
+     * back: messages fetched before it could then be dispatched ahead of
+     * the rewound ones. 2000 * 1000 makes it really wait about 2 s. */
+    rd_kafka_error_t *error =
+        rd_kafka_seek_partitions(part->pl->rk, l, 2000 * 1000);
     if (error) {
         klog_error("pipeline=%s topic=%s partition=%d: seek to offset=%lld "
                    "failed: %s",

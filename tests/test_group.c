@@ -184,10 +184,14 @@ Test(group, ack_after_revoke_is_dropped_not_committed, .timeout = 150) {
                  lb.first[p]);
     cr_assert_geq(th_log_count(&a, "with 50 message(s) after it not committed"),
                   1, "%s", th_log(&a));
-    /* The tick acks all 100 old-assignment messages: every one dropped. */
-    cr_assert(
-        th_wait_log(&a, "ignored 100 ack(s) for messages revoked", 1, 20000),
-        "%s", th_log(&a));
+    /* The tick acks all 100 old-assignment messages: every one dropped.
+     * (Under load an extra rebalance can add more stale acks, never fewer.) */
+    cr_assert(th_wait_log(&a, "ack(s) for messages revoked", 1, 20000), "%s",
+              th_log(&a));
+    char *log = th_log(&a);
+    const char *hit = strstr(log, "ignored ");
+    cr_assert(hit && atoi(hit + strlen("ignored ")) >= 100, "%s", log);
+    free(log);
     th_ledger_free(&lb);
     th_host_stop(&b, SIGTERM, 20000);
     th_host_stop(&a, SIGTERM, 20000);
