@@ -491,6 +491,10 @@ void dispatch_drain(kh_pipeline_rt *pl, kh_part **parts, size_t n,
                    parts[i]->dlq_pending > 0;
         }
         failure_poll(pl);
+        /* The loop is not running while we wait here: a handler that
+         * hangs now must still be killed on time (and named: its ledger
+         * entry still exists). A killed worker stops counting as busy. */
+        supervisor_check_hangs(pl, kh_now_ms());
         int64_t left = deadline_ms - kh_now_ms();
         if (!busy || left <= 0 || host_check_signals(pl->host))
             break;

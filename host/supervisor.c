@@ -563,7 +563,10 @@ void supervisor_stop_workers(kh_pipeline_rt *pl, kh_worker *ws, int n,
         w->restart_timer = sd_event_source_disable_unref(w->restart_timer);
         if (!w->pid)
             continue;
-        if (w->state == KH_W_READY) {
+        /* A worker still starting reads SHUTDOWN right after INIT, so it
+         * too runs terminate instead of waiting out the timeout. */
+        if (w->state == KH_W_READY || (w->state == KH_W_STARTING &&
+                                       w->conn.fd >= 0 && !w->kill_reason[0])) {
             size_t start = tr_frame_begin(&w->conn.out, KH_F_SHUTDOWN);
             tr_frame_end(&w->conn.out, start);
             w->state = KH_W_STOPPING;

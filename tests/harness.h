@@ -100,6 +100,7 @@ bool th_wait_distinct(const char *const *paths, int n_paths, int parts,
                       int per_part, int distinct, int timeout_ms);
 
 void th_sleep_ms(int ms);
+int64_t th_now_ms(void); /* CLOCK_MONOTONIC */
 /* Is pid a live process (not gone, not a zombie awaiting its reaper)? */
 bool th_pid_running(pid_t pid);
 

@@ -581,3 +581,34 @@ Test(runtime, cooperative_sticky_uses_incremental_assign, .timeout = 90) {
     th_cluster_stop(&c);
     tu_rmdir(dir);
 }
+
+Test(runtime, shutdown_while_workers_start_runs_terminate, .timeout = 60) {
+    th_cluster c;
+    th_cluster_start(&c, 1);
+    th_create_topic(&c, "st", 1);
+    char *dir = tu_tmpdir();
+    char *ini;
+    cr_assert_neq(asprintf(&ini,
+                           "[host]\nbrokers = %s\n"
+                           "[pipeline.p]\ntopics = st\ngroup = g-st\n"
+                           "plugin = " KHOST_FIXTURE_DIR "/fxs_slow_init.so\n"
+                           "workers = 2\nshutdown_timeout_ms = 20000\n",
+                           c.bootstraps),
+                  -1);
+    th_host h;
+    th_host_start(&h, dir, "host", ini);
+    /* SIGTERM while both workers are inside their 1.5 s init. */
+    cr_assert(th_wait_log(&h, "running 1 pipeline(s)", 1, 10000), "%s",
+              th_log(&h));
+    int64_t t0 = th_now_ms();
+    cr_assert_eq(th_host_stop(&h, SIGTERM, 30000), 0, "%s", th_log(&h));
+    int64_t took = th_now_ms() - t0;
+    /* They finish init, read SHUTDOWN and terminate: no 20 s timeout, no
+     * kill. */
+    cr_assert_lt(took, 10000, "shutdown took %lld ms", (long long)took);
+    cr_assert_eq(th_log_count(&h, "slow_init terminated"), 2, "%s", th_log(&h));
+    cr_assert_eq(th_log_count(&h, "did not stop in time"), 0, "%s", th_log(&h));
+    th_host_free(&h);
+    th_cluster_stop(&c);
+    tu_rmdir(dir);
+}
