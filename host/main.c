@@ -173,29 +173,11 @@ static int cmd_run(int argc, char **argv) {
     const char *path = config_arg(argc, argv, "run");
     kh_config *cfg = calloc(1, sizeof *cfg);
     kh_errors errs = {0};
-    if (config_load(path, cfg, &errs) != 0) {
-        print_errors(&errs);
-        fprintf(stderr, "%s: invalid, %zu error%s; not starting\n", path,
-                errs.count, errs.count == 1 ? "" : "s");
-        errors_free(&errs);
-        config_free(cfg);
-        free(cfg);
-        return EXIT_INVALID;
-    }
-    config_print_warnings(cfg, stderr);
     /* A plugin that cannot even load would only crash-loop its workers:
      * refuse to start, as check-config would. */
-    for (size_t i = 0; i < cfg->n_pipelines; i++) {
-        kh_plugin plugin;
-        char err[1024];
-        if (plugin_load(cfg->pipelines[i].plugin_path, &plugin, err,
-                        sizeof err) != 0) {
-            errors_add(&errs, "%s:%d: plugin of [pipeline.%s]: %s", path,
-                       cfg->pipelines[i].plugin_line, cfg->pipelines[i].name,
-                       err);
-            continue;
-        }
-        plugin_unload(&plugin);
+    if (config_load(path, cfg, &errs) == 0) {
+        config_print_warnings(cfg, stderr);
+        plugin_check_all(cfg, &errs);
     }
     if (errs.count) {
         print_errors(&errs);

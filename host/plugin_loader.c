@@ -220,6 +220,19 @@ fail:
     return NULL;
 }
 
+void plugin_check_all(const kh_config *cfg, kh_errors *errs) {
+    for (size_t i = 0; i < cfg->n_pipelines; i++) {
+        const kh_pipeline *p = &cfg->pipelines[i];
+        kh_plugin plugin;
+        char err[1024];
+        if (plugin_load(p->plugin_path, &plugin, err, sizeof err) != 0)
+            errors_add(errs, "%s:%d: plugin of [pipeline.%s]: %s", cfg->path,
+                       p->plugin_line, p->name, err);
+        else
+            plugin_unload(&plugin);
+    }
+}
+
 void plugin_unload(kh_plugin *plugin) {
     if (plugin->dl)
         dlclose(plugin->dl);

@@ -6,6 +6,8 @@
 #ifndef KHOST_PLUGIN_LOADER_H
 #define KHOST_PLUGIN_LOADER_H
 
+#include "config.h"
+
 #include <khost/plugin.h>
 #include <stddef.h>
 
@@ -25,6 +27,11 @@ int plugin_init(kh_plugin *plugin, const khost_init_args *args, void **state,
                 char *err, size_t errlen);
 
 void plugin_unload(kh_plugin *plugin);
+
+/* Load (and unload) every pipeline's plugin of cfg, adding one
+ * "FILE:LINE: plugin of [pipeline.NAME]: ..." error per plugin that cannot
+ * be loaded. Used before starting (run) and before applying a reload. */
+void plugin_check_all(const kh_config *cfg, kh_errors *errs);
 
 /* Copy `path` to a fresh file in `dir` and return its malloc'd path.
  * Workers load the copy, so an operator overwriting the original in place

@@ -519,17 +519,7 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
     }
     for (size_t i = 0; i < next->warnings.count; i++)
         klog_warn("%s", next->warnings.items[i]);
-    for (size_t i = 0; i < next->n_pipelines; i++) {
-        kh_plugin plugin;
-        char err[1024];
-        if (plugin_load(next->pipelines[i].plugin_path, &plugin, err,
-                        sizeof err) != 0)
-            errors_add(&errs, "%s:%d: plugin of [pipeline.%s]: %s", next->path,
-                       next->pipelines[i].plugin_line, next->pipelines[i].name,
-                       err);
-        else
-            plugin_unload(&plugin);
-    }
+    plugin_check_all(next, &errs);
     if (errs.count)
         return reject(next, &errs, msg, len, "a plugin cannot be loaded");
     if (strcmp(cur->brokers, next->brokers) ||
