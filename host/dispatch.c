@@ -441,7 +441,7 @@ int dispatch_read(kh_worker *w) {
     if (closed) {
         if (w->io_src)
             sd_event_source_set_enabled(w->io_src, SD_EVENT_OFF);
-        /* A dying worker's exit arrives through the pidfd right after its
+        /* A dying worker's exit reaches the loop right after its
          * channel closes. One that closed its channel and lives on would
          * hold its partitions forever: give the exit a moment, then kill. */
         if (w->pid && w->state != KH_W_STOPPING && !w->eof_timer && w->pl &&

@@ -1,6 +1,6 @@
 /*
  * host: the daemon. One sd-event loop drives everything: the consumer
- * queues' wake pipes, worker channels and pidfds, timers and signals.
+ * queues' wake pipes, worker channels and exits, timers and signals.
  *
  * Shutdown order (first SIGTERM/SIGINT): stop fetching, drain in-flight
  * results (bounded by shutdown_timeout_ms), commit synchronously, send

@@ -2,10 +2,12 @@
  * supervisor: worker processes of a pipeline, started, watched, restarted.
  *
  * A worker is `khost worker` exec'd by posix_spawn (librdkafka's threads
- * do not survive a bare fork). Its death is seen at once through a pidfd
- * in the event loop. A crash costs that worker's partitions a rewind to
- * their acked watermark and the worker a restart after an exponential,
- * jittered backoff; group membership is never touched.
+ * do not survive a bare fork). Its death is seen at once in the event
+ * loop: sd-event watches a pidfd where the kernel offers pidfd_open, and
+ * falls back to SIGCHLD where it does not (kernels before 5.3, seccomp
+ * profiles that refuse it, valgrind 3.19). A crash costs that worker's
+ * partitions a rewind to their acked watermark and the worker a restart after
+ * an exponential, jittered backoff; group membership is never touched.
  *
  * The restart limit follows the reference (Elsa's supervisor): more than
  * max_restarts within max_seconds marks the pipeline failed. The backoff
@@ -26,7 +28,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -327,6 +328,23 @@ static int prepare_hardening(kh_worker *w, kh_hardening_args *args) {
     return 0;
 }
 
+/* The path workers are exec'd from: our own binary, pinned by an fd
+ * opened once, so that replacing khost on disk during an upgrade never
+ * pairs a host with a worker of another version. Opening /proc/self/exe
+ * (rather than exec'ing it) is also what valgrind translates to the real
+ * binary; exec'ing it directly would start valgrind's own tool. */
+static const char *self_exe_path(void) {
+    static char path[64];
+    if (!path[0]) {
+        int fd = open("/proc/self/exe", O_PATH | O_CLOEXEC);
+        if (fd >= 0)
+            snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        else
+            snprintf(path, sizeof path, "/proc/self/exe");
+    }
+    return path;
+}
+
 int supervisor_spawn(kh_worker *w) {
     kh_pipeline_rt *pl = w->pl;
     kh_hardening_args hargs;
@@ -388,7 +406,7 @@ int supervisor_spawn(kh_worker *w) {
         argv[argc++] = hargs.argv[i];
     argv[argc] = NULL;
     pid_t pid;
-    int rc = posix_spawn(&pid, "/proc/self/exe", &fa, &attr, argv, environ);
+    int rc = posix_spawn(&pid, self_exe_path(), &fa, &attr, argv, environ);
     if (rc != 0) {
         errno = rc;
         goto error;
@@ -401,10 +419,14 @@ int supervisor_spawn(kh_worker *w) {
     posix_spawnattr_destroy(&attr);
     fa_ok = attr_ok = false;
 
-    int pidfd = pidfd_open(pid, 0);
-    if (pidfd < 0) {
+    /* Only this source (or a drain's waitid) reaps the worker, and an
+     * unreaped pid cannot be reused: kill() and waitid() by pid are safe. */
+    rc = sd_event_add_child(pl->host->ev, &w->child_src, pid, WEXITED,
+                            on_worker_exit, w);
+    if (rc < 0) {
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
+        errno = -rc;
         goto error;
     }
     w->pid = pid;
@@ -414,9 +436,6 @@ int supervisor_spawn(kh_worker *w) {
     w->init_error[0] = '\0';
     conn_init(&w->conn, sv[0], KH_FRAME_MAX_FROM_WORKER);
     sv[0] = -1;
-    sd_event_add_child_pidfd(pl->host->ev, &w->child_src, pidfd, WEXITED,
-                             on_worker_exit, w);
-    sd_event_source_set_child_pidfd_own(w->child_src, 1);
     sd_event_add_io(pl->host->ev, &w->io_src, w->conn.fd, EPOLLIN, on_worker_io,
                     w);
     w->state = KH_W_STARTING;
@@ -509,8 +528,8 @@ void supervisor_kill(kh_worker *w, const char *reason) {
         snprintf(w->kill_reason, sizeof w->kill_reason, "%s", reason);
     klog_error("pipeline=%s worker=%d pid=%d: %s; killing it", w->pl->cfg->name,
                w->index, (int)w->pid, reason);
-    /* The pidfd source owns the pid; the pid cannot be reused before we
-     * reap it, so kill() by pid is safe here. */
+    /* The child source keeps the pid from being reused until the exit is
+     * reaped, so kill() by pid is safe here. */
     kill(w->pid, SIGKILL);
     /* Stop reading a worker we no longer believe. */
     if (w->io_src)
@@ -582,8 +601,7 @@ void supervisor_stop_workers(kh_pipeline_rt *pl, kh_worker *ws, int n,
             if (buf_pending(&w->conn.out))
                 conn_flush(&w->conn);
             siginfo_t si = {0};
-            int fd = sd_event_source_get_child_pidfd(w->child_src);
-            if (waitid(P_PIDFD, (id_t)fd, &si, WEXITED | WNOHANG) == 0 &&
+            if (waitid(P_PID, (id_t)w->pid, &si, WEXITED | WNOHANG) == 0 &&
                 si.si_pid != 0) {
                 char how[96];
                 describe_exit(&si, how, sizeof how);
@@ -609,9 +627,8 @@ void supervisor_stop_workers(kh_pipeline_rt *pl, kh_worker *ws, int n,
                   "killing it",
                   pl->cfg->name, w->index, (int)w->pid);
         kill(w->pid, SIGKILL);
-        int fd = sd_event_source_get_child_pidfd(w->child_src);
         siginfo_t si;
-        waitid(P_PIDFD, (id_t)fd, &si, WEXITED);
+        waitid(P_PID, (id_t)w->pid, &si, WEXITED);
         release_process(w);
         w->state = KH_W_STOPPED;
     }
