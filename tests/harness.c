@@ -266,8 +266,8 @@ void th_host_start(th_host *h, const char *dir, const char *name,
         int fd = open(h->log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
         dup2(fd, 1);
         dup2(fd, 2);
-        execl(KHOST_BUILD_DIR "/khost", "khost", "run", "-c", h->cfg_path,
-              (char *)NULL);
+        tu_execv(KHOST_BUILD_DIR "/khost",
+                 (char *[]){"khost", "run", "-c", h->cfg_path, NULL});
         _exit(127);
     }
     h->pid = pid;

@@ -158,9 +158,9 @@ Test(cli, mock_cluster_serves_kafka_until_sigterm, .timeout = 60) {
         int devnull = open("/dev/null", 1);
         dup2(devnull, 1);
         dup2(devnull, 2);
-        execl(KHOST, "khost", "mock-cluster", "--brokers", "2", "--topic",
-              "orders:6", "--topic", "audit:1", "--bootstrap-file", boot_file,
-              (char *)NULL);
+        tu_execv(KHOST, (char *[]){"khost", "mock-cluster", "--brokers", "2",
+                                   "--topic", "orders:6", "--topic", "audit:1",
+                                   "--bootstrap-file", boot_file, NULL});
         _exit(127);
     }
     char *boot = NULL;

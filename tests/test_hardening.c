@@ -444,8 +444,8 @@ Test(hardening, user_without_root_fails_the_start, .timeout = 60) {
         dup2(fd, 2);
         if (setgroups(0, NULL) != 0 || setgid(gid) != 0 || setuid(uid) != 0)
             _exit(126);
-        execl(KHOST_BUILD_DIR "/khost", "khost", "run", "-c", path,
-              (char *)NULL);
+        tu_execv(KHOST_BUILD_DIR "/khost",
+                 (char *[]){"khost", "run", "-c", path, NULL});
         _exit(127);
     }
     int status = 0;

@@ -27,6 +27,33 @@ static void append(char **buf, size_t *len, const char *data, size_t n) {
     (*buf)[*len] = '\0';
 }
 
+void tu_execv(const char *path, char *const argv[]) {
+    const char *logs = getenv("KHOST_VALGRIND");
+    if (!logs || !*logs || strcmp(path, KHOST_BUILD_DIR "/khost") != 0) {
+        execv(path, argv);
+        return;
+    }
+    /* Definite leaks and memory errors are what fail; a failing host also
+     * exits 99 so the test that ran it sees it at once. */
+    char log_file[4096];
+    snprintf(log_file, sizeof log_file, "--log-file=%s/vg.%%p", logs);
+    char *vg[64] = {"valgrind",
+                    "--quiet",
+                    "--error-exitcode=99",
+                    "--leak-check=full",
+                    "--show-leak-kinds=definite",
+                    "--errors-for-leak-kinds=definite",
+                    "--trace-children=no",
+                    "--child-silent-after-fork=yes",
+                    log_file,
+                    (char *)path};
+    int n = 10;
+    for (int i = 1; argv[i] && n < 63; i++)
+        vg[n++] = argv[i];
+    vg[n] = NULL;
+    execvp("valgrind", vg);
+}
+
 tu_result tu_run(char *const argv[], int timeout_ms) {
     tu_result r = {.exit_code = -1, .out = calloc(1, 1), .err = calloc(1, 1)};
     int po[2], pe[2];
@@ -36,7 +63,7 @@ tu_result tu_run(char *const argv[], int timeout_ms) {
     if (pid == 0) {
         dup2(po[1], 1);
         dup2(pe[1], 2);
-        execv(argv[0], argv);
+        tu_execv(argv[0], argv);
         _exit(127);
     }
     close(po[1]);

@@ -17,6 +17,12 @@ typedef struct tu_result {
 tu_result tu_run(char *const argv[], int timeout_ms);
 void tu_result_free(tu_result *r);
 
+/* execv, except that the khost binary runs under valgrind memcheck when
+ * KHOST_VALGRIND names a folder for its logs (.ci/valgrind sets it). Only
+ * the host is checked: its workers run plugin code natively. Returns only
+ * when the exec failed. */
+void tu_execv(const char *path, char *const argv[]);
+
 /* A fresh directory under /tmp, removed by tu_rmdir. */
 char *tu_tmpdir(void);
 void tu_rmdir(const char *dir);
