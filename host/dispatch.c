@@ -58,8 +58,11 @@ static int64_t first_pending_offset(kh_part *part) {
     return part->pend_len ? part->pend[part->pend_head]->offset : -1;
 }
 
-/* Drop the queue and seek so that Kafka delivers from `seek_to` again. */
-static void rewind_to(kh_part *part, int64_t seek_to, const char *why) {
+/* Drop the queue and seek so that Kafka delivers from `seek_to` again.
+ * `unacked`: the in-flight messages given up on, logged because it bounds
+ * what a crash can make handlers see twice (the chaos test checks it). */
+static void rewind_to(kh_part *part, int64_t seek_to, size_t unacked,
+                      const char *why) {
     int64_t pending = first_pending_offset(part);
     if (seek_to < 0 || (pending >= 0 && pending < seek_to))
         seek_to = pending;
@@ -69,13 +72,15 @@ static void rewind_to(kh_part *part, int64_t seek_to, const char *why) {
     kafka_seek(part, seek_to);
     klog(strstr(why, "skipped") ? KLOG_DEBUG : KLOG_INFO,
          "pipeline=%s topic=%s partition=%d rewound to offset=%lld "
-         "(acked=%lld): %s",
+         "(acked=%lld, unacked=%zu): %s",
          part->pl->cfg->name, part->topic, part->partition, (long long)seek_to,
-         (long long)part->off.acked, why);
+         (long long)part->off.acked, unacked, why);
 }
 
 void dispatch_rewind_part(kh_part *part, const char *why) {
-    rewind_to(part, offsets_rewind_all(&part->off), why);
+    size_t unacked = 0;
+    int64_t seek_to = offsets_rewind_all(&part->off, &unacked);
+    rewind_to(part, seek_to, unacked, why);
 }
 
 /* ---- sending ---- */
@@ -249,7 +254,9 @@ static void stop_partition_after(kh_worker *w, kh_part *part, uint64_t seq,
                  attempt, cfg->max_attempts, text ? text : "no reason given");
     /* The worker skips the rest of this partition until it sees RESUME,
      * so nothing later is handled before the message comes again. */
-    rewind_to(part, offsets_rewind(&part->off, seq, KH_BUMP_FIRST),
+    size_t unacked = 0;
+    int64_t seek_to = offsets_rewind(&part->off, seq, KH_BUMP_FIRST, &unacked);
+    rewind_to(part, seek_to, unacked,
               result == KHOST_RETRY ? "handler asked for a retry"
                                     : "handler failed the message");
     dispatch_send_partition_event(part, KH_F_RESUME);
@@ -320,16 +327,18 @@ static bool handle_results(kh_worker *w, kh_reader *r) {
             w->pl->handled++;
             stop_partition_after(w, part, kh_token_seq(token), result);
             break;
-        case KH_RESULT_SKIPPED:
+        case KH_RESULT_SKIPPED: {
             /* Not handled (a drain, or a hold the worker keeps): the
              * message and everything after it come again, in order. A
              * worker that skips everything only starves itself. */
-            rewind_to(
-                part,
-                offsets_rewind(&part->off, kh_token_seq(token), KH_BUMP_NONE),
-                "worker skipped it (drain or hold)");
+            size_t unacked = 0;
+            int64_t seek_to = offsets_rewind(&part->off, kh_token_seq(token),
+                                             KH_BUMP_NONE, &unacked);
+            rewind_to(part, seek_to, unacked,
+                      "worker skipped it (drain or hold)");
             dispatch_send_partition_event(part, KH_F_RESUME);
             break;
+        }
         default:
             return lie(w, "sent an unknown result code");
         }

@@ -175,22 +175,26 @@ static void replay_normalize(kh_offsets *o) {
     free(tmp);
 }
 
-int64_t offsets_rewind(kh_offsets *o, uint64_t from_seq, kh_bump bump) {
+int64_t offsets_rewind(kh_offsets *o, uint64_t from_seq, kh_bump bump,
+                       size_t *abandoned) {
     if (from_seq < o->head_seq)
         from_seq = o->head_seq;
     int64_t seek_to = -1;
+    size_t unacked = 0;
     for (uint64_t seq = from_seq; seq < o->next_seq; seq++) {
         kh_entry *e = entry_at(o, seq);
         if (e->state == KH_ENTRY_DROPPED)
             continue;
-        if (e->state == KH_ENTRY_ACKED)
+        if (e->state == KH_ENTRY_ACKED) {
             replay_add(o, e->offset, 0, true);
-        else
+        } else {
+            unacked++;
             replay_add(o, e->offset,
                        e->attempt +
                            (bump == KH_BUMP_ALL ||
                             (bump == KH_BUMP_FIRST && seq == from_seq)),
                        false);
+        }
         e->state = KH_ENTRY_DROPPED;
         if (seek_to < 0 || e->offset < seek_to)
             seek_to = e->offset;
@@ -206,6 +210,8 @@ int64_t offsets_rewind(kh_offsets *o, uint64_t from_seq, kh_bump bump) {
         o->n_replay -= drop;
     }
     offsets_advance(o);
+    if (abandoned)
+        *abandoned = unacked;
     return seek_to;
 }
 
@@ -222,6 +228,6 @@ void offsets_mark_failed(kh_offsets *o, int64_t offset) {
     replay_normalize(o);
 }
 
-int64_t offsets_rewind_all(kh_offsets *o) {
-    return offsets_rewind(o, o->head_seq, KH_BUMP_ALL);
+int64_t offsets_rewind_all(kh_offsets *o, size_t *abandoned) {
+    return offsets_rewind(o, o->head_seq, KH_BUMP_ALL, abandoned);
 }

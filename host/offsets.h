@@ -125,11 +125,14 @@ typedef enum kh_bump {
  * seek to: the smallest abandoned offset, or -1 when nothing was
  * abandoned. Abandoned offsets are replayed with their attempt number,
  * plus one where `bump` says they were attempted; acked ones after the
- * watermark are replayed as already_acked.
+ * watermark are replayed as already_acked. *abandoned (if not NULL) gets
+ * how many unacked entries were abandoned: after a crash, the most
+ * messages the dead worker can have handled that will be handled again.
  */
-int64_t offsets_rewind(kh_offsets *o, uint64_t from_seq, kh_bump bump);
+int64_t offsets_rewind(kh_offsets *o, uint64_t from_seq, kh_bump bump,
+                       size_t *abandoned);
 
 /* Rewind everything past the watermark (a crash or a lost worker). */
-int64_t offsets_rewind_all(kh_offsets *o);
+int64_t offsets_rewind_all(kh_offsets *o, size_t *abandoned);
 
 #endif
