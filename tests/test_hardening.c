@@ -147,7 +147,7 @@ Test(hardening, rlimit_as_crash_restarts_and_redelivers, .timeout = 120) {
     tu_rmdir(dir);
 }
 
-Test(hardening, limits_show_in_proc_limits, .timeout = 60) {
+Test(hardening, limits_and_no_new_privs_show_in_proc, .timeout = 60) {
     char *dir = tu_tmpdir();
     /* q sets nothing: its worker keeps the limits khost runs with. */
     const char *as = UNDER_ASAN ? "" : "rlimit_as_mb = 300\n";
@@ -176,6 +176,13 @@ Test(hardening, limits_show_in_proc_limits, .timeout = 60) {
     proc_line(p, "limits", "Max address space", line, sizeof line);
     if (!UNDER_ASAN)
         cr_assert_str_eq(line, "Max address space 314572800 314572800 bytes");
+
+    /* Every worker runs with PR_SET_NO_NEW_PRIVS, with or without limits:
+     * a setuid binary the plugin execs gains nothing. */
+    proc_line(p, "status", "NoNewPrivs", line, sizeof line);
+    cr_assert_str_eq(line, "NoNewPrivs: 1");
+    proc_line(q, "status", "NoNewPrivs", line, sizeof line);
+    cr_assert_str_eq(line, "NoNewPrivs: 1");
 
     /* Nothing set: the same as ours (the host's, inherited). */
     char mine[256];
