@@ -48,7 +48,15 @@ static rd_kafka_message_t *pend_pop(kh_part *part) {
     return m;
 }
 
+/* Dropping fetched messages is half of a rewind: the lowest one dropped
+ * is owed a seek (refetch_from) until kafka_seek succeeds at or below it,
+ * and I1 keeps the stored offset from passing it meanwhile. */
 void dispatch_drop_pending(kh_part *part) {
+    if (part->pend_len && part->assigned) {
+        int64_t first = part->pend[part->pend_head]->offset;
+        if (part->refetch_from < 0 || first < part->refetch_from)
+            part->refetch_from = first;
+    }
     while (part->pend_len)
         rd_kafka_message_destroy(pend_pop(part));
     kafka_pause(part, KH_PAUSE_FLOW, false);
@@ -63,12 +71,16 @@ static int64_t first_pending_offset(kh_part *part) {
  * what a crash can make handlers see twice (the chaos test checks it). */
 static void rewind_to(kh_part *part, int64_t seek_to, size_t unacked,
                       const char *why) {
-    int64_t pending = first_pending_offset(part);
-    if (seek_to < 0 || (pending >= 0 && pending < seek_to))
-        seek_to = pending;
     dispatch_drop_pending(part);
+    /* What was dropped earlier without a seek (a hand-over, a shutdown
+     * drain) is owed one too: the lowest of all is where Kafka resumes. */
+    if (part->refetch_from >= 0 &&
+        (seek_to < 0 || part->refetch_from < seek_to))
+        seek_to = part->refetch_from;
     if (seek_to < 0)
         return; /* nothing dispatched or queued: the position is right */
+    if (part->refetch_from < 0 || seek_to < part->refetch_from)
+        part->refetch_from = seek_to;
     kafka_seek(part, seek_to);
     klog(strstr(why, "skipped") ? KLOG_DEBUG : KLOG_INFO,
          "pipeline=%s topic=%s partition=%d rewound to offset=%lld "
@@ -385,6 +397,8 @@ static bool handle_frame(kh_worker *w, uint16_t type, kh_reader *r) {
     case KH_F_READY:
         s1 = tr_get_str(r, &len1);
         s2 = tr_get_str(r, &len2);
+        if (!r->error && w->state == KH_W_STOPPING)
+            return true; /* SHUTDOWN was sent while it started */
         if (r->error || w->state != KH_W_STARTING)
             return lie(w, "sent an unexpected READY frame");
         char name[128], version[64];
@@ -465,6 +479,42 @@ int dispatch_read(kh_worker *w) {
     return 0;
 }
 
+/*
+ * I1, commit safety: the offset stored or committed for a partition never
+ * passes a message fetched under the current assignment that is not
+ * resolved (acked, dead-lettered with a delivery report, or skipped by
+ * policy). The unresolved messages are exactly: the ledger's INFLIGHT and
+ * DEFERRED entries, the queue of fetched, undispatched messages, and what
+ * was dropped from either without a seek yet (refetch_from). Every store
+ * and every commit takes its offset from here; a violation refuses the
+ * store, logs an ERROR and, in checked builds (CI's), aborts.
+ */
+int64_t dispatch_commit_offset(kh_part *part) {
+    offsets_advance(&part->off);
+    if (!part->assigned || part->off.acked < 0)
+        return -1;
+    int64_t want = part->off.acked + 1;
+    int64_t limits[3] = {offsets_first_unresolved(&part->off),
+                         first_pending_offset(part), part->refetch_from};
+    static const char *const what[3] = {"a message in flight or deferred",
+                                        "a fetched message not dispatched",
+                                        "a dropped message not fetched again"};
+    for (int i = 0; i < 3; i++) {
+        if (limits[i] < 0 || want <= limits[i])
+            continue;
+        klog_error("pipeline=%s topic=%s partition=%d: INVARIANT I1 "
+                   "violated: refusing to store offset=%lld past %s at "
+                   "offset=%lld",
+                   part->pl->cfg->name, part->topic, part->partition,
+                   (long long)want, what[i], (long long)limits[i]);
+#ifdef KHOST_CHECKED
+        abort();
+#endif
+        return -1;
+    }
+    return want;
+}
+
 void dispatch_store_dirty(kh_pipeline_rt *pl) {
     for (size_t i = 0; i < pl->n_parts; i++) {
         kh_part *part = pl->parts[i];
@@ -477,13 +527,17 @@ void dispatch_store_dirty(kh_pipeline_rt *pl) {
     }
 }
 
-static bool unsettled(kh_part *part) {
+static bool unsettled(kh_part *part, bool results_only) {
     offsets_advance(&part->off);
-    return part->assigned && offsets_outstanding(&part->off) > 0;
+    if (!part->assigned)
+        return false;
+    if (results_only)
+        return offsets_has_inflight(&part->off);
+    return offsets_outstanding(&part->off) > 0;
 }
 
 void dispatch_drain(kh_pipeline_rt *pl, kh_part **parts, size_t n,
-                    int64_t deadline_ms) {
+                    int64_t deadline_ms, bool results_only) {
     /* Ask the owners to skip what they have not started: the wait is then
      * for the calls in progress, not for whole in-flight windows. */
     for (size_t i = 0; i < n; i++) {
@@ -495,7 +549,7 @@ void dispatch_drain(kh_pipeline_rt *pl, kh_part **parts, size_t n,
         bool busy = false;
         for (size_t i = 0; i < n && !busy; i++) {
             kh_worker *w = dispatch_owner(parts[i]);
-            busy = (unsettled(parts[i]) && w &&
+            busy = (unsettled(parts[i], results_only) && w &&
                     (w->state == KH_W_READY || w->state == KH_W_STOPPING)) ||
                    parts[i]->dlq_pending > 0;
         }
@@ -507,12 +561,17 @@ void dispatch_drain(kh_pipeline_rt *pl, kh_part **parts, size_t n,
         int64_t left = deadline_ms - kh_now_ms();
         if (!busy || left <= 0 || host_check_signals(pl->host))
             break;
-        struct pollfd fds[64];
-        kh_worker *who[64];
-        int nfds = 0;
+        /* Every worker of both generations: a pipeline may have 256, and
+         * a swap runs two generations at once. */
         int n_extra;
         kh_worker *extra = reload_workers(pl, &n_extra);
-        for (int i = 0; i < pl->n_workers + n_extra && nfds < 64; i++) {
+        int total = pl->n_workers + n_extra;
+        struct pollfd *fds = calloc((size_t)total + 1, sizeof *fds);
+        kh_worker **who = calloc((size_t)total + 1, sizeof *who);
+        if (!fds || !who)
+            abort();
+        int nfds = 0;
+        for (int i = 0; i < total; i++) {
             kh_worker *w =
                 i < pl->n_workers ? &pl->workers[i] : &extra[i - pl->n_workers];
             if (w->conn.fd < 0 ||
@@ -524,16 +583,19 @@ void dispatch_drain(kh_pipeline_rt *pl, kh_part **parts, size_t n,
             who[nfds++] = w;
         }
         /* With no worker to hear from, only dead-letter reports remain. */
-        if (poll(fds, (nfds_t)nfds, left < 20 ? (int)left : 20) < 0 &&
-            errno != EINTR)
-            break;
-        for (int i = 0; i < nfds; i++) {
+        int rc = poll(fds, (nfds_t)nfds, left < 20 ? (int)left : 20);
+        bool failed = rc < 0 && errno != EINTR;
+        for (int i = 0; rc > 0 && i < nfds; i++) {
             if (fds[i].revents & POLLOUT)
                 conn_flush(&who[i]->conn);
             if (fds[i].revents & (POLLIN | POLLHUP | POLLERR))
                 if (dispatch_read(who[i]) < 0)
                     who[i]->state = KH_W_STARTING; /* gone: stop waiting */
         }
+        free(fds);
+        free(who);
+        if (failed)
+            break;
     }
     dispatch_store_dirty(pl);
 }

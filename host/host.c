@@ -17,6 +17,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,38 @@
 #define KH_REPORT_MS 2000
 
 static void host_shutdown(kh_host *host);
+
+/* The shutdown runs on the main thread and calls into librdkafka, which
+ * can block there (a commit or a group leave with the broker gone). A
+ * second SIGTERM/SIGINT must still exit at once, so after the first one a
+ * thread of its own waits for it. Every thread has these signals blocked
+ * (host_run), so sigwait takes them; whichever of it and the signalfd
+ * sees the second signal exits. */
+static void *second_signal_thread(void *ud) {
+    (void)ud;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    int sig = 0;
+    while (sigwait(&set, &sig) != 0)
+        ;
+    klog_warn("second %s received: exiting at once without draining",
+              strsignal(sig));
+    _exit(1);
+    return NULL;
+}
+
+static void watch_second_signal(void) {
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &attr, second_signal_thread, NULL) != 0)
+        klog_warn("cannot start the second-signal watcher: a second signal "
+                  "is seen only between librdkafka calls");
+    pthread_attr_destroy(&attr);
+}
 
 /* Read pending signals. SIGHUP reloads the config file; a second
  * SIGTERM/SIGINT during shutdown exits at once. Returns true when a first
@@ -43,15 +76,18 @@ static bool take_signals(kh_host *host) {
              * inside a drain; many SIGHUPs in a row make one reload of the
              * file as it is then. */
             host->reload_requested = true;
-        } else if (host->shutting_down || host->stop_requested) {
+        } else if (host->stop_requested) {
             klog_warn("second %s received: exiting at once without draining",
                       name);
             _exit(1);
         } else {
+            /* Only a second stop signal exits at once: a shutdown that
+             * khost began itself (on_exhausted = exit) still drains. */
             klog_info("%s received: draining and shutting down (a second "
                       "signal exits at once)",
                       name);
             host->stop_requested = true;
+            watch_second_signal();
             stop = true;
         }
     }
@@ -110,7 +146,10 @@ static int on_exit_request(sd_event_source *s, void *ud) {
 }
 
 void host_request_exit(kh_host *host, int code) {
-    host->exit_code = code;
+    /* A failure's exit status is never overwritten by a later clean
+     * request (a SIGTERM caught inside a drain asks for 0). */
+    if (code > host->exit_code)
+        host->exit_code = code;
     sd_event_add_defer(host->ev, NULL, on_exit_request, host);
 }
 
@@ -121,6 +160,7 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *ud) {
         kh_pipeline_rt *pl = host->pipelines[i];
         supervisor_check_hangs(pl, now);
         failure_poll(pl);
+        kafka_retry_seeks(pl);
         reload_tick(pl, now);
         /* Retry backoffs expire here, and librdkafka events that arrive
          * while its queue is not empty are picked up. */

@@ -52,6 +52,7 @@ kh_part *pipeline_part(kh_pipeline_rt *pl, const char *topic, int32_t p,
     part->owner = NULL;
     part->stored = -1;
     part->committed = -1;
+    part->refetch_from = -1;
     part->crash_offset = -1;
     part->isolate_through = -1;
     part->fail_offset = -1;
@@ -82,7 +83,7 @@ void kafka_pause(kh_part *part, unsigned reason, bool on) {
     rd_kafka_topic_partition_list_destroy(l);
 }
 
-void kafka_seek(kh_part *part, int64_t offset) {
+int kafka_seek(kh_part *part, int64_t offset) {
     rd_kafka_topic_partition_list_t *l = one_partition(part);
     l->elems[0].offset = offset;
     /* librdkafka 2.0.2 waits for the seek's reply with the remaining time
@@ -92,26 +93,52 @@ void kafka_seek(kh_part *part, int64_t offset) {
      * the rewound ones. 2000 * 1000 makes it really wait about 2 s. */
     rd_kafka_error_t *error =
         rd_kafka_seek_partitions(part->pl->rk, l, 2000 * 1000);
+    const char *why = NULL;
+    char buf[256];
     if (error) {
-        klog_error("pipeline=%s topic=%s partition=%d: seek to offset=%lld "
-                   "failed: %s",
-                   part->pl->cfg->name, part->topic, part->partition,
-                   (long long)offset, rd_kafka_error_string(error));
+        snprintf(buf, sizeof buf, "%s", rd_kafka_error_string(error));
+        why = buf;
         rd_kafka_error_destroy(error);
     } else if (l->elems[0].err) {
-        klog_error("pipeline=%s topic=%s partition=%d: seek to offset=%lld "
-                   "failed: %s",
-                   part->pl->cfg->name, part->topic, part->partition,
-                   (long long)offset, rd_kafka_err2str(l->elems[0].err));
+        why = rd_kafka_err2str(l->elems[0].err);
     }
     rd_kafka_topic_partition_list_destroy(l);
+    if (!why) {
+        if (part->refetch_from >= 0 && offset <= part->refetch_from)
+            part->refetch_from = -1;
+        part->seek_failures = 0;
+        kafka_pause(part, KH_PAUSE_SEEK, false);
+        return 0;
+    }
+    /* I4: never skipped. The seek stays owed; the partition fetches
+     * nothing until it succeeds, and the tick retries it. */
+    if (part->refetch_from < 0 || offset < part->refetch_from)
+        part->refetch_from = offset;
+    part->seek_failures++;
+    kafka_pause(part, KH_PAUSE_SEEK, true);
+    klog_error("pipeline=%s topic=%s partition=%d: seek to offset=%lld "
+               "failed (try %d): %s; the partition is paused and the seek "
+               "retried",
+               part->pl->cfg->name, part->topic, part->partition,
+               (long long)offset, part->seek_failures, why);
+    return -1;
+}
+
+void kafka_retry_seeks(kh_pipeline_rt *pl) {
+    for (size_t i = 0; i < pl->n_parts; i++) {
+        kh_part *part = pl->parts[i];
+        if (part->assigned && part->seek_failures > 0 &&
+            part->refetch_from >= 0)
+            kafka_seek(part, part->refetch_from);
+    }
 }
 
 void kafka_store(kh_part *part) {
-    if (part->off.acked < 0 || part->off.acked + 1 == part->stored)
+    int64_t offset = dispatch_commit_offset(part);
+    if (offset < 0 || offset == part->stored)
         return;
     rd_kafka_topic_partition_list_t *l = one_partition(part);
-    l->elems[0].offset = part->off.acked + 1;
+    l->elems[0].offset = offset;
     rd_kafka_resp_err_t e = rd_kafka_offsets_store(part->pl->rk, l);
     if (!e)
         e = l->elems[0].err;
@@ -119,9 +146,9 @@ void kafka_store(kh_part *part) {
         klog_warn("pipeline=%s topic=%s partition=%d: storing offset=%lld "
                   "failed: %s",
                   part->pl->cfg->name, part->topic, part->partition,
-                  (long long)part->off.acked + 1, rd_kafka_err2str(e));
+                  (long long)offset, rd_kafka_err2str(e));
     else
-        part->stored = part->off.acked + 1;
+        part->stored = offset;
     rd_kafka_topic_partition_list_destroy(l);
 }
 
@@ -150,7 +177,33 @@ static void log_committed(kh_pipeline_rt *pl,
                   line);
 }
 
-void kafka_commit_sync(kh_pipeline_rt *pl, kh_part **parts, size_t n) {
+typedef struct commit_wait {
+    kh_pipeline_rt *pl;
+    bool done;
+} commit_wait;
+
+static void on_commit_done(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                           rd_kafka_topic_partition_list_t *offsets,
+                           void *opaque) {
+    commit_wait *cw = opaque;
+    (void)rk;
+    cw->done = true;
+    if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+        klog_warn("pipeline=%s commit failed: %s; the partitions resume "
+                  "from the last commit that went through",
+                  cw->pl->cfg->name, rd_kafka_err2str(err));
+    else if (!err && offsets)
+        log_committed(cw->pl, offsets, "sync");
+}
+
+/* The commit is asynchronous and its result is waited for on a queue of
+ * its own, at most timeout_ms: with the broker gone, a synchronous
+ * rd_kafka_commit can block for as long as the connection stalls (seen:
+ * 58 minutes inside rd_kafka_consumer_close). A commit given up on is
+ * not lost work: offsets past the last commit are redelivered. Its
+ * callback can never run later, as nothing serves the queue again. */
+void kafka_commit_sync(kh_pipeline_rt *pl, kh_part **parts, size_t n,
+                       int timeout_ms) {
     if (!parts) {
         parts = pl->parts;
         n = pl->n_parts;
@@ -158,20 +211,34 @@ void kafka_commit_sync(kh_pipeline_rt *pl, kh_part **parts, size_t n) {
     rd_kafka_topic_partition_list_t *l =
         rd_kafka_topic_partition_list_new((int)n ? (int)n : 1);
     for (size_t i = 0; i < n; i++) {
-        kh_part *part = parts[i];
-        offsets_advance(&part->off);
-        if (!part->assigned || part->off.acked < 0)
+        int64_t offset = dispatch_commit_offset(parts[i]);
+        if (offset < 0 || offset == parts[i]->committed)
             continue;
-        rd_kafka_topic_partition_list_add(l, part->topic, part->partition)
-            ->offset = part->off.acked + 1;
+        rd_kafka_topic_partition_list_add(l, parts[i]->topic,
+                                          parts[i]->partition)
+            ->offset = offset;
     }
     if (l->cnt) {
-        rd_kafka_resp_err_t e = rd_kafka_commit(pl->rk, l, 0 /* sync */);
+        rd_kafka_queue_t *q = rd_kafka_queue_new(pl->rk);
+        commit_wait cw = {.pl = pl};
+        rd_kafka_resp_err_t e =
+            rd_kafka_commit_queue(pl->rk, l, q, on_commit_done, &cw);
+        int64_t deadline = kh_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
         if (e)
-            klog_warn("pipeline=%s synchronous commit failed: %s",
-                      pl->cfg->name, rd_kafka_err2str(e));
-        else
-            log_committed(pl, l, "sync");
+            klog_warn("pipeline=%s commit failed: %s", pl->cfg->name,
+                      rd_kafka_err2str(e));
+        while (!e && !cw.done) {
+            int64_t left = deadline - kh_now_ms();
+            if (left <= 0) {
+                klog_warn("pipeline=%s commit not confirmed within %d ms; "
+                          "giving up on it (messages after the last "
+                          "confirmed commit will be redelivered)",
+                          pl->cfg->name, timeout_ms);
+                break;
+            }
+            rd_kafka_queue_poll_callback(q, left < 50 ? (int)left : 50);
+        }
+        rd_kafka_queue_destroy(q);
     }
     rd_kafka_topic_partition_list_destroy(l);
 }
@@ -235,6 +302,8 @@ static void on_assign(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
         part->retry_at_ms = 0;
         part->stored = -1;
         part->committed = -1;
+        part->refetch_from = -1;
+        part->seek_failures = 0;
         part->crash_offset = -1;
         part->crash_count = 0;
         part->isolate_through = -1;
@@ -287,6 +356,8 @@ static void release_part(kh_part *part) {
     part->owner = NULL;
     part->pause = 0;
     part->held = false;
+    part->refetch_from = -1;
+    part->seek_failures = 0;
     /* Answers still on their way carry old seqs: reset fences them. */
     offsets_reset(&part->off);
 }
@@ -310,8 +381,8 @@ static void on_revoke(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
     int bound = pl->cfg->shutdown_timeout_ms < KH_REVOKE_DRAIN_MAX_MS
                     ? pl->cfg->shutdown_timeout_ms
                     : KH_REVOKE_DRAIN_MAX_MS;
-    dispatch_drain(pl, parts, n, kh_now_ms() + bound);
-    kafka_commit_sync(pl, parts, n);
+    dispatch_drain(pl, parts, n, kh_now_ms() + bound, false);
+    kafka_commit_sync(pl, parts, n, bound);
     for (size_t i = 0; i < n; i++)
         release_part(parts[i]);
     dispatch_end_drain(pl);
@@ -374,7 +445,10 @@ void kafka_poll(kh_pipeline_rt *pl) {
             continue;
         }
         kh_part *part = part_of(pl, m);
-        if (!part || !part->assigned || pl->stopping) {
+        /* While a seek is owed (I4), what arrives comes from the old
+         * position: dispatching it would skip the dropped messages. */
+        if (!part || !part->assigned || pl->stopping ||
+            (part->refetch_from >= 0 && m->offset > part->refetch_from)) {
             rd_kafka_message_destroy(m);
             continue;
         }
@@ -481,14 +555,35 @@ error:
     return -1;
 }
 
-void kafka_pipeline_close(kh_pipeline_rt *pl) {
+void kafka_pipeline_close(kh_pipeline_rt *pl, int timeout_ms) {
     if (!pl->rk)
         return;
-    /* Leaves the group; the revoke callback commits what is acked. */
-    rd_kafka_resp_err_t e = rd_kafka_consumer_close(pl->rk);
-    if (e)
+    /* Leaves the group; the revoke callback commits what is acked. The
+     * close runs in librdkafka's background and its callbacks are served
+     * here, bounded: rd_kafka_consumer_close can block as long as the
+     * session when the broker is gone. Past the bound, the handle is
+     * destroyed without a close: the group then expires the member. */
+    rd_kafka_queue_t *q = rd_kafka_queue_new(pl->rk);
+    rd_kafka_error_t *error = rd_kafka_consumer_close_queue(pl->rk, q);
+    bool closed = false;
+    if (error) {
         klog_warn("pipeline=%s leaving the group: %s", pl->cfg->name,
-                  rd_kafka_err2str(e));
+                  rd_kafka_error_string(error));
+        rd_kafka_error_destroy(error);
+    } else {
+        int64_t deadline = kh_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+        while (!(closed = rd_kafka_consumer_closed(pl->rk))) {
+            int64_t left = deadline - kh_now_ms();
+            if (left <= 0)
+                break;
+            rd_kafka_queue_poll_callback(q, left < 50 ? (int)left : 50);
+        }
+        if (!closed)
+            klog_warn("pipeline=%s did not leave the group within %d ms "
+                      "(broker unreachable?); closing without it",
+                      pl->cfg->name, timeout_ms);
+    }
+    rd_kafka_queue_destroy(q);
     for (size_t i = 0; i < pl->n_parts; i++)
         dispatch_drop_pending(pl->parts[i]);
     if (pl->queue) {
@@ -496,7 +591,8 @@ void kafka_pipeline_close(kh_pipeline_rt *pl) {
         rd_kafka_queue_destroy(pl->queue);
         pl->queue = NULL;
     }
-    rd_kafka_destroy(pl->rk);
+    rd_kafka_destroy_flags(pl->rk,
+                           closed ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
     pl->rk = NULL;
     pl->wake_src = sd_event_source_disable_unref(pl->wake_src);
     pl->defer_src = sd_event_source_disable_unref(pl->defer_src);

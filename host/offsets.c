@@ -97,6 +97,24 @@ int64_t offsets_last_dispatched(const kh_offsets *o) {
         .offset;
 }
 
+int64_t offsets_first_unresolved(const kh_offsets *o) {
+    for (uint64_t seq = o->head_seq; seq < o->next_seq; seq++) {
+        const kh_entry *e =
+            &o->ring[(o->head + (size_t)(seq - o->head_seq)) & (o->cap - 1)];
+        if (e->state == KH_ENTRY_INFLIGHT || e->state == KH_ENTRY_DEFERRED)
+            return e->offset;
+    }
+    return -1;
+}
+
+bool offsets_has_inflight(const kh_offsets *o) {
+    for (uint64_t seq = o->head_seq; seq < o->next_seq; seq++)
+        if (o->ring[(o->head + (size_t)(seq - o->head_seq)) & (o->cap - 1)]
+                .state == KH_ENTRY_INFLIGHT)
+            return true;
+    return false;
+}
+
 uint64_t offsets_dispatch(kh_offsets *o, int64_t offset, uint32_t attempt) {
     return push(o, offset, attempt, KH_ENTRY_INFLIGHT);
 }

@@ -99,6 +99,13 @@ void offsets_mark_failed(kh_offsets *o, int64_t offset);
 /* Offset of the newest dispatched entry, -1 when none is outstanding. */
 int64_t offsets_last_dispatched(const kh_offsets *o);
 
+/* Offset of the oldest entry still waiting for a result or an ack
+ * (INFLIGHT or DEFERRED), -1 when none. */
+int64_t offsets_first_unresolved(const kh_offsets *o);
+
+/* Is any entry still waiting for its handler's result (INFLIGHT)? */
+bool offsets_has_inflight(const kh_offsets *o);
+
 /* Record a dispatch; returns the seq for the token. */
 uint64_t offsets_dispatch(kh_offsets *o, int64_t offset, uint32_t attempt);
 

@@ -15,7 +15,7 @@
 #include <sys/stat.h>
 
 void pipeline_free(kh_pipeline_rt *pl) {
-    kafka_pipeline_close(pl);
+    kafka_pipeline_close(pl, pl->cfg->shutdown_timeout_ms);
     failure_pipeline_stop(pl, 0);
     for (size_t p = 0; p < pl->n_parts; p++) {
         dispatch_drop_pending(pl->parts[p]);
@@ -77,6 +77,18 @@ fail:
     return NULL;
 }
 
+/*
+ * The stop order keeps every ack a plugin can still give (I1 holds
+ * throughout: the commit comes last):
+ *   1. stop fetching and dispatching; REVOKE each partition to its owner,
+ *      so on_revoke, the plugin's last chance to ack, runs;
+ *   2. wait (bounded) for the results of messages in flight; deferred ones
+ *      do not hold this wait up, their acks come in step 3;
+ *   3. SHUTDOWN: each worker runs tick and terminate, and the host reads
+ *      every ack and result they send until they exit;
+ *   4. commit what is acked, then leave the group, each bounded.
+ * Every wait ends by shutdown_timeout_ms; terminate gets at least 1 s.
+ */
 void pipeline_stop(kh_pipeline_rt *pl) {
     if (!pl->rk)
         return;
@@ -89,8 +101,9 @@ void pipeline_stop(kh_pipeline_rt *pl) {
             continue;
         kafka_pause(part, KH_PAUSE_SHUTDOWN, true);
         dispatch_drop_pending(part);
+        dispatch_send_partition_event(part, KH_F_REVOKE);
     }
-    dispatch_drain(pl, pl->parts, pl->n_parts, deadline);
+    dispatch_drain(pl, pl->parts, pl->n_parts, deadline, true);
     /* Dead-letter copies confirmed now still get their offsets acked
      * before the final commit. */
     if (pl->dlq) {
@@ -98,12 +111,16 @@ void pipeline_stop(kh_pipeline_rt *pl) {
         rd_kafka_flush(pl->dlq, left > 0 ? (int)left : 0);
         dispatch_store_dirty(pl);
     }
-    kafka_commit_sync(pl, NULL, 0);
-    /* terminate gets at least a second even if the drain used it all. */
     int64_t stop_by =
         deadline > kh_now_ms() + 1000 ? deadline : kh_now_ms() + 1000;
     supervisor_stop_all(pl, stop_by);
-    kafka_pipeline_close(pl);
+    dispatch_store_dirty(pl);
+    /* The commit and the group leave get what is left, at least 1 s. */
+    int64_t left = deadline - kh_now_ms();
+    int bound = left > 1000 ? (int)left : 1000;
+    kafka_commit_sync(pl, NULL, 0, bound);
+    left = deadline - kh_now_ms();
+    kafka_pipeline_close(pl, left > 1000 ? (int)left : 1000);
     failure_pipeline_stop(pl, 0);
     klog_info(
         "pipeline=%s stopped: handled=%llu crashes=%llu restarts=%llu "

@@ -247,7 +247,7 @@ static void hand_over(kh_pipeline_rt *pl, kh_part *part, kh_worker *to,
     int bound = pl->cfg->shutdown_timeout_ms < KH_HANDOVER_DRAIN_MAX_MS
                     ? pl->cfg->shutdown_timeout_ms
                     : KH_HANDOVER_DRAIN_MAX_MS;
-    dispatch_drain(pl, &part, 1, kh_now_ms() + bound);
+    dispatch_drain(pl, &part, 1, kh_now_ms() + bound, false);
     if (from && from->status)
         status_set_drain(from->status, false);
     dispatch_rewind_part(part, why);

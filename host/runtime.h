@@ -68,10 +68,10 @@ typedef struct kh_worker {
     sd_event_source *child_src;
     sd_event_source *restart_timer;
     sd_event_source *eof_timer; /* channel closed: is it dying, or hiding? */
-    kh_worker_status *status; /* shared page, read-only for the host */
-    size_t inflight;          /* messages sent without a result */
-    int n_parts;              /* partitions owned */
-    unsigned rr;              /* round-robin start among owned parts */
+    kh_worker_status *status;   /* shared page, read-only for the host */
+    size_t inflight;            /* messages sent without a result */
+    int n_parts;                /* partitions owned */
+    unsigned rr;                /* round-robin start among owned parts */
     int consecutive_crashes;
     int64_t spawned_ms;
     char kill_reason[160]; /* why the host killed it, for the crash log */
@@ -88,6 +88,7 @@ enum {
     KH_PAUSE_UNACKED = 1 << 3,  /* too many deferred acks outstanding */
     KH_PAUSE_SHUTDOWN = 1 << 4, /* draining for shutdown */
     KH_PAUSE_DLQ = 1 << 5,      /* a dead-letter write failed; retrying */
+    KH_PAUSE_SEEK = 1 << 6,     /* a seek failed; retried from the tick */
 };
 
 typedef struct kh_part {
@@ -102,12 +103,19 @@ typedef struct kh_part {
     kh_offsets off;
     rd_kafka_message_t **pend; /* ring of polled, undispatched messages */
     size_t pend_head, pend_len, pend_cap;
-    size_t pend_bytes; /* payload + key bytes queued */
+    size_t pend_bytes;   /* payload + key bytes queued */
     unsigned pause;      /* KH_PAUSE_* bits as last told to librdkafka */
     int64_t retry_at_ms; /* no dispatch before this (retry backoff) */
     bool held;           /* stopped at a failed message */
     int64_t stored;      /* last offset handed to offsets_store, -1 none */
     int64_t committed;   /* last committed offset seen, -1 none */
+    /* The lowest offset fetched under this assignment, dropped unresolved
+     * from the queue or the ledger, that Kafka has not yet been told to
+     * deliver again (no successful seek to it or below); -1 none. While
+     * set, nothing at or past it may be stored (I1), later fetches are
+     * discarded, and the seek is retried (I4). */
+    int64_t refetch_from;
+    int seek_failures; /* consecutive failed seeks to refetch_from */
     /* Failure policy (failure.c): */
     int64_t crash_offset;    /* offset of the last crash's suspect, -1 none */
     int crash_count;         /* consecutive crashes at crash_offset */
@@ -180,11 +188,18 @@ struct kh_host {
 int kafka_pipeline_start(kh_pipeline_rt *pl, char *err, size_t errlen);
 void kafka_poll(kh_pipeline_rt *pl);
 void kafka_pause(kh_part *part, unsigned reason, bool on);
-void kafka_seek(kh_part *part, int64_t offset);
+/* Seek so that Kafka delivers from `offset` again. Returns 0, or -1 when
+ * the seek failed (logged; part->refetch_from keeps it owed, I4). */
+int kafka_seek(kh_part *part, int64_t offset);
+/* I4: retry the owed seeks of pl's partitions (from the host's tick). */
+void kafka_retry_seeks(kh_pipeline_rt *pl);
 void kafka_store(kh_part *part);
-/* Synchronous commit of the given parts' watermarks (all when NULL). */
-void kafka_commit_sync(kh_pipeline_rt *pl, kh_part **parts, size_t n);
-void kafka_pipeline_close(kh_pipeline_rt *pl);
+/* Commit the given parts' watermarks (all when NULL) and wait at most
+ * timeout_ms for the broker's answer. */
+void kafka_commit_sync(kh_pipeline_rt *pl, kh_part **parts, size_t n,
+                       int timeout_ms);
+/* Leave the group (bounded by timeout_ms) and free the consumer. */
+void kafka_pipeline_close(kh_pipeline_rt *pl, int timeout_ms);
 kh_part *pipeline_part(kh_pipeline_rt *pl, const char *topic, int32_t p,
                        bool create);
 
@@ -198,15 +213,21 @@ void dispatch_rewind_part(kh_part *part, const char *why);
  * closed or the worker misbehaved (it has then been killed). */
 int dispatch_read(kh_worker *w);
 /* Wait up to deadline_ms for in-flight results of `parts`, pumping the
- * worker channels directly (used inside rebalance and shutdown). */
+ * worker channels directly (used inside rebalance and shutdown). With
+ * results_only, deferred messages do not keep it waiting: shutdown
+ * collects their acks from the workers' tick and terminate. */
 void dispatch_drain(kh_pipeline_rt *pl, kh_part **parts, size_t n,
-                    int64_t deadline_ms);
+                    int64_t deadline_ms, bool results_only);
 /* Clear the drain flags dispatch_drain raised on the pipeline's workers. */
 void dispatch_end_drain(kh_pipeline_rt *pl);
 /* ASSIGN, REVOKE or RESUME to the partition's owner, if it is up. */
 void dispatch_send_partition_event(kh_part *part, kh_frame_type type);
 kh_worker *dispatch_owner(kh_part *part);
 void dispatch_store_dirty(kh_pipeline_rt *pl);
+/* The offset that may be stored or committed for `part` (acked + 1), or
+ * -1 when there is none or it would break I1 (then logged as an ERROR and,
+ * in checked builds, abort()). The only source of stored offsets. */
+int64_t dispatch_commit_offset(kh_part *part);
 
 /* ---- failure.c ---- */
 int failure_pipeline_start(kh_pipeline_rt *pl, char *err, size_t errlen);

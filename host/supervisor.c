@@ -600,6 +600,10 @@ void supervisor_stop_workers(kh_pipeline_rt *pl, kh_worker *ws, int n,
                 continue;
             if (buf_pending(&w->conn.out))
                 conn_flush(&w->conn);
+            /* What it sends on its way out counts: terminate's and the
+             * last tick's acks arrive now, before the final commit. */
+            if (w->conn.fd >= 0 && w->state == KH_W_STOPPING)
+                dispatch_read(w);
             siginfo_t si = {0};
             if (waitid(P_PID, (id_t)w->pid, &si, WEXITED | WNOHANG) == 0 &&
                 si.si_pid != 0) {
@@ -607,6 +611,8 @@ void supervisor_stop_workers(kh_pipeline_rt *pl, kh_worker *ws, int n,
                 describe_exit(&si, how, sizeof how);
                 klog_info("pipeline=%s worker=%d pid=%d %s", pl->cfg->name,
                           w->index, (int)w->pid, how);
+                if (w->conn.fd >= 0 && w->state == KH_W_STOPPING)
+                    dispatch_read(w); /* what it wrote before its exit */
                 release_process(w);
                 w->state = KH_W_STOPPED;
                 continue;
