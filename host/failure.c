@@ -39,7 +39,8 @@ typedef struct kh_dlq_job {
     uint32_t attempts;
     int tries;
     int64_t retry_at_ms;
-    struct kh_dlq_job *next; /* in pl->dlq_retry */
+    struct kh_dlq_job *next;      /* in pl->dlq_retry */
+    struct kh_dlq_job *live_next; /* in pl->dlq_live */
 } kh_dlq_job;
 
 void failure_note(kh_part *part, int64_t offset, const char *fmt, ...) {
@@ -122,6 +123,11 @@ error:
 }
 
 static void job_free(kh_dlq_job *job) {
+    kh_dlq_job **link = &job->pl->dlq_live;
+    while (*link && *link != job)
+        link = &(*link)->live_next;
+    if (*link)
+        *link = job->live_next;
     rd_kafka_message_destroy(job->m);
     free(job->topic);
     free(job);
@@ -145,6 +151,9 @@ void failure_pipeline_stop(kh_pipeline_rt *pl, int timeout_ms) {
     rd_kafka_poll(pl->dlq, 0); /* delivery reports free their jobs */
     rd_kafka_destroy(pl->dlq);
     pl->dlq = NULL;
+    /* Writes whose report never came: their offsets were not committed. */
+    while (pl->dlq_live)
+        job_free(pl->dlq_live);
 }
 
 static void add_header(rd_kafka_headers_t *h, const char *name, const char *fmt,
@@ -203,7 +212,9 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rm,
     kh_pipeline_rt *pl = opaque;
     kh_dlq_job *job = rm->_private;
     kh_part *part = job->part;
-    if (rm->err && !pl->host->shutting_down) {
+    /* A pipeline stopping (shutdown, or removed by a reload) retries
+     * nothing: the job goes, its offset uncommitted. */
+    if (rm->err && !pl->host->shutting_down && !pl->stopping) {
         pl->dlq_errors++;
         int shift = job->tries < 6 ? job->tries - 1 : 5;
         int64_t delay = (int64_t)KH_DLQ_RETRY_BASE_MS
@@ -224,9 +235,20 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rm,
     }
     part->dlq_pending--;
     kh_entry *e;
-    if (!rm->err && part->assigned &&
-        offsets_find(&part->off, job->seq, &e) == KH_LOOKUP_OK &&
-        e->state == KH_ENTRY_DEFERRED) {
+    kh_lookup found = part->assigned ? offsets_find(&part->off, job->seq, &e)
+                                     : KH_LOOKUP_STALE;
+    if (!rm->err && found == KH_LOOKUP_STALE && part->assigned &&
+        offsets_replay_resolved(&part->off, job->m->offset)) {
+        /* A rewind dropped its entry while the copy was on its way: the
+         * redelivery is acked without being handled or written again. */
+        pl->dlq_written++;
+        klog_info("pipeline=%s topic=%s partition=%d offset=%lld: written "
+                  "to dead-letter topic %s (partition %d offset %lld); "
+                  "acknowledged when Kafka delivers it again",
+                  pl->cfg->name, part->topic, part->partition,
+                  (long long)job->m->offset, job->topic, rm->partition,
+                  (long long)rm->offset);
+    } else if (!rm->err && found == KH_LOOKUP_OK && e->state == KH_ENTRY_DLQ) {
         e->state = KH_ENTRY_ACKED;
         pl->dlq_written++;
         klog_info("pipeline=%s topic=%s partition=%d offset=%lld: written "
@@ -305,9 +327,28 @@ bool failure_apply(kh_part *part) {
         return true;
     }
 
+    /* Its copy may still be on its way from before a rewind: the write
+     * then answers for this delivery too, and nothing is written twice. */
+    for (kh_dlq_job *live = pl->dlq_live; live; live = live->live_next) {
+        if (live->part != part || live->m->offset != m->offset)
+            continue;
+        live->seq = offsets_dispatch(&part->off, m->offset, attempts);
+        kh_entry *le;
+        offsets_find(&part->off, live->seq, &le);
+        le->state = KH_ENTRY_DLQ;
+        klog_info("pipeline=%s topic=%s partition=%d offset=%lld: failed "
+                  "message delivered again while its dead-letter write is "
+                  "on its way; waiting for that write",
+                  pl->cfg->name, part->topic, part->partition,
+                  (long long)m->offset);
+        rd_kafka_message_destroy(m);
+        return true;
+    }
     kh_dlq_job *job = calloc(1, sizeof *job);
     if (!job)
         abort();
+    job->live_next = pl->dlq_live;
+    pl->dlq_live = job;
     job->pl = pl;
     job->part = part;
     job->m = m;
@@ -324,7 +365,7 @@ bool failure_apply(kh_part *part) {
     job->seq = offsets_dispatch(&part->off, m->offset, attempts);
     kh_entry *e;
     offsets_find(&part->off, job->seq, &e);
-    e->state = KH_ENTRY_DEFERRED;
+    e->state = KH_ENTRY_DLQ;
     part->dlq_pending++;
     klog_error("pipeline=%s topic=%s partition=%d offset=%lld: failed "
                "message after %u attempt(s) (%s); on_failure=%s: writing it "

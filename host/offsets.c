@@ -101,7 +101,8 @@ int64_t offsets_first_unresolved(const kh_offsets *o) {
     for (uint64_t seq = o->head_seq; seq < o->next_seq; seq++) {
         const kh_entry *e =
             &o->ring[(o->head + (size_t)(seq - o->head_seq)) & (o->cap - 1)];
-        if (e->state == KH_ENTRY_INFLIGHT || e->state == KH_ENTRY_DEFERRED)
+        if (e->state == KH_ENTRY_INFLIGHT || e->state == KH_ENTRY_DEFERRED ||
+            e->state == KH_ENTRY_DLQ)
             return e->offset;
     }
     return -1;
@@ -205,6 +206,10 @@ int64_t offsets_rewind(kh_offsets *o, uint64_t from_seq, kh_bump bump,
             continue;
         if (e->state == KH_ENTRY_ACKED) {
             replay_add(o, e->offset, 0, true);
+        } else if (e->state == KH_ENTRY_DLQ) {
+            /* Still failed when it comes again: never a handler's. */
+            replay_add(o, e->offset, e->attempt + 1, false);
+            o->replay[o->n_replay - 1].failed = true;
         } else {
             unacked++;
             replay_add(o, e->offset,
@@ -231,6 +236,17 @@ int64_t offsets_rewind(kh_offsets *o, uint64_t from_seq, kh_bump bump,
     if (abandoned)
         *abandoned = unacked;
     return seek_to;
+}
+
+bool offsets_replay_resolved(kh_offsets *o, int64_t offset) {
+    for (size_t i = 0; i < o->n_replay; i++) {
+        if (o->replay[i].offset == offset) {
+            o->replay[i].failed = false;
+            o->replay[i].already_acked = true;
+            return true;
+        }
+    }
+    return false;
 }
 
 void offsets_mark_failed(kh_offsets *o, int64_t offset) {

@@ -37,6 +37,12 @@ typedef enum kh_entry_state {
     KH_ENTRY_DEFERRED = 1, /* handler said deferred; waiting for its ack */
     KH_ENTRY_ACKED = 2,
     KH_ENTRY_DROPPED = 3, /* abandoned by a rewind; will be redelivered */
+    /* A failed message whose dead-letter copy is being written; only its
+     * delivery report resolves it. A rewind drops it like the others but
+     * keeps it marked failed: it never goes back to a handler, and the
+     * write in flight is reattached to it when it is delivered again
+     * (failure.c), so it is not dead-lettered twice. */
+    KH_ENTRY_DLQ = 4,
 } kh_entry_state;
 
 typedef struct kh_entry {
@@ -93,6 +99,11 @@ uint32_t offsets_plan(kh_offsets *o, int64_t offset);
  * offsets_plan does. */
 bool offsets_replay_failed(const kh_offsets *o, int64_t offset);
 
+/* A dead-letter write for `offset` was confirmed after a rewind dropped
+ * its entry: its redelivery is acked without dispatch. Returns false when
+ * no replay of it is known (revoked since). */
+bool offsets_replay_resolved(kh_offsets *o, int64_t offset);
+
 /* Mark a replayed offset (after a rewind) as failed. */
 void offsets_mark_failed(kh_offsets *o, int64_t offset);
 
@@ -100,7 +111,7 @@ void offsets_mark_failed(kh_offsets *o, int64_t offset);
 int64_t offsets_last_dispatched(const kh_offsets *o);
 
 /* Offset of the oldest entry still waiting for a result or an ack
- * (INFLIGHT or DEFERRED), -1 when none. */
+ * (INFLIGHT, DEFERRED or DLQ), -1 when none. */
 int64_t offsets_first_unresolved(const kh_offsets *o);
 
 /* Is any entry still waiting for its handler's result (INFLIGHT)? */

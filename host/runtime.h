@@ -154,6 +154,7 @@ struct kh_pipeline_rt {
     uint64_t poison, dlq_written, dlq_errors, skipped, reloads;
     rd_kafka_t *dlq; /* dead-letter producer, with on_failure = dlq */
     struct kh_dlq_job *dlq_retry; /* writes waiting for their retry */
+    struct kh_dlq_job *dlq_live;  /* every write not yet finished */
     char plugin_name[128];
     char plugin_version[64];
     uint64_t reported_handled;

@@ -175,3 +175,50 @@ Test(offsets, many_messages_grow_the_ring) {
     cr_assert_eq(o.acked, N - 1);
     offsets_free(&o);
 }
+
+/* A dead-letter write in flight when a crash rewinds its partition: the
+ * message stays failed (never back to a handler), and a confirmed write
+ * acks its redelivery without dispatch. Before KH_ENTRY_DLQ the rewind
+ * turned it into an ordinary replay with a higher attempt number. */
+Test(offsets, rewind_keeps_dead_letter_in_flight_failed) {
+    kh_offsets o;
+    offsets_init(&o);
+    uint64_t a = send(&o, 10);
+    uint64_t d = send(&o, 11);
+    set_state(&o, d, KH_ENTRY_DLQ);
+    uint64_t b = send(&o, 12);
+    (void)b;
+    set_state(&o, a, KH_ENTRY_ACKED);
+    offsets_advance(&o);
+    cr_assert_eq(offsets_first_unresolved(&o), 11);
+    size_t unacked = 0;
+    cr_assert_eq(offsets_rewind_all(&o, &unacked), 11);
+    cr_assert_eq(unacked, 1, "the dead-letter write is not a handler's");
+    cr_assert_eq(o.acked, 10);
+    cr_assert(offsets_replay_failed(&o, 11), "lost its failed mark");
+    cr_assert_not(offsets_replay_failed(&o, 12));
+    /* The write is confirmed before Kafka delivers 11 again. */
+    cr_assert(offsets_replay_resolved(&o, 11));
+    cr_assert_not(offsets_replay_failed(&o, 11));
+    cr_assert_eq(offsets_plan(&o, 11), 0, "redelivery must be skipped");
+    offsets_skip(&o, 11);
+    cr_assert_eq(offsets_plan(&o, 12), 2);
+    offsets_advance(&o);
+    cr_assert_eq(o.acked, 11);
+    offsets_free(&o);
+}
+
+Test(offsets, first_unresolved_and_inflight) {
+    kh_offsets o;
+    offsets_init(&o);
+    cr_assert_eq(offsets_first_unresolved(&o), -1);
+    cr_assert_not(offsets_has_inflight(&o));
+    uint64_t a = send(&o, 5), b = send(&o, 6);
+    set_state(&o, a, KH_ENTRY_ACKED);
+    set_state(&o, b, KH_ENTRY_DEFERRED);
+    cr_assert_eq(offsets_first_unresolved(&o), 6);
+    cr_assert_not(offsets_has_inflight(&o), "deferred is not in flight");
+    send(&o, 7);
+    cr_assert(offsets_has_inflight(&o));
+    offsets_free(&o);
+}
