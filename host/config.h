@@ -42,6 +42,7 @@ typedef struct kh_pipeline {
     int max_restarts;         /* default 30 */
     int max_seconds;          /* default 5 */
     int handler_timeout_ms;   /* default 30000; 0 disables the hang check */
+    int init_timeout_ms;      /* default 30000; 0 lets init run forever */
     int shutdown_timeout_ms;  /* default 10000 */
     int tick_interval_ms;     /* default 1000; plugin tick, 0 disables */
     int max_attempts;         /* default 5: retry answers before failing */

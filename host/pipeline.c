@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 void pipeline_free(kh_pipeline_rt *pl) {
     kafka_pipeline_close(pl, pl->cfg->shutdown_timeout_ms);
@@ -30,6 +31,8 @@ void pipeline_free(kh_pipeline_rt *pl) {
             sd_event_source_disable_unref(pl->workers[w].restart_timer);
     free(pl->workers);
     free(pl->restarts);
+    if (pl->snapshot)
+        unlink(pl->snapshot); /* a removed or restarted pipeline's copy */
     free(pl->snapshot);
     reload_free(pl);
     free(pl);

@@ -133,6 +133,10 @@ void reload_free(kh_pipeline_rt *pl) {
     if (!r)
         return;
     free_candidates(r);
+    if (r->snapshot)
+        unlink(r->snapshot);
+    if (r->prev_snapshot)
+        unlink(r->prev_snapshot);
     free(r->snapshot);
     free(r->prev_snapshot);
     free(r);
@@ -302,9 +306,12 @@ static void finish_cutover(kh_pipeline_rt *pl) {
     char old_version[64];
     snprintf(old_version, sizeof old_version, "%s", pl->plugin_version);
     int moved = r->canary ? 1 : 0;
+    /* Every partition the old generation owns moves, the canary's too if
+     * a rebalance gave it back to an old worker during its probation:
+     * the old workers are freed below, so no partition may keep one. */
     for (size_t i = 0; i < pl->n_parts; i++) {
         kh_part *part = pl->parts[i];
-        if (!part->assigned || (r->canary && part == r->canary_part))
+        if (!part->assigned || part->owner < old || part->owner >= old + n_old)
             continue;
         hand_over(pl, part, least_loaded(r->workers, r->n),
                   "handed over to the reloaded plugin");
@@ -529,6 +536,7 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
                       "[host] changed, which needs a restart of khost");
 
     int kept = 0, swapped = 0, restarted = 0, added = 0, removed = 0;
+    int failed_start = 0;
     kh_pipeline_rt **list = calloc(next->n_pipelines + 1, sizeof *list);
     size_t n = 0;
     for (size_t i = 0; i < host->n_pipelines; i++) {
@@ -545,6 +553,8 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
                 kh_pipeline_rt *fresh = pipeline_start(host, next, np);
                 if (fresh)
                     list[n++] = fresh;
+                else
+                    failed_start++;
                 restarted++;
             } else {
                 removed++;
@@ -595,6 +605,8 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
         kh_pipeline_rt *fresh = pipeline_start(host, next, np);
         if (fresh)
             list[n++] = fresh;
+        else
+            failed_start++;
         added++;
     }
     free(host->pipelines);
@@ -608,9 +620,13 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
     sweep_configs(host);
     admin_watch(host); /* plugin paths may have changed */
     snprintf(msg, len,
-             "applied: %d pipeline(s) unchanged or updated in place, %d "
-             "plugin swap(s) started, %d restarted, %d added, %d removed",
-             kept, swapped, restarted, added, removed);
+             "applied%s: %d pipeline(s) unchanged or updated in place, %d "
+             "plugin swap(s) started, %d restarted, %d added, %d removed%s",
+             failed_start ? " WITH ERRORS" : "", kept, swapped, restarted,
+             added, removed,
+             failed_start ? "; some pipelines failed to start (see the log) "
+                            "and are not running"
+                          : "");
     klog_info("reload %s", msg);
     return 0;
 }

@@ -118,7 +118,11 @@ static kh_part *find_suspect(kh_worker *w, int64_t *offset, uint32_t *count,
         return NULL;
     kh_part *part = w->pl->parts[slot];
     kh_entry *e;
-    if (offsets_find(&part->off, kh_token_seq(token), &e) != KH_LOOKUP_OK)
+    /* The status page is the worker's to write: it names a suspect only
+     * among the messages it was given (I3), or a lying worker could make
+     * another partition's message look poisonous. */
+    if (!part->assigned || part->owner != w ||
+        offsets_find(&part->off, kh_token_seq(token), &e) != KH_LOOKUP_OK)
         return NULL;
     *offset = e->offset;
     snprintf(buf, len, "while handling %s partition=%d offset=%lld%s",
@@ -194,9 +198,16 @@ static int on_restart_timer(sd_event_source *s, uint64_t usec, void *userdata) {
     w->restart_timer = sd_event_source_disable_unref(w->restart_timer);
     if (w->pl->failed || w->pl->stopping || w->pl->host->shutting_down)
         return 0;
-    if (supervisor_spawn(w) != 0)
-        klog_error("pipeline=%s worker=%d: restart failed; retrying",
+    /* A failed spawn has either scheduled its own retry (BACKOFF) or
+     * cannot work at all in this process (STOPPED: the hardening check,
+     * whose ids do not change): then the pipeline fails, loudly, instead
+     * of its partitions waiting forever for a worker. */
+    if (supervisor_spawn(w) != 0 && w->state == KH_W_STOPPED) {
+        klog_error("pipeline=%s worker=%d: cannot be restarted (see above); "
+                   "not retrying",
                    w->pl->cfg->name, w->index);
+        pipeline_fail(w->pl);
+    }
     return 0;
 }
 
@@ -539,14 +550,24 @@ void supervisor_kill(kh_worker *w, const char *reason) {
 
 void supervisor_check_hangs(kh_pipeline_rt *pl, int64_t now_ms) {
     int timeout = pl->cfg->handler_timeout_ms;
-    if (timeout <= 0)
-        return;
+    int init_timeout = pl->cfg->init_timeout_ms;
     int n_extra;
     kh_worker *extra = reload_workers(pl, &n_extra);
     for (int i = 0; i < pl->n_workers + n_extra; i++) {
         kh_worker *w =
             i < pl->n_workers ? &pl->workers[i] : &extra[i - pl->n_workers];
-        if (w->state != KH_W_READY || !w->status)
+        /* A hung init would keep the worker's partitions paused forever,
+         * with nothing in the log. */
+        if (w->state == KH_W_STARTING && w->pid && !w->kill_reason[0] &&
+            init_timeout > 0 && now_ms - w->spawned_ms > init_timeout) {
+            char reason[160];
+            snprintf(reason, sizeof reason,
+                     "plugin init did not finish within init_timeout_ms=%d",
+                     init_timeout);
+            supervisor_kill(w, reason);
+            continue;
+        }
+        if (timeout <= 0 || w->state != KH_W_READY || !w->status)
             continue;
         uint64_t token;
         uint32_t count;
