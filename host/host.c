@@ -17,6 +17,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -34,30 +35,38 @@ static void host_shutdown(kh_host *host);
 /* The shutdown runs on the main thread and calls into librdkafka, which
  * can block there (a commit or a group leave with the broker gone). A
  * second SIGTERM/SIGINT must still exit at once, so after the first one a
- * thread of its own waits for it. Every thread has these signals blocked
- * (host_run), so sigwait takes them; whichever of it and the signalfd
- * sees the second signal exits. */
+ * thread of its own waits for it: sigtimedwait, and the signalfd read on
+ * each wake (valgrind's signal emulation serves one or the other). Whichever
+ * of it and the main thread takes the second signal exits; a SIGHUP read
+ * here is dropped, as no reload runs during a shutdown. */
 static void *second_signal_thread(void *ud) {
-    (void)ud;
+    int fd = *(int *)ud;
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
-    int sig = 0;
-    while (sigwait(&set, &sig) != 0)
-        ;
-    klog_warn("second %s received: exiting at once without draining",
-              strsignal(sig));
-    _exit(1);
+    struct timespec tick = {0, 100 * 1000 * 1000};
+    for (;;) {
+        int sig = sigtimedwait(&set, NULL, &tick);
+        struct signalfd_siginfo si;
+        while (sig <= 0 && read(fd, &si, sizeof si) == sizeof si)
+            if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
+                sig = (int)si.ssi_signo;
+        if (sig > 0) {
+            klog_warn("second %s received: exiting at once without draining",
+                      strsignal(sig));
+            _exit(1);
+        }
+    }
     return NULL;
 }
 
-static void watch_second_signal(void) {
+static void watch_second_signal(int *signal_fd) {
     pthread_t t;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&t, &attr, second_signal_thread, NULL) != 0)
+    if (pthread_create(&t, &attr, second_signal_thread, signal_fd) != 0)
         klog_warn("cannot start the second-signal watcher: a second signal "
                   "is seen only between librdkafka calls");
     pthread_attr_destroy(&attr);
@@ -87,7 +96,7 @@ static bool take_signals(kh_host *host) {
                       "signal exits at once)",
                       name);
             host->stop_requested = true;
-            watch_second_signal();
+            watch_second_signal(&host->signal_fd);
             stop = true;
         }
     }
@@ -412,6 +421,18 @@ int host_run(kh_config *cfg) {
         rc = 1;
     }
     host_shutdown(&host);
+    if (kafka_abandoned()) {
+        /* A consumer still shuts down in the background: exit handlers
+         * and freeing under its threads are not safe. Nothing is lost:
+         * what was not committed is redelivered. */
+        klog_warn("khost stopped (exit status %d) with %d consumer(s) "
+                  "still closing in the background",
+                  rc, kafka_abandoned());
+        remove_snapshot_dir(&host);
+        admin_stop(&host);
+        fflush(NULL);
+        _exit(rc);
+    }
     klog_info("khost stopped (exit status %d)", rc);
 
 out:

@@ -21,9 +21,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define KH_POLL_BUDGET 8192
@@ -266,13 +269,20 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason,
               rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
 }
 
+/* Runs on librdkafka's threads, also while a destroy given up on
+ * (destroy_bounded) finishes after its pipeline was freed: so it names
+ * the pipeline from the handle's own name ("khost-NAME#consumer-1", from
+ * client.id), never through the opaque. */
 static void on_log(const rd_kafka_t *rk, int level, const char *fac,
                    const char *buf) {
-    kh_pipeline_rt *pl = rd_kafka_opaque(rk);
+    const char *name = rd_kafka_name(rk);
+    if (!strncmp(name, "khost-", 6))
+        name += 6;
+    int len = (int)strcspn(name, "#");
     klog(level <= 3   ? KLOG_ERROR
          : level <= 4 ? KLOG_WARN
                       : KLOG_DEBUG,
-         "pipeline=%s librdkafka %s: %s", pl ? pl->cfg->name : "?", fac, buf);
+         "pipeline=%.*s librdkafka %s: %s", len, name, fac, buf);
 }
 
 static void describe_list(const rd_kafka_topic_partition_list_t *l, char *buf,
@@ -555,9 +565,99 @@ error:
     return -1;
 }
 
+/* rd_kafka_destroy joins librdkafka's main thread, which waits for the
+ * group to terminate, and that waits for a commit still looking for its
+ * coordinator (up to a session timeout, 45 s by default). So the destroy
+ * runs on a thread of its own and is waited for, bounded. One given up on
+ * finishes by itself later; kafka_abandoned() tells the host, which then
+ * leaves with _exit rather than run exit handlers under it. */
+typedef struct destroy_job {
+    rd_kafka_t *rk;
+    int flags;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done, abandoned;
+} destroy_job;
+
+static atomic_int n_abandoned;
+
+int kafka_abandoned(void) {
+    return atomic_load(&n_abandoned);
+}
+
+static void *destroy_main(void *ud) {
+    destroy_job *job = ud;
+    rd_kafka_destroy_flags(job->rk, job->flags);
+    pthread_mutex_lock(&job->mu);
+    job->done = true;
+    bool abandoned = job->abandoned;
+    pthread_cond_signal(&job->cv);
+    pthread_mutex_unlock(&job->mu);
+    if (abandoned) {
+        atomic_fetch_sub(&n_abandoned, 1);
+        pthread_mutex_destroy(&job->mu);
+        pthread_cond_destroy(&job->cv);
+        free(job);
+    }
+    return NULL;
+}
+
+static void destroy_bounded(kh_pipeline_rt *pl, int flags, int64_t bound_ms) {
+    destroy_job *job = calloc(1, sizeof *job);
+    if (!job)
+        abort();
+    job->rk = pl->rk;
+    job->flags = flags;
+    pthread_mutex_init(&job->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&job->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_t t;
+    if (pthread_create(&t, NULL, destroy_main, job) != 0) {
+        destroy_main(job); /* no thread: destroy here, unbounded */
+        pthread_mutex_destroy(&job->mu);
+        pthread_cond_destroy(&job->cv);
+        free(job);
+        return;
+    }
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += bound_ms / 1000;
+    until.tv_nsec += (bound_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&job->mu);
+    while (!job->done &&
+           pthread_cond_timedwait(&job->cv, &job->mu, &until) == 0)
+        ;
+    bool done = job->done;
+    if (!done) {
+        job->abandoned = true;
+        atomic_fetch_add(&n_abandoned, 1);
+    }
+    pthread_mutex_unlock(&job->mu);
+    if (done) {
+        pthread_join(t, NULL);
+        pthread_mutex_destroy(&job->mu);
+        pthread_cond_destroy(&job->cv);
+        free(job);
+        return;
+    }
+    pthread_detach(t);
+    klog_warn("pipeline=%s: the consumer did not shut down within %lld ms "
+              "(a commit still waits for an unreachable coordinator); "
+              "leaving it behind",
+              pl->cfg->name, (long long)bound_ms);
+}
+
 void kafka_pipeline_close(kh_pipeline_rt *pl, int timeout_ms) {
     if (!pl->rk)
         return;
+    int64_t deadline_ms = kh_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
     /* Leaves the group; the revoke callback commits what is acked. The
      * close runs in librdkafka's background and its callbacks are served
      * here, bounded: rd_kafka_consumer_close can block as long as the
@@ -571,9 +671,8 @@ void kafka_pipeline_close(kh_pipeline_rt *pl, int timeout_ms) {
                   rd_kafka_error_string(error));
         rd_kafka_error_destroy(error);
     } else {
-        int64_t deadline = kh_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
         while (!(closed = rd_kafka_consumer_closed(pl->rk))) {
-            int64_t left = deadline - kh_now_ms();
+            int64_t left = deadline_ms - kh_now_ms();
             if (left <= 0)
                 break;
             rd_kafka_queue_poll_callback(q, left < 50 ? (int)left : 50);
@@ -591,8 +690,9 @@ void kafka_pipeline_close(kh_pipeline_rt *pl, int timeout_ms) {
         rd_kafka_queue_destroy(pl->queue);
         pl->queue = NULL;
     }
-    rd_kafka_destroy_flags(pl->rk,
-                           closed ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    int64_t left = deadline_ms - kh_now_ms();
+    destroy_bounded(pl, closed ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE,
+                    left > 500 ? left : 500);
     pl->rk = NULL;
     pl->wake_src = sd_event_source_disable_unref(pl->wake_src);
     pl->defer_src = sd_event_source_disable_unref(pl->defer_src);

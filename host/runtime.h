@@ -201,6 +201,9 @@ void kafka_commit_sync(kh_pipeline_rt *pl, kh_part **parts, size_t n,
                        int timeout_ms);
 /* Leave the group (bounded by timeout_ms) and free the consumer. */
 void kafka_pipeline_close(kh_pipeline_rt *pl, int timeout_ms);
+/* Consumers whose destroy was given up on and still runs in the
+ * background; the host must then leave with _exit. */
+int kafka_abandoned(void);
 kh_part *pipeline_part(kh_pipeline_rt *pl, const char *topic, int32_t p,
                        bool create);
 
