@@ -54,8 +54,7 @@ int main(int argc, char **argv) {
         int n = snprintf(payload, sizeof payload, "bench message %ld", i);
         payload[n] = '.';
         while (rd_kafka_produce(rkt, (int32_t)(i % parts), RD_KAFKA_MSG_F_COPY,
-                                payload, sizeof payload, NULL, 0,
-                                NULL) != 0) {
+                                payload, sizeof payload, NULL, 0, NULL) != 0) {
             if (rd_kafka_last_error() != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
                 fprintf(stderr, "bench_produce: %s\n",
                         rd_kafka_err2str(rd_kafka_last_error()));

@@ -45,9 +45,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     long count = bench_num("COUNT", argv[4], 1, 100000000);
-    long commit_ms = argc == 6 ? bench_num("COMMIT_INTERVAL_MS", argv[5], 1,
-                                           86400000)
-                               : 1000;
+    long commit_ms = argc == 6
+                         ? bench_num("COMMIT_INTERVAL_MS", argv[5], 1, 86400000)
+                         : 1000;
     double linger_s = 3.0 * (double)commit_ms / 1000 + 0.1;
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     bench_set(conf, "bootstrap.servers", argv[1]);

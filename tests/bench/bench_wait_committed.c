@@ -54,8 +54,9 @@ int main(int argc, char **argv) {
         while ((e = rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hi,
                                                      5000))) {
             if (bench_mono() > deadline) {
-                fprintf(stderr, "bench_wait_committed: watermarks of %s[%d]: "
-                                "%s\n",
+                fprintf(stderr,
+                        "bench_wait_committed: watermarks of %s[%d]: "
+                        "%s\n",
                         topic, p, rd_kafka_err2str(e));
                 return 1;
             }
