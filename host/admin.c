@@ -91,6 +91,8 @@ static int on_admin(sd_event_source *s, int fd, uint32_t revents, void *ud) {
     if (!strcmp(cmd, "reload")) {
         klog_info("reload requested on the control socket");
         int rc = reload_apply(host, msg, sizeof msg);
+        if (rc == 0)
+            admin_watch(host); /* plugin paths may have changed */
         snprintf(line, sizeof line, "%s: %s\n", rc == 0 ? "ok" : "error", msg);
         reply(c, line);
     } else if (!strcmp(cmd, "status")) {

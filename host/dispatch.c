@@ -559,7 +559,7 @@ void dispatch_drain(kh_pipeline_rt *pl, kh_part **parts, size_t n,
          * entry still exists). A killed worker stops counting as busy. */
         supervisor_check_hangs(pl, kh_now_ms());
         int64_t left = deadline_ms - kh_now_ms();
-        if (!busy || left <= 0 || host_check_signals(pl->host))
+        if (!busy || left <= 0 || pl->host->hooks.should_stop(pl->host))
             break;
         /* Every worker of both generations: a pipeline may have 256, and
          * a swap runs two generations at once. */

@@ -31,6 +31,7 @@
 #define KH_REPORT_MS 2000
 
 static void host_shutdown(kh_host *host);
+static void host_request_exit(kh_host *host, int code);
 
 /* The shutdown runs on the main thread and calls into librdkafka, which
  * can block there (a commit or a group leave with the broker gone). A
@@ -107,7 +108,7 @@ static bool take_signals(kh_host *host) {
  * first SIGTERM/SIGINT ends such a wait early, and the shutdown runs once
  * control is back in the loop. During the shutdown's own waits it returns
  * false: they are already bounded, and a second signal exits at once. */
-bool host_check_signals(kh_host *host) {
+static bool host_check_signals(kh_host *host) {
     if (take_signals(host) && !host->shutting_down) {
         host_request_exit(host, 0);
         return true;
@@ -128,7 +129,8 @@ static void run_pending_reload(kh_host *host) {
     host->reload_requested = false;
     host->watch_due_ms = 0;
     char msg[512];
-    reload_apply(host, msg, sizeof msg);
+    if (reload_apply(host, msg, sizeof msg) == 0)
+        admin_watch(host); /* plugin paths may have changed */
 }
 
 static int on_signal(sd_event_source *s, int fd, uint32_t revents, void *ud) {
@@ -154,7 +156,7 @@ static int on_exit_request(sd_event_source *s, void *ud) {
     return 0;
 }
 
-void host_request_exit(kh_host *host, int code) {
+static void host_request_exit(kh_host *host, int code) {
     /* A failure's exit status is never overwritten by a later clean
      * request (a SIGTERM caught inside a drain asks for 0). */
     if (code > host->exit_code)
@@ -359,7 +361,11 @@ static void host_free(kh_host *host) {
 }
 
 int host_run(kh_config *cfg) {
-    kh_host host = {.cfg = cfg, .signal_fd = -1, .admin_fd = -1};
+    kh_host host = {.cfg = cfg,
+                    .signal_fd = -1,
+                    .admin_fd = -1,
+                    .hooks = {.should_stop = host_check_signals,
+                              .request_exit = host_request_exit}};
     int rc = 1;
 
     /* Block before librdkafka starts threads, so that they inherit the

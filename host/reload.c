@@ -618,7 +618,6 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
     host->retired[host->n_retired++] = (kh_config *)cur;
     host->cfg = next;
     sweep_configs(host);
-    admin_watch(host); /* plugin paths may have changed */
     snprintf(msg, len,
              "applied%s: %d pipeline(s) unchanged or updated in place, %d "
              "plugin swap(s) started, %d restarted, %d added, %d removed%s",

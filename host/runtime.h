@@ -160,7 +160,18 @@ struct kh_pipeline_rt {
     uint64_t reported_handled;
 };
 
+/* What the modules below the host may ask of it, passed down as hooks so
+ * that nothing below calls host.c (calls go down, events go up). */
+typedef struct kh_host_hooks {
+    /* From bounded waits: true when the wait should end now (a first
+     * SIGTERM/SIGINT arrived; the shutdown follows in the loop). */
+    bool (*should_stop)(kh_host *host);
+    /* Leave the event loop with this exit status (the highest asked). */
+    void (*request_exit)(kh_host *host, int code);
+} kh_host_hooks;
+
 struct kh_host {
+    kh_host_hooks hooks;
     sd_event *ev;
     kh_config *cfg;      /* the current configuration (owned) */
     kh_config **retired; /* earlier ones still referenced (reload.c) */
@@ -270,7 +281,8 @@ void pipeline_free(kh_pipeline_rt *pl);
 /* Re-read the config file and apply what changed. Returns 0 when the new
  * file was accepted (plugin swaps go on in the background), -1 when it
  * was rejected and the old configuration keeps running; msg gets one
- * line either way. */
+ * line either way. The caller re-arms admin_watch (plugin paths may have
+ * changed). */
 int reload_apply(kh_host *host, char *msg, size_t len);
 void reload_worker_ready(kh_worker *w);
 /* A worker of pl died: a candidate's death aborts its reload; a crash
@@ -290,10 +302,5 @@ void admin_stop(kh_host *host);
 /* [host] watch = true: (re)arm inotify on the folders of the config file
  * and the plugins; a change schedules a reload after a quiet period. */
 void admin_watch(kh_host *host);
-
-/* ---- host.c ---- */
-/* True when a second SIGTERM/SIGINT arrived: stop waiting at once. */
-bool host_check_signals(kh_host *host);
-void host_request_exit(kh_host *host, int code);
 
 #endif

@@ -188,7 +188,7 @@ static void pipeline_fail(kh_pipeline_rt *pl) {
         if (pl->parts[i]->assigned)
             kafka_pause(pl->parts[i], KH_PAUSE_FAILED, true);
     if (pl->cfg->on_exhausted == KH_ON_EXHAUSTED_EXIT)
-        host_request_exit(pl->host, 1);
+        pl->host->hooks.request_exit(pl->host, 1);
 }
 
 static int on_restart_timer(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -642,7 +642,7 @@ void supervisor_stop_workers(kh_pipeline_rt *pl, kh_worker *ws, int n,
         }
         if (!alive)
             return;
-        if (kh_now_ms() >= deadline_ms || host_check_signals(pl->host))
+        if (kh_now_ms() >= deadline_ms || pl->host->hooks.should_stop(pl->host))
             break;
         usleep(10 * 1000);
     }
