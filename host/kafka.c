@@ -56,6 +56,7 @@ kh_part *pipeline_part(kh_pipeline_rt *pl, const char *topic, int32_t p,
     part->stored = -1;
     part->committed = -1;
     part->refetch_from = -1;
+    part->next_offset = -1;
     part->crash_offset = -1;
     part->isolate_through = -1;
     part->fail_offset = -1;
@@ -109,6 +110,7 @@ int kafka_seek(kh_part *part, int64_t offset) {
     if (!why) {
         if (part->refetch_from >= 0 && offset <= part->refetch_from)
             part->refetch_from = -1;
+        part->next_offset = offset;
         part->seek_failures = 0;
         kafka_pause(part, KH_PAUSE_SEEK, false);
         return 0;
@@ -314,6 +316,7 @@ static void on_assign(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
         part->committed = -1;
         part->refetch_from = -1;
         part->seek_failures = 0;
+        part->next_offset = -1;
         part->crash_offset = -1;
         part->crash_count = 0;
         part->isolate_through = -1;
@@ -368,6 +371,7 @@ static void release_part(kh_part *part) {
     part->held = false;
     part->refetch_from = -1;
     part->seek_failures = 0;
+    part->next_offset = -1;
     /* Answers still on their way carry old seqs: reset fences them. */
     offsets_reset(&part->off);
 }
@@ -462,6 +466,15 @@ void kafka_poll(kh_pipeline_rt *pl) {
             rd_kafka_message_destroy(m);
             continue;
         }
+        if (m->offset < part->next_offset) {
+            klog_debug("pipeline=%s topic=%s partition=%d: dropped offset=%lld "
+                       "delivered again below offset=%lld",
+                       pl->cfg->name, part->topic, part->partition,
+                       (long long)m->offset, (long long)part->next_offset);
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        part->next_offset = m->offset + 1;
         dispatch_enqueue(part, m);
     }
     dispatch_pump(pl);

@@ -116,6 +116,14 @@ typedef struct kh_part {
      * discarded, and the seek is retried (I4). */
     int64_t refetch_from;
     int seek_failures; /* consecutive failed seeks to refetch_from */
+    /* One past the highest offset taken from Kafka since the assignment or
+     * the last seek, -1 none. librdkafka can go back on its own (seen in
+     * chaos around a rebalance with the owner restarting): a message below
+     * it is one the host already has, queued, in the ledger or resolved,
+     * and taking it again would put the ledger out of offset order, so a
+     * later ack could carry the watermark over an unresolved message (I1
+     * refused exactly that). Such a message is dropped. */
+    int64_t next_offset;
     /* Failure policy (failure.c): */
     int64_t crash_offset;    /* offset of the last crash's suspect, -1 none */
     int crash_count;         /* consecutive crashes at crash_offset */
