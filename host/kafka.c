@@ -684,11 +684,23 @@ void kafka_pipeline_close(kh_pipeline_rt *pl, int timeout_ms) {
                   rd_kafka_error_string(error));
         rd_kafka_error_destroy(error);
     } else {
+        /* Served as events, as rd_kafka_consumer_close serves it: the
+         * callback server asserts on ops it cannot pass to a callback
+         * (seen: rdkafka_queue.c:516 res != RD_KAFKA_OP_RES_PASS when
+         * SIGTERM came right after an assignment). A rebalance event goes
+         * to on_rebalance; anything else is dropped. */
         while (!(closed = rd_kafka_consumer_closed(pl->rk))) {
             int64_t left = deadline_ms - kh_now_ms();
             if (left <= 0)
                 break;
-            rd_kafka_queue_poll_callback(q, left < 50 ? (int)left : 50);
+            rd_kafka_event_t *ev =
+                rd_kafka_queue_poll(q, left < 50 ? (int)left : 50);
+            if (!ev)
+                continue;
+            if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE)
+                on_rebalance(pl->rk, rd_kafka_event_error(ev),
+                             rd_kafka_event_topic_partition_list(ev), pl);
+            rd_kafka_event_destroy(ev);
         }
         if (!closed)
             klog_warn("pipeline=%s did not leave the group within %d ms "
