@@ -15,6 +15,18 @@
 #include <stdlib.h>
 
 #define FAULT KHOST_BUILD_DIR "/plugins/fault.so"
+
+/* The host of the running test (each test runs in a process of its own).
+ * A failed assertion skips the test's own stop; fini ends the host by its
+ * pid then, so no host outlives a failing test. */
+static th_host h;
+
+static void stop_leftover_host(void) {
+    if (h.pid)
+        th_host_stop(&h, SIGKILL, 5000);
+}
+
+TestSuite(regress_acks, .fini = stop_leftover_host);
 #define PARTS 4
 #define PER 500
 
@@ -42,7 +54,6 @@ static void run(const char *topic, const char *ack_on_revoke) {
                   -1);
     char group[64];
     snprintf(group, sizeof group, "g-%s", topic);
-    th_host h;
     th_host_start(&h, dir, "acks", ini);
     char *rec;
     cr_assert_neq(asprintf(&rec, "%s/p.jsonl", dir), -1);

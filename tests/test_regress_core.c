@@ -19,6 +19,18 @@
 #include <unistd.h>
 
 #define FAULT KHOST_BUILD_DIR "/plugins/fault.so"
+
+/* The host of the running test (each test runs in a process of its own).
+ * A failed assertion skips the test's own stop; fini ends the host by its
+ * pid then, so no host outlives a failing test. */
+static th_host h;
+
+static void stop_leftover_host(void) {
+    if (h.pid)
+        th_host_stop(&h, SIGKILL, 5000);
+}
+
+TestSuite(regress_core, .fini = stop_leftover_host);
 #define PARTS 70
 
 static int record_lines(const char *path) {
@@ -51,7 +63,6 @@ Test(regress_core, more_than_64_workers_drain, .timeout = 240) {
                            "slow_ms = 3000\n",
                            c.bootstraps, PARTS, dir),
                   -1);
-    th_host h;
     th_host_start(&h, dir, "wide", ini);
     cr_assert(th_wait_log(&h, "assigned 70 partition(s)", 1, 60000),
               "no assignment:\n%s", th_log(&h));
@@ -105,7 +116,6 @@ Test(regress_core, hung_init_is_killed_and_logged, .timeout = 180) {
     char *ini = host_ini(&c, "[pipeline.p]\ntopics = slowinit\ngroup = g-si\n"
                              "plugin = " KHOST_FIXTURE_DIR "/fxs_slow_init.so\n"
                              "init_timeout_ms = 300\nmax_restarts = 1000\n");
-    th_host h;
     th_host_start(&h, dir, "si", ini);
     cr_assert(th_wait_log(&h,
                           "plugin init did not finish within "
@@ -159,7 +169,6 @@ Test(regress_core, removed_pipeline_leaves_no_snapshot, .timeout = 180) {
     char *both;
     cr_assert_neq(asprintf(&both, "%s%s", a, b), -1);
     char *ini = host_ini(&c, both);
-    th_host h;
     th_host_start(&h, dir, "snap", ini);
     cr_assert(th_wait_log(&h, "ready: plugin noop", 2, 60000), "%s",
               th_log(&h));
