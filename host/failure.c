@@ -237,26 +237,25 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rm,
     kh_entry *e;
     kh_lookup found = part->assigned ? offsets_find(&part->off, job->seq, &e)
                                      : KH_LOOKUP_STALE;
-    if (!rm->err && found == KH_LOOKUP_STALE && part->assigned &&
-        offsets_replay_resolved(&part->off, job->m->offset)) {
-        /* A rewind dropped its entry while the copy was on its way: the
-         * redelivery is acked without being handled or written again. */
-        pl->dlq_written++;
-        klog_info("pipeline=%s topic=%s partition=%d offset=%lld: written "
-                  "to dead-letter topic %s (partition %d offset %lld); "
-                  "acknowledged when Kafka delivers it again",
-                  pl->cfg->name, part->topic, part->partition,
-                  (long long)job->m->offset, job->topic, rm->partition,
-                  (long long)rm->offset);
-    } else if (!rm->err && found == KH_LOOKUP_OK && e->state == KH_ENTRY_DLQ) {
+    /* Written: its entry is acked now, or, when a rewind dropped the entry
+     * while the copy was on its way, its redelivery is acked without being
+     * handled or written again. */
+    const char *when = NULL;
+    if (!rm->err && found == KH_LOOKUP_OK && e->state == KH_ENTRY_DLQ) {
         e->state = KH_ENTRY_ACKED;
+        when = "";
+    } else if (!rm->err && found == KH_LOOKUP_STALE && part->assigned &&
+               offsets_replay_resolved(&part->off, job->m->offset)) {
+        when = " when Kafka delivers it again";
+    }
+    if (when) {
         pl->dlq_written++;
         klog_info("pipeline=%s topic=%s partition=%d offset=%lld: written "
                   "to dead-letter topic %s (partition %d offset %lld); "
-                  "acknowledged",
+                  "acknowledged%s",
                   pl->cfg->name, part->topic, part->partition,
                   (long long)job->m->offset, job->topic, rm->partition,
-                  (long long)rm->offset);
+                  (long long)rm->offset, when);
         dispatch_store_dirty(pl);
     }
     release_part_if_clear(part);
