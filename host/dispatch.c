@@ -17,84 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- host-side queue of polled messages ---- */
-
-void dispatch_enqueue(kh_part *part, rd_kafka_message_t *m) {
-    if (part->pend_len == part->pend_cap) {
-        size_t cap = part->pend_cap ? part->pend_cap * 2 : 256;
-        rd_kafka_message_t **ring = malloc(cap * sizeof *ring);
-        if (!ring)
-            abort();
-        for (size_t i = 0; i < part->pend_len; i++)
-            ring[i] = part->pend[(part->pend_head + i) % part->pend_cap];
-        free(part->pend);
-        part->pend = ring;
-        part->pend_cap = cap;
-        part->pend_head = 0;
-    }
-    part->pend[(part->pend_head + part->pend_len) % part->pend_cap] = m;
-    part->pend_len++;
-    part->pend_bytes += m->len + m->key_len;
-    if (part->pend_len >= KH_PENDING_HIGH ||
-        part->pend_bytes >= KH_PENDING_HIGH_BYTES)
-        kafka_pause(part, KH_PAUSE_FLOW, true);
-}
-
-static rd_kafka_message_t *pend_pop(kh_part *part) {
-    rd_kafka_message_t *m = part->pend[part->pend_head];
-    part->pend_head = (part->pend_head + 1) % part->pend_cap;
-    part->pend_len--;
-    part->pend_bytes -= m->len + m->key_len;
-    return m;
-}
-
-/* Dropping fetched messages is half of a rewind: the lowest one dropped
- * is owed a seek (refetch_from) until kafka_seek succeeds at or below it,
- * and I1 keeps the stored offset from passing it meanwhile. */
-void dispatch_drop_pending(kh_part *part) {
-    if (part->pend_len && part->assigned) {
-        int64_t first = part->pend[part->pend_head]->offset;
-        if (part->refetch_from < 0 || first < part->refetch_from)
-            part->refetch_from = first;
-    }
-    while (part->pend_len)
-        rd_kafka_message_destroy(pend_pop(part));
-    kafka_pause(part, KH_PAUSE_FLOW, false);
-}
-
-static int64_t first_pending_offset(kh_part *part) {
-    return part->pend_len ? part->pend[part->pend_head]->offset : -1;
-}
-
-/* Drop the queue and seek so that Kafka delivers from `seek_to` again.
- * `unacked`: the in-flight messages given up on, logged because it bounds
- * what a crash can make handlers see twice (the chaos test checks it). */
-static void rewind_to(kh_part *part, int64_t seek_to, size_t unacked,
-                      const char *why) {
-    dispatch_drop_pending(part);
-    /* What was dropped earlier without a seek (a hand-over, a shutdown
-     * drain) is owed one too: the lowest of all is where Kafka resumes. */
-    if (part->refetch_from >= 0 &&
-        (seek_to < 0 || part->refetch_from < seek_to))
-        seek_to = part->refetch_from;
-    if (seek_to < 0)
-        return; /* nothing dispatched or queued: the position is right */
-    if (part->refetch_from < 0 || seek_to < part->refetch_from)
-        part->refetch_from = seek_to;
-    kafka_seek(part, seek_to);
-    klog(strstr(why, "skipped") ? KLOG_DEBUG : KLOG_INFO,
-         "pipeline=%s topic=%s partition=%d rewound to offset=%lld "
-         "(acked=%lld, unacked=%zu): %s",
-         part->pl->cfg->name, part->topic, part->partition, (long long)seek_to,
-         (long long)part->off.acked, unacked, why);
-}
-
-void dispatch_rewind_part(kh_part *part, const char *why) {
-    size_t unacked = 0;
-    int64_t seek_to = offsets_rewind_all(&part->off, &unacked);
-    rewind_to(part, seek_to, unacked, why);
-}
-
 /* ---- sending ---- */
 
 kh_worker *dispatch_owner(kh_part *part) {
@@ -113,14 +35,6 @@ void dispatch_send_partition_event(kh_part *part, kh_frame_type type) {
         sd_event_source_set_io_events(w->io_src, EPOLLIN | EPOLLOUT);
 }
 
-static bool dispatchable(const kh_part *part, int64_t now) {
-    return part->assigned && !part->held && part->pend_len &&
-           !(part->pause &
-             (KH_PAUSE_FAILED | KH_PAUSE_SHUTDOWN | KH_PAUSE_DLQ)) &&
-           now >= part->retry_at_ms &&
-           offsets_outstanding(&part->off) < KH_MAX_UNACKED;
-}
-
 /* Fill one MESSAGES frame for `w`; returns the number of messages. */
 static size_t fill_frame(kh_pipeline_rt *pl, kh_worker *w, int64_t now) {
     kh_buf *b = &w->conn.out;
@@ -130,14 +44,14 @@ static size_t fill_frame(kh_pipeline_rt *pl, kh_worker *w, int64_t now) {
     size_t n = 0, bytes = 0;
     for (size_t k = 0; k < pl->n_parts; k++) {
         kh_part *part = pl->parts[(w->rr + k) % pl->n_parts];
-        if (part->owner != w || !dispatchable(part, now))
+        if (part->owner != w || !part_dispatchable(part, now))
             continue;
         bool frame_full = false;
-        while (part->pend_len && n < KH_BATCH_MAX &&
+        rd_kafka_message_t *head;
+        while ((head = part_head(part)) && n < KH_BATCH_MAX &&
                w->inflight + n < KH_MAX_INFLIGHT &&
                (n == 0 || bytes < KH_BATCH_BYTES)) {
-            rd_kafka_message_t *head = part->pend[part->pend_head];
-            if (offsets_replay_failed(&part->off, head->offset)) {
+            if (part_head_failed(part)) {
                 if (!failure_apply(part))
                     break; /* held at it (on_failure = pause) */
                 continue;
@@ -152,15 +66,11 @@ static size_t fill_frame(kh_pipeline_rt *pl, kh_worker *w, int64_t now) {
                 frame_full = true;
                 break;
             }
-            rd_kafka_message_t *m = pend_pop(part);
-            uint32_t attempt = offsets_plan(&part->off, m->offset);
-            if (attempt == 0) {
-                /* Acked before a rewind: Kafka sent it again, we do not. */
-                offsets_skip(&part->off, m->offset);
-                rd_kafka_message_destroy(m);
-                continue;
-            }
-            uint64_t seq = offsets_dispatch(&part->off, m->offset, attempt);
+            uint64_t seq;
+            uint32_t attempt;
+            rd_kafka_message_t *m = part_take(part, &seq, &attempt);
+            if (!m)
+                continue; /* acked before a rewind: not sent again */
             tr_put_kafka_message(b, kh_token_make(part->slot, seq), attempt, m);
             bytes += m->len + m->key_len;
             n++;
@@ -170,11 +80,6 @@ static size_t fill_frame(kh_pipeline_rt *pl, kh_worker *w, int64_t now) {
                 break;
             }
         }
-        if (part->pend_len < KH_PENDING_LOW &&
-            part->pend_bytes < KH_PENDING_LOW_BYTES)
-            kafka_pause(part, KH_PAUSE_FLOW, false);
-        if (offsets_outstanding(&part->off) >= KH_MAX_UNACKED)
-            kafka_pause(part, KH_PAUSE_UNACKED, true);
         if (frame_full || n >= KH_BATCH_MAX || bytes >= KH_BATCH_BYTES)
             break;
     }
@@ -207,7 +112,7 @@ void dispatch_pump(kh_pipeline_rt *pl) {
         if (buf_pending(&w->conn.out) && conn_flush(&w->conn) == 1)
             sd_event_source_set_io_events(w->io_src, EPOLLIN | EPOLLOUT);
     }
-    dispatch_store_dirty(pl);
+    parts_store(pl->parts, pl->n_parts);
 }
 
 /* ---- receiving ---- */
@@ -229,7 +134,7 @@ static kh_lookup lookup(kh_worker *w, uint64_t token, kh_part **part,
         /* Revoked or moved since: an answer from the old epoch. */
         return KH_LOOKUP_STALE;
     }
-    return offsets_find(&(*part)->off, kh_token_seq(token), e);
+    return part_find(*part, kh_token_seq(token), e);
 }
 
 /* retry_backoff_ms doubling per attempt up to retry_backoff_max_ms, with
@@ -247,7 +152,7 @@ static void stop_partition_after(kh_worker *w, kh_part *part, uint64_t seq,
                                  uint8_t result) {
     const kh_pipeline *cfg = w->pl->cfg;
     kh_entry *e;
-    offsets_find(&part->off, seq, &e);
+    part_find(part, seq, &e);
     int64_t offset = e->offset;
     uint32_t attempt = e->attempt;
     const char *text = part->fail_offset == offset && part->fail_reason[0]
@@ -266,20 +171,18 @@ static void stop_partition_after(kh_worker *w, kh_part *part, uint64_t seq,
                  attempt, cfg->max_attempts, text ? text : "no reason given");
     /* The worker skips the rest of this partition until it sees RESUME,
      * so nothing later is handled before the message comes again. */
-    size_t unacked = 0;
-    int64_t seek_to = offsets_rewind(&part->off, seq, KH_BUMP_FIRST, &unacked);
-    rewind_to(part, seek_to, unacked,
-              result == KHOST_RETRY ? "handler asked for a retry"
-                                    : "handler failed the message");
+    part_rewind_from(part, seq, KH_BUMP_FIRST,
+                     result == KHOST_RETRY ? "handler asked for a retry"
+                                           : "handler failed the message");
     dispatch_send_partition_event(part, KH_F_RESUME);
     if (failed) {
         failure_note(part, offset, "%s", reason);
-        offsets_mark_failed(&part->off, offset);
+        part_mark_failed(part, offset);
         return;
     }
     w->pl->retries++;
     int64_t delay = retry_delay_ms(cfg, attempt);
-    part->retry_at_ms = kh_now_ms() + delay;
+    part_backoff(part, kh_now_ms() + delay);
     klog_warn("pipeline=%s topic=%s partition=%d offset=%lld: handler asked "
               "for a retry (attempt %u of %d%s%s); redelivering in %lld ms, "
               "later messages of the partition wait",
@@ -326,12 +229,12 @@ static bool handle_results(kh_worker *w, kh_reader *r) {
             return lie(w, "sent a second result for one message");
         switch (result) {
         case KHOST_ACK:
-            e->state = KH_ENTRY_ACKED;
+            part_ack(part, e);
             w->pl->handled++;
             w->pl->acked_count++;
             break;
         case KHOST_DEFERRED:
-            e->state = KH_ENTRY_DEFERRED;
+            part_defer(part, e);
             w->pl->handled++;
             break;
         case KHOST_RETRY:
@@ -343,11 +246,8 @@ static bool handle_results(kh_worker *w, kh_reader *r) {
             /* Not handled (a drain, or a hold the worker keeps): the
              * message and everything after it come again, in order. A
              * worker that skips everything only starves itself. */
-            size_t unacked = 0;
-            int64_t seek_to = offsets_rewind(&part->off, kh_token_seq(token),
-                                             KH_BUMP_NONE, &unacked);
-            rewind_to(part, seek_to, unacked,
-                      "worker skipped it (drain or hold)");
+            part_rewind_from(part, kh_token_seq(token), KH_BUMP_NONE,
+                             "worker skipped it (drain or hold)");
             dispatch_send_partition_event(part, KH_F_RESUME);
             break;
         }
@@ -378,7 +278,7 @@ static bool handle_acks(kh_worker *w, kh_reader *r) {
         }
         if (e->state != KH_ENTRY_DEFERRED)
             return lie(w, "acked a message that was not deferred");
-        e->state = KH_ENTRY_ACKED;
+        part_ack(part, e);
         w->pl->acked_count++;
     }
     if (r->error || r->left)
@@ -460,7 +360,7 @@ int dispatch_read(kh_worker *w) {
             return -1;
         }
     }
-    dispatch_store_dirty(w->pl);
+    parts_store(w->pl->parts, w->pl->n_parts);
     if (closed) {
         if (w->io_src)
             sd_event_source_set_enabled(w->io_src, SD_EVENT_OFF);
@@ -479,63 +379,6 @@ int dispatch_read(kh_worker *w) {
     return 0;
 }
 
-/*
- * I1, commit safety: the offset stored or committed for a partition never
- * passes a message fetched under the current assignment that is not
- * resolved (acked, dead-lettered with a delivery report, or skipped by
- * policy). The unresolved messages are exactly: the ledger's INFLIGHT and
- * DEFERRED entries, the queue of fetched, undispatched messages, and what
- * was dropped from either without a seek yet (refetch_from). Every store
- * and every commit takes its offset from here; a violation refuses the
- * store, logs an ERROR and, in checked builds (CI's), aborts.
- */
-int64_t dispatch_commit_offset(kh_part *part) {
-    offsets_advance(&part->off);
-    if (!part->assigned || part->off.acked < 0)
-        return -1;
-    int64_t want = part->off.acked + 1;
-    int64_t limits[3] = {offsets_first_unresolved(&part->off),
-                         first_pending_offset(part), part->refetch_from};
-    static const char *const what[3] = {"a message in flight or deferred",
-                                        "a fetched message not dispatched",
-                                        "a dropped message not fetched again"};
-    for (int i = 0; i < 3; i++) {
-        if (limits[i] < 0 || want <= limits[i])
-            continue;
-        klog_error("pipeline=%s topic=%s partition=%d: INVARIANT I1 "
-                   "violated: refusing to store offset=%lld past %s at "
-                   "offset=%lld",
-                   part->pl->cfg->name, part->topic, part->partition,
-                   (long long)want, what[i], (long long)limits[i]);
-#ifdef KHOST_CHECKED
-        abort();
-#endif
-        return -1;
-    }
-    return want;
-}
-
-void dispatch_store_dirty(kh_pipeline_rt *pl) {
-    for (size_t i = 0; i < pl->n_parts; i++) {
-        kh_part *part = pl->parts[i];
-        if (!part->assigned)
-            continue;
-        if (offsets_advance(&part->off) || part->off.acked + 1 != part->stored)
-            kafka_store(part);
-        if (offsets_outstanding(&part->off) < KH_MAX_UNACKED / 2)
-            kafka_pause(part, KH_PAUSE_UNACKED, false);
-    }
-}
-
-static bool unsettled(kh_part *part, bool results_only) {
-    offsets_advance(&part->off);
-    if (!part->assigned)
-        return false;
-    if (results_only)
-        return offsets_has_inflight(&part->off);
-    return offsets_outstanding(&part->off) > 0;
-}
-
 void dispatch_drain(kh_pipeline_rt *pl, kh_part **parts, size_t n,
                     int64_t deadline_ms, bool results_only) {
     /* Ask the owners to skip what they have not started: the wait is then
@@ -549,7 +392,7 @@ void dispatch_drain(kh_pipeline_rt *pl, kh_part **parts, size_t n,
         bool busy = false;
         for (size_t i = 0; i < n && !busy; i++) {
             kh_worker *w = dispatch_owner(parts[i]);
-            busy = (unsettled(parts[i], results_only) && w &&
+            busy = (part_unsettled(parts[i], results_only) && w &&
                     (w->state == KH_W_READY || w->state == KH_W_STOPPING)) ||
                    parts[i]->dlq_pending > 0;
         }
@@ -597,7 +440,7 @@ void dispatch_drain(kh_pipeline_rt *pl, kh_part **parts, size_t n,
         if (failed)
             break;
     }
-    dispatch_store_dirty(pl);
+    parts_store(pl->parts, pl->n_parts);
 }
 
 void dispatch_end_drain(kh_pipeline_rt *pl) {

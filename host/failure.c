@@ -203,7 +203,7 @@ static void produce(kh_dlq_job *job) {
 
 static void release_part_if_clear(kh_part *part) {
     if (part->dlq_pending == 0)
-        kafka_pause(part, KH_PAUSE_DLQ, false);
+        part_pause(part, KH_PAUSE_DLQ, false);
 }
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rm,
@@ -228,26 +228,19 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rm,
                   pl->cfg->name, part->topic, part->partition,
                   (long long)job->m->offset, job->topic, job->tries,
                   rd_kafka_err2str(rm->err), (long long)delay);
-        kafka_pause(part, KH_PAUSE_DLQ, true);
+        part_pause(part, KH_PAUSE_DLQ, true);
         job->next = pl->dlq_retry;
         pl->dlq_retry = job;
         return;
     }
     part->dlq_pending--;
-    kh_entry *e;
-    kh_lookup found = part->assigned ? offsets_find(&part->off, job->seq, &e)
-                                     : KH_LOOKUP_STALE;
     /* Written: its entry is acked now, or, when a rewind dropped the entry
      * while the copy was on its way, its redelivery is acked without being
      * handled or written again. */
     const char *when = NULL;
-    if (!rm->err && found == KH_LOOKUP_OK && e->state == KH_ENTRY_DLQ) {
-        e->state = KH_ENTRY_ACKED;
-        when = "";
-    } else if (!rm->err && found == KH_LOOKUP_STALE && part->assigned &&
-               offsets_replay_resolved(&part->off, job->m->offset)) {
-        when = " when Kafka delivers it again";
-    }
+    bool later = false;
+    if (!rm->err && part_dlq_done(part, job->seq, job->m->offset, &later))
+        when = later ? " when Kafka delivers it again" : "";
     if (when) {
         pl->dlq_written++;
         klog_info("pipeline=%s topic=%s partition=%d offset=%lld: written "
@@ -256,7 +249,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rm,
                   pl->cfg->name, part->topic, part->partition,
                   (long long)job->m->offset, job->topic, rm->partition,
                   (long long)rm->offset, when);
-        dispatch_store_dirty(pl);
+        parts_store(pl->parts, pl->n_parts);
     }
     release_part_if_clear(part);
     job_free(job);
@@ -277,7 +270,7 @@ void failure_poll(kh_pipeline_rt *pl) {
         *link = job->next;
         kh_entry *e;
         if (!job->part->assigned ||
-            offsets_find(&job->part->off, job->seq, &e) != KH_LOOKUP_OK) {
+            part_find(job->part, job->seq, &e) != KH_LOOKUP_OK) {
             /* Revoked since: the next owner meets the message again. */
             job->part->dlq_pending--;
             release_part_if_clear(job->part);
@@ -290,14 +283,13 @@ void failure_poll(kh_pipeline_rt *pl) {
 
 bool failure_apply(kh_part *part) {
     kh_pipeline_rt *pl = part->pl;
-    rd_kafka_message_t *m = part->pend[part->pend_head];
+    rd_kafka_message_t *m = part_head(part);
     const char *reason = reason_of(part, m->offset);
     const char *policy = policy_name(pl->cfg->on_failure);
     pl->failures++;
 
     if (pl->cfg->on_failure == KH_ON_FAILURE_PAUSE) {
-        part->held = true;
-        kafka_pause(part, KH_PAUSE_FAILED, true);
+        part_hold(part);
         klog_error("pipeline=%s topic=%s partition=%d offset=%lld: failed "
                    "message (%s); on_failure=%s: the partition is held at "
                    "this offset until khost restarts, other partitions go on",
@@ -307,15 +299,10 @@ bool failure_apply(kh_part *part) {
     }
 
     /* Take it off the queue; the ledger gets its entry here. */
-    part->pend_head = (part->pend_head + 1) % part->pend_cap;
-    part->pend_len--;
-    part->pend_bytes -= m->len + m->key_len;
-    /* The replay carries the attempt number this delivery would have had;
-     * the handler saw one fewer. */
-    uint32_t attempts = offsets_plan(&part->off, m->offset);
-    attempts = attempts > 1 ? attempts - 1 : 1;
+    uint32_t attempts;
+    m = part_take_failed(part, &attempts);
     if (pl->cfg->on_failure == KH_ON_FAILURE_SKIP) {
-        offsets_skip(&part->off, m->offset);
+        part_skip(part, m->offset);
         pl->skipped++;
         klog_warn("pipeline=%s topic=%s partition=%d offset=%lld: failed "
                   "message skipped after %u attempt(s) (%s); on_failure=%s: "
@@ -331,10 +318,7 @@ bool failure_apply(kh_part *part) {
     for (kh_dlq_job *live = pl->dlq_live; live; live = live->live_next) {
         if (live->part != part || live->m->offset != m->offset)
             continue;
-        live->seq = offsets_dispatch(&part->off, m->offset, attempts);
-        kh_entry *le;
-        offsets_find(&part->off, live->seq, &le);
-        le->state = KH_ENTRY_DLQ;
+        live->seq = part_track_dlq(part, m->offset, attempts);
         klog_info("pipeline=%s topic=%s partition=%d offset=%lld: failed "
                   "message delivered again while its dead-letter write is "
                   "on its way; waiting for that write",
@@ -361,10 +345,7 @@ bool failure_apply(kh_part *part) {
         abort();
     /* Held in the ledger like a deferred message until the broker has the
      * dead-letter copy: the watermark cannot pass it before that. */
-    job->seq = offsets_dispatch(&part->off, m->offset, attempts);
-    kh_entry *e;
-    offsets_find(&part->off, job->seq, &e);
-    e->state = KH_ENTRY_DLQ;
+    job->seq = part_track_dlq(part, m->offset, attempts);
     part->dlq_pending++;
     klog_error("pipeline=%s topic=%s partition=%d offset=%lld: failed "
                "message after %u attempt(s) (%s); on_failure=%s: writing it "

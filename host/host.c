@@ -171,7 +171,7 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *ud) {
         kh_pipeline_rt *pl = host->pipelines[i];
         supervisor_check_hangs(pl, now);
         failure_poll(pl);
-        kafka_retry_seeks(pl);
+        parts_retry_seeks(pl->parts, pl->n_parts);
         reload_tick(pl, now);
         /* Retry backoffs expire here, and librdkafka events that arrive
          * while its queue is not empty are picked up. */

@@ -45,22 +45,8 @@ kh_part *pipeline_part(kh_pipeline_rt *pl, const char *topic, int32_t p,
         if (!pl->parts)
             abort();
     }
-    kh_part *part = calloc(1, sizeof *part);
-    if (!part)
-        abort();
-    part->pl = pl;
-    part->topic = strdup(topic);
-    part->partition = p;
-    part->slot = (uint32_t)pl->n_parts;
-    part->owner = NULL;
-    part->stored = -1;
-    part->committed = -1;
-    part->refetch_from = -1;
-    part->next_offset = -1;
-    part->crash_offset = -1;
-    part->isolate_through = -1;
-    part->fail_offset = -1;
-    offsets_init(&part->off);
+    kh_part *part = part_new(pl, pl->cfg->name, &pl->consumer, topic, p,
+                             (uint32_t)pl->n_parts);
     pl->parts[pl->n_parts++] = part;
     return part;
 }
@@ -71,23 +57,23 @@ static rd_kafka_topic_partition_list_t *one_partition(kh_part *part) {
     return l;
 }
 
-void kafka_pause(kh_part *part, unsigned reason, bool on) {
-    unsigned old = part->pause;
-    part->pause = on ? old | reason : old & ~reason;
-    if (!part->assigned || !old == !part->pause)
-        return;
+/* ---- the consumer port (partition.h): what a partition asks of rk ---- */
+
+static void port_set_paused(void *ud, kh_part *part, bool paused) {
+    kh_pipeline_rt *pl = ud;
     rd_kafka_topic_partition_list_t *l = one_partition(part);
-    rd_kafka_resp_err_t e = part->pause
-                                ? rd_kafka_pause_partitions(part->pl->rk, l)
-                                : rd_kafka_resume_partitions(part->pl->rk, l);
+    rd_kafka_resp_err_t e = paused ? rd_kafka_pause_partitions(pl->rk, l)
+                                   : rd_kafka_resume_partitions(pl->rk, l);
     if (e)
         klog_warn("pipeline=%s topic=%s partition=%d: %s failed: %s",
-                  part->pl->cfg->name, part->topic, part->partition,
-                  part->pause ? "pause" : "resume", rd_kafka_err2str(e));
+                  pl->cfg->name, part->topic, part->partition,
+                  paused ? "pause" : "resume", rd_kafka_err2str(e));
     rd_kafka_topic_partition_list_destroy(l);
 }
 
-int kafka_seek(kh_part *part, int64_t offset) {
+static int port_seek(void *ud, kh_part *part, int64_t offset, char *why,
+                     size_t len) {
+    kh_pipeline_rt *pl = ud;
     rd_kafka_topic_partition_list_t *l = one_partition(part);
     l->elems[0].offset = offset;
     /* librdkafka 2.0.2 waits for the seek's reply with the remaining time
@@ -95,66 +81,32 @@ int kafka_seek(kh_part *part, int64_t offset) {
      * 2000 would wait 2 ms and the seek would finish later, behind our
      * back: messages fetched before it could then be dispatched ahead of
      * the rewound ones. 2000 * 1000 makes it really wait about 2 s. */
-    rd_kafka_error_t *error =
-        rd_kafka_seek_partitions(part->pl->rk, l, 2000 * 1000);
-    const char *why = NULL;
-    char buf[256];
+    rd_kafka_error_t *error = rd_kafka_seek_partitions(pl->rk, l, 2000 * 1000);
+    int rc = 0;
     if (error) {
-        snprintf(buf, sizeof buf, "%s", rd_kafka_error_string(error));
-        why = buf;
+        snprintf(why, len, "%s", rd_kafka_error_string(error));
         rd_kafka_error_destroy(error);
+        rc = -1;
     } else if (l->elems[0].err) {
-        why = rd_kafka_err2str(l->elems[0].err);
+        snprintf(why, len, "%s", rd_kafka_err2str(l->elems[0].err));
+        rc = -1;
     }
     rd_kafka_topic_partition_list_destroy(l);
-    if (!why) {
-        if (part->refetch_from >= 0 && offset <= part->refetch_from)
-            part->refetch_from = -1;
-        part->next_offset = offset;
-        part->seek_failures = 0;
-        kafka_pause(part, KH_PAUSE_SEEK, false);
-        return 0;
-    }
-    /* I4: never skipped. The seek stays owed; the partition fetches
-     * nothing until it succeeds, and the tick retries it. */
-    if (part->refetch_from < 0 || offset < part->refetch_from)
-        part->refetch_from = offset;
-    part->seek_failures++;
-    kafka_pause(part, KH_PAUSE_SEEK, true);
-    klog_error("pipeline=%s topic=%s partition=%d: seek to offset=%lld "
-               "failed (try %d): %s; the partition is paused and the seek "
-               "retried",
-               part->pl->cfg->name, part->topic, part->partition,
-               (long long)offset, part->seek_failures, why);
-    return -1;
+    return rc;
 }
 
-void kafka_retry_seeks(kh_pipeline_rt *pl) {
-    for (size_t i = 0; i < pl->n_parts; i++) {
-        kh_part *part = pl->parts[i];
-        if (part->assigned && part->seek_failures > 0 &&
-            part->refetch_from >= 0)
-            kafka_seek(part, part->refetch_from);
-    }
-}
-
-void kafka_store(kh_part *part) {
-    int64_t offset = dispatch_commit_offset(part);
-    if (offset < 0 || offset == part->stored)
-        return;
+static int port_store(void *ud, kh_part *part, int64_t offset, char *why,
+                      size_t len) {
+    kh_pipeline_rt *pl = ud;
     rd_kafka_topic_partition_list_t *l = one_partition(part);
     l->elems[0].offset = offset;
-    rd_kafka_resp_err_t e = rd_kafka_offsets_store(part->pl->rk, l);
+    rd_kafka_resp_err_t e = rd_kafka_offsets_store(pl->rk, l);
     if (!e)
         e = l->elems[0].err;
     if (e)
-        klog_warn("pipeline=%s topic=%s partition=%d: storing offset=%lld "
-                  "failed: %s",
-                  part->pl->cfg->name, part->topic, part->partition,
-                  (long long)offset, rd_kafka_err2str(e));
-    else
-        part->stored = offset;
+        snprintf(why, len, "%s", rd_kafka_err2str(e));
     rd_kafka_topic_partition_list_destroy(l);
+    return e ? -1 : 0;
 }
 
 /* One line per commit that moved something, e.g.
@@ -216,7 +168,7 @@ void kafka_commit_sync(kh_pipeline_rt *pl, kh_part **parts, size_t n,
     rd_kafka_topic_partition_list_t *l =
         rd_kafka_topic_partition_list_new((int)n ? (int)n : 1);
     for (size_t i = 0; i < n; i++) {
-        int64_t offset = dispatch_commit_offset(parts[i]);
+        int64_t offset = part_commit_offset(parts[i]);
         if (offset < 0 || offset == parts[i]->committed)
             continue;
         rd_kafka_topic_partition_list_add(l, parts[i]->topic,
@@ -306,17 +258,8 @@ static void on_assign(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
     for (int i = 0; i < l->cnt; i++) {
         kh_part *part =
             pipeline_part(pl, l->elems[i].topic, l->elems[i].partition, true);
-        offsets_reset(&part->off);
-        part->assigned = true;
+        part_assign(part);
         part->owner = supervisor_assign_owner(pl);
-        part->pause = 0;
-        part->held = false;
-        part->retry_at_ms = 0;
-        part->stored = -1;
-        part->committed = -1;
-        part->refetch_from = -1;
-        part->seek_failures = 0;
-        part->next_offset = -1;
         part->crash_offset = -1;
         part->crash_count = 0;
         part->isolate_through = -1;
@@ -345,35 +288,20 @@ static void on_assign(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
             pipeline_part(pl, l->elems[i].topic, l->elems[i].partition, false);
         kh_worker *w = dispatch_owner(part);
         if (pl->failed)
-            kafka_pause(part, KH_PAUSE_FAILED, true);
+            part_pause(part, KH_PAUSE_FAILED, true);
         else if (w->state != KH_W_READY)
-            kafka_pause(part, KH_PAUSE_WORKER, true);
+            part_pause(part, KH_PAUSE_WORKER, true);
         else
             dispatch_send_partition_event(part, KH_F_ASSIGN);
     }
 }
 
 static void release_part(kh_part *part) {
-    kh_pipeline_rt *pl = part->pl;
-    size_t left = offsets_outstanding(&part->off);
-    if (left)
-        klog_warn("pipeline=%s topic=%s partition=%d released at acked "
-                  "offset=%lld with %zu message(s) after it not committed; "
-                  "the next owner starts after the acked offset",
-                  pl->cfg->name, part->topic, part->partition,
-                  (long long)part->off.acked, left);
     kh_worker *w = dispatch_owner(part);
     if (w)
         w->n_parts--;
-    part->assigned = false;
     part->owner = NULL;
-    part->pause = 0;
-    part->held = false;
-    part->refetch_from = -1;
-    part->seek_failures = 0;
-    part->next_offset = -1;
-    /* Answers still on their way carry old seqs: reset fences them. */
-    offsets_reset(&part->off);
+    part_release(part);
 }
 
 static void on_revoke(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
@@ -385,7 +313,7 @@ static void on_revoke(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
             pipeline_part(pl, l->elems[i].topic, l->elems[i].partition, false);
         if (part && part->assigned) {
             parts[n++] = part;
-            dispatch_drop_pending(part);
+            part_drop_pending(part);
         }
     }
     /* REVOKE goes out first so the plugin's on_revoke, its last chance to
@@ -459,23 +387,11 @@ void kafka_poll(kh_pipeline_rt *pl) {
             continue;
         }
         kh_part *part = part_of(pl, m);
-        /* While a seek is owed (I4), what arrives comes from the old
-         * position: dispatching it would skip the dropped messages. */
-        if (!part || !part->assigned || pl->stopping ||
-            (part->refetch_from >= 0 && m->offset > part->refetch_from)) {
+        if (!part || pl->stopping) {
             rd_kafka_message_destroy(m);
             continue;
         }
-        if (m->offset < part->next_offset) {
-            klog_debug("pipeline=%s topic=%s partition=%d: dropped offset=%lld "
-                       "delivered again below offset=%lld",
-                       pl->cfg->name, part->topic, part->partition,
-                       (long long)m->offset, (long long)part->next_offset);
-            rd_kafka_message_destroy(m);
-            continue;
-        }
-        part->next_offset = m->offset + 1;
-        dispatch_enqueue(part, m);
+        part_accept(part, m);
     }
     dispatch_pump(pl);
     /* The wake pipe only fires when the queue turns non-empty; if the
@@ -514,6 +430,10 @@ static int conf_set(rd_kafka_conf_t *conf, const char *k, const char *v,
 int kafka_pipeline_start(kh_pipeline_rt *pl, char *err, size_t errlen) {
     const kh_config *hc = pl->root;
     const kh_pipeline *cfg = pl->cfg;
+    pl->consumer = (kh_consumer_port){.ud = pl,
+                                      .set_paused = port_set_paused,
+                                      .seek = port_seek,
+                                      .store = port_store};
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     char client_id[160];
     snprintf(client_id, sizeof client_id, "khost-%s", cfg->name);
@@ -709,7 +629,7 @@ void kafka_pipeline_close(kh_pipeline_rt *pl, int timeout_ms) {
     }
     rd_kafka_queue_destroy(q);
     for (size_t i = 0; i < pl->n_parts; i++)
-        dispatch_drop_pending(pl->parts[i]);
+        part_drop_pending(pl->parts[i]);
     if (pl->queue) {
         rd_kafka_queue_io_event_enable(pl->queue, -1, NULL, 0);
         rd_kafka_queue_destroy(pl->queue);

@@ -18,13 +18,8 @@
 void pipeline_free(kh_pipeline_rt *pl) {
     kafka_pipeline_close(pl, pl->cfg->shutdown_timeout_ms);
     failure_pipeline_stop(pl, 0);
-    for (size_t p = 0; p < pl->n_parts; p++) {
-        dispatch_drop_pending(pl->parts[p]);
-        free(pl->parts[p]->pend);
-        offsets_free(&pl->parts[p]->off);
-        free(pl->parts[p]->topic);
-        free(pl->parts[p]);
-    }
+    for (size_t p = 0; p < pl->n_parts; p++)
+        part_free(pl->parts[p]);
     free(pl->parts);
     for (int w = 0; w < pl->n_workers; w++)
         pl->workers[w].restart_timer =
@@ -102,8 +97,8 @@ void pipeline_stop(kh_pipeline_rt *pl) {
         kh_part *part = pl->parts[p];
         if (!part->assigned)
             continue;
-        kafka_pause(part, KH_PAUSE_SHUTDOWN, true);
-        dispatch_drop_pending(part);
+        part_pause(part, KH_PAUSE_SHUTDOWN, true);
+        part_drop_pending(part);
         dispatch_send_partition_event(part, KH_F_REVOKE);
     }
     dispatch_drain(pl, pl->parts, pl->n_parts, deadline, true);
@@ -112,12 +107,12 @@ void pipeline_stop(kh_pipeline_rt *pl) {
     if (pl->dlq) {
         int64_t left = deadline - kh_now_ms();
         rd_kafka_flush(pl->dlq, left > 0 ? (int)left : 0);
-        dispatch_store_dirty(pl);
+        parts_store(pl->parts, pl->n_parts);
     }
     int64_t stop_by =
         deadline > kh_now_ms() + 1000 ? deadline : kh_now_ms() + 1000;
     supervisor_stop_all(pl, stop_by);
-    dispatch_store_dirty(pl);
+    parts_store(pl->parts, pl->n_parts);
     /* The commit and the group leave get what is left, at least 1 s. */
     int64_t left = deadline - kh_now_ms();
     int bound = left > 1000 ? (int)left : 1000;

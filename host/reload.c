@@ -247,20 +247,20 @@ static void hand_over(kh_pipeline_rt *pl, kh_part *part, kh_worker *to,
                       const char *why) {
     kh_worker *from = part->owner;
     dispatch_send_partition_event(part, KH_F_REVOKE);
-    dispatch_drop_pending(part);
+    part_drop_pending(part);
     int bound = pl->cfg->shutdown_timeout_ms < KH_HANDOVER_DRAIN_MAX_MS
                     ? pl->cfg->shutdown_timeout_ms
                     : KH_HANDOVER_DRAIN_MAX_MS;
     dispatch_drain(pl, &part, 1, kh_now_ms() + bound, false);
     if (from && from->status)
         status_set_drain(from->status, false);
-    dispatch_rewind_part(part, why);
+    part_rewind_all(part, why);
     if (from)
         from->n_parts--;
     to->n_parts++;
     part->owner = to;
     dispatch_send_partition_event(part, KH_F_ASSIGN);
-    kafka_pause(part, KH_PAUSE_WORKER, to->state != KH_W_READY);
+    part_pause(part, KH_PAUSE_WORKER, to->state != KH_W_READY);
 }
 
 /* Every candidate is ready: hand the partitions over, one at a time. With
@@ -317,7 +317,7 @@ static void finish_cutover(kh_pipeline_rt *pl) {
                   "handed over to the reloaded plugin");
         moved++;
     }
-    dispatch_store_dirty(pl);
+    parts_store(pl->parts, pl->n_parts);
     /* The old generation runs terminate and exits. */
     supervisor_stop_workers(pl, old, n_old, kh_now_ms() + 5000);
     for (int i = 0; i < n_old; i++)

@@ -17,6 +17,7 @@
 #include "config.h"
 #include "mock_cluster.h"
 #include "offsets.h"
+#include "partition.h"
 #include "transport.h"
 
 #include <librdkafka/rdkafka.h>
@@ -25,27 +26,7 @@
 #include <sys/types.h>
 #include <systemd/sd-event.h>
 
-/* Flow-control bounds. A worker never has more than KH_MAX_INFLIGHT
- * messages without a result; a partition's host-side queue of polled but
- * undispatched messages pauses fetching above KH_PENDING_HIGH messages or
- * KH_PENDING_HIGH_BYTES and resumes below both low marks, so host memory
- * stays bounded whatever a handler does. The marks are wide on purpose:
- * a pause makes librdkafka drop what it had prefetched and a resume waits
- * for a broker long-poll, so frequent pauses cost most of the throughput
- * (measured: 0.37x the reference consumer at 4096/1024, 0.92x at
- * 65536/16384). Deferred-but-unacked messages pause at KH_MAX_UNACKED. */
-#define KH_MAX_INFLIGHT 4096
-#define KH_BATCH_MAX 512
-#define KH_BATCH_BYTES (1u << 20)
-#define KH_OUTBUF_MAX (8u << 20)
-#define KH_PENDING_HIGH 65536
-#define KH_PENDING_LOW 16384
-#define KH_PENDING_HIGH_BYTES (16u << 20)
-#define KH_PENDING_LOW_BYTES (4u << 20)
-#define KH_MAX_UNACKED 100000
-
 typedef struct kh_host kh_host;
-typedef struct kh_pipeline_rt kh_pipeline_rt;
 
 typedef enum kh_worker_state {
     KH_W_STOPPED = 0,
@@ -55,7 +36,7 @@ typedef enum kh_worker_state {
     KH_W_STOPPING, /* SHUTDOWN sent */
 } kh_worker_state;
 
-typedef struct kh_worker {
+struct kh_worker {
     kh_pipeline_rt *pl;
     const kh_pipeline *cfg;  /* this worker's generation's config */
     const char *plugin_path; /* its plugin snapshot */
@@ -78,62 +59,7 @@ typedef struct kh_worker {
     char plugin_name[128];
     char init_error[512]; /* INIT_FAILED text */
     char plugin_version[64];
-} kh_worker;
-
-/* Why fetching of a partition is paused; paused while any bit is set. */
-enum {
-    KH_PAUSE_FLOW = 1 << 0,     /* host-side queue too long */
-    KH_PAUSE_WORKER = 1 << 1,   /* owner not ready (starting, restarting) */
-    KH_PAUSE_FAILED = 1 << 2,   /* pipeline failed, or a message failed */
-    KH_PAUSE_UNACKED = 1 << 3,  /* too many deferred acks outstanding */
-    KH_PAUSE_SHUTDOWN = 1 << 4, /* draining for shutdown */
-    KH_PAUSE_DLQ = 1 << 5,      /* a dead-letter write failed; retrying */
-    KH_PAUSE_SEEK = 1 << 6,     /* a seek failed; retried from the tick */
 };
-
-typedef struct kh_part {
-    kh_pipeline_rt *pl;
-    char *topic;
-    int32_t partition;
-    uint32_t slot; /* index in pl->parts; encoded in tokens */
-    bool assigned;
-    /* The worker that owns it, NULL when unassigned. A pointer, not an
-     * index: during a plugin reload two generations of workers coexist. */
-    kh_worker *owner;
-    kh_offsets off;
-    rd_kafka_message_t **pend; /* ring of polled, undispatched messages */
-    size_t pend_head, pend_len, pend_cap;
-    size_t pend_bytes;   /* payload + key bytes queued */
-    unsigned pause;      /* KH_PAUSE_* bits as last told to librdkafka */
-    int64_t retry_at_ms; /* no dispatch before this (retry backoff) */
-    bool held;           /* stopped at a failed message */
-    int64_t stored;      /* last offset handed to offsets_store, -1 none */
-    int64_t committed;   /* last committed offset seen, -1 none */
-    /* The lowest offset fetched under this assignment, dropped unresolved
-     * from the queue or the ledger, that Kafka has not yet been told to
-     * deliver again (no successful seek to it or below); -1 none. While
-     * set, nothing at or past it may be stored (I1), later fetches are
-     * discarded, and the seek is retried (I4). */
-    int64_t refetch_from;
-    int seek_failures; /* consecutive failed seeks to refetch_from */
-    /* One past the highest offset taken from Kafka since the assignment or
-     * the last seek, -1 none. librdkafka can go back on its own (seen in
-     * chaos around a rebalance with the owner restarting): a message below
-     * it is one the host already has, queued, in the ledger or resolved,
-     * and taking it again would put the ledger out of offset order, so a
-     * later ack could carry the watermark over an unresolved message (I1
-     * refused exactly that). Such a message is dropped. */
-    int64_t next_offset;
-    /* Failure policy (failure.c): */
-    int64_t crash_offset;    /* offset of the last crash's suspect, -1 none */
-    int crash_count;         /* consecutive crashes at crash_offset */
-    int64_t isolate_through; /* after a crash in a batch call: dispatch
-                                one message per frame up to here, so the
-                                next crash names its message; -1 none */
-    int64_t fail_offset;     /* the offset fail_reason is about */
-    char fail_reason[512];
-    int dlq_pending; /* dead-letter writes not yet confirmed */
-} kh_part;
 
 struct kh_pipeline_rt {
     kh_host *host;
@@ -142,6 +68,7 @@ struct kh_pipeline_rt {
     struct stat plugin_stat;  /* of cfg->plugin_path when snapshotted */
     struct kh_reload *reload; /* reload.c state, NULL when none */
     rd_kafka_t *rk;
+    kh_consumer_port consumer; /* rk as partition.c sees it (kafka.c) */
     rd_kafka_queue_t *queue;
     int wake_fd[2]; /* librdkafka writes here when its queue fills */
     sd_event_source *wake_src;
@@ -207,13 +134,6 @@ struct kh_host {
 /* ---- kafka.c ---- */
 int kafka_pipeline_start(kh_pipeline_rt *pl, char *err, size_t errlen);
 void kafka_poll(kh_pipeline_rt *pl);
-void kafka_pause(kh_part *part, unsigned reason, bool on);
-/* Seek so that Kafka delivers from `offset` again. Returns 0, or -1 when
- * the seek failed (logged; part->refetch_from keeps it owed, I4). */
-int kafka_seek(kh_part *part, int64_t offset);
-/* I4: retry the owed seeks of pl's partitions (from the host's tick). */
-void kafka_retry_seeks(kh_pipeline_rt *pl);
-void kafka_store(kh_part *part);
 /* Commit the given parts' watermarks (all when NULL) and wait at most
  * timeout_ms for the broker's answer. */
 void kafka_commit_sync(kh_pipeline_rt *pl, kh_part **parts, size_t n,
@@ -228,10 +148,6 @@ kh_part *pipeline_part(kh_pipeline_rt *pl, const char *topic, int32_t p,
 
 /* ---- dispatch.c ---- */
 void dispatch_pump(kh_pipeline_rt *pl);
-void dispatch_enqueue(kh_part *part, rd_kafka_message_t *m);
-void dispatch_drop_pending(kh_part *part);
-/* Rewind a partition to its watermark, dropping what is queued. */
-void dispatch_rewind_part(kh_part *part, const char *why);
 /* Read and handle what a worker sent. Returns -1 when the channel is
  * closed or the worker misbehaved (it has then been killed). */
 int dispatch_read(kh_worker *w);
@@ -246,11 +162,6 @@ void dispatch_end_drain(kh_pipeline_rt *pl);
 /* ASSIGN, REVOKE or RESUME to the partition's owner, if it is up. */
 void dispatch_send_partition_event(kh_part *part, kh_frame_type type);
 kh_worker *dispatch_owner(kh_part *part);
-void dispatch_store_dirty(kh_pipeline_rt *pl);
-/* The offset that may be stored or committed for `part` (acked + 1), or
- * -1 when there is none or it would break I1 (then logged as an ERROR and,
- * in checked builds, abort()). The only source of stored offsets. */
-int64_t dispatch_commit_offset(kh_part *part);
 
 /* ---- failure.c ---- */
 int failure_pipeline_start(kh_pipeline_rt *pl, char *err, size_t errlen);

@@ -122,7 +122,7 @@ static kh_part *find_suspect(kh_worker *w, int64_t *offset, uint32_t *count,
      * among the messages it was given (I3), or a lying worker could make
      * another partition's message look poisonous. */
     if (!part->assigned || part->owner != w ||
-        offsets_find(&part->off, kh_token_seq(token), &e) != KH_LOOKUP_OK)
+        part_find(part, kh_token_seq(token), &e) != KH_LOOKUP_OK)
         return NULL;
     *offset = e->offset;
     snprintf(buf, len, "while handling %s partition=%d offset=%lld%s",
@@ -156,7 +156,7 @@ static void count_poison(kh_pipeline_rt *pl, kh_part *part, int64_t offset,
                part->crash_count, how);
     failure_note(part, offset, "crashed its worker %d times (last: %s)",
                  part->crash_count, how);
-    offsets_mark_failed(&part->off, offset);
+    part_mark_failed(part, offset);
     part->crash_count = 0;
     part->crash_offset = -1;
 }
@@ -186,7 +186,7 @@ static void pipeline_fail(kh_pipeline_rt *pl) {
                                                              : "pause");
     for (size_t i = 0; i < pl->n_parts; i++)
         if (pl->parts[i]->assigned)
-            kafka_pause(pl->parts[i], KH_PAUSE_FAILED, true);
+            part_pause(pl->parts[i], KH_PAUSE_FAILED, true);
     if (pl->cfg->on_exhausted == KH_ON_EXHAUSTED_EXIT)
         pl->host->hooks.request_exit(pl->host, 1);
 }
@@ -289,14 +289,14 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
         kh_part *part = pl->parts[i];
         if (!part->assigned || part->owner != w)
             continue;
-        kafka_pause(part, KH_PAUSE_WORKER, true);
+        part_pause(part, KH_PAUSE_WORKER, true);
         if (suspect_count > 1)
             part->isolate_through = offsets_last_dispatched(&part->off);
-        dispatch_rewind_part(part, "worker crashed");
+        part_rewind_all(part, "worker crashed");
     }
     if (suspect_part)
         count_poison(pl, suspect_part, suspect_offset, suspect_count, how);
-    dispatch_store_dirty(pl);
+    parts_store(pl->parts, pl->n_parts);
 
     int64_t now = kh_now_ms();
     /* A worker that ran well for a whole window starts a fresh backoff. */
@@ -527,7 +527,7 @@ void supervisor_worker_ready(kh_worker *w, const char *name,
         if (!part->assigned || part->owner != w)
             continue;
         dispatch_send_partition_event(part, KH_F_ASSIGN);
-        kafka_pause(part, KH_PAUSE_WORKER, false);
+        part_pause(part, KH_PAUSE_WORKER, false);
     }
     dispatch_pump(pl);
 }

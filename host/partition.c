@@ -1,0 +1,413 @@
+/*
+ * partition: one partition's queue, ledger, owed seek and stored offset
+ * (see partition.h). Calls only offsets.c, log.c and its consumer port.
+ *
+ * The rules it keeps, checked here and nowhere else:
+ *
+ * I1, commit safety: the offset stored or committed for a partition never
+ * passes a message fetched under the current assignment that is not
+ * resolved (acked, dead-lettered with a delivery report, or skipped by
+ * policy). The unresolved messages are exactly: the ledger's INFLIGHT,
+ * DEFERRED and DLQ entries, the queue of fetched, undispatched messages,
+ * and what was dropped from either without a seek yet (refetch_from).
+ * part_commit_offset is the only source of stored and committed offsets;
+ * a violation refuses the store, logs an ERROR and, in checked builds
+ * (CI's), aborts.
+ *
+ * I4, seeks: a drop owes a seek to the lowest offset dropped
+ * (refetch_from). A failed seek keeps it owed, pauses the partition and
+ * is retried (part_retry_seek); what Kafka delivers meanwhile comes from
+ * the old position and is discarded. Nothing owed is ever skipped.
+ */
+#define _GNU_SOURCE
+#include "partition.h"
+
+#include "log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+kh_part *part_new(kh_pipeline_rt *pl, const char *pipeline,
+                  const kh_consumer_port *port, const char *topic,
+                  int32_t partition, uint32_t slot) {
+    kh_part *part = calloc(1, sizeof *part);
+    if (!part || !(part->topic = strdup(topic)))
+        abort();
+    part->pl = pl;
+    part->pipeline = pipeline;
+    part->port = port;
+    part->partition = partition;
+    part->slot = slot;
+    part->stored = -1;
+    part->committed = -1;
+    part->refetch_from = -1;
+    part->next_offset = -1;
+    part->crash_offset = -1;
+    part->isolate_through = -1;
+    part->fail_offset = -1;
+    offsets_init(&part->off);
+    return part;
+}
+
+void part_free(kh_part *part) {
+    if (!part)
+        return;
+    part->assigned = false; /* nothing is owed to a freed partition */
+    part_drop_pending(part);
+    free(part->pend);
+    offsets_free(&part->off);
+    free(part->topic);
+    free(part);
+}
+
+static void forget_assignment(kh_part *part) {
+    part->pause = 0;
+    part->held = false;
+    part->retry_at_ms = 0;
+    part->refetch_from = -1;
+    part->seek_failures = 0;
+    part->next_offset = -1;
+    /* Answers still on their way carry old seqs: reset fences them. */
+    offsets_reset(&part->off);
+}
+
+void part_assign(kh_part *part) {
+    forget_assignment(part);
+    part->assigned = true;
+    part->stored = -1;
+    part->committed = -1;
+}
+
+void part_release(kh_part *part) {
+    size_t left = offsets_outstanding(&part->off);
+    if (left)
+        klog_warn("pipeline=%s topic=%s partition=%d released at acked "
+                  "offset=%lld with %zu message(s) after it not committed; "
+                  "the next owner starts after the acked offset",
+                  part->pipeline, part->topic, part->partition,
+                  (long long)part->off.acked, left);
+    part->assigned = false;
+    part_drop_pending(part);
+    forget_assignment(part);
+}
+
+/* ---- fetching ---- */
+
+void part_pause(kh_part *part, unsigned reason, bool on) {
+    unsigned old = part->pause;
+    part->pause = on ? old | reason : old & ~reason;
+    if (part->assigned && !old != !part->pause)
+        part->port->set_paused(part->port->ud, part, part->pause != 0);
+}
+
+static rd_kafka_message_t *pend_pop(kh_part *part) {
+    rd_kafka_message_t *m = part->pend[part->pend_head];
+    part->pend_head = (part->pend_head + 1) % part->pend_cap;
+    part->pend_len--;
+    part->pend_bytes -= m->len + m->key_len;
+    return m;
+}
+
+bool part_accept(kh_part *part, rd_kafka_message_t *m) {
+    /* While a seek is owed (I4), what arrives comes from the old
+     * position: queueing it would skip the dropped messages. */
+    if (!part->assigned ||
+        (part->refetch_from >= 0 && m->offset > part->refetch_from)) {
+        rd_kafka_message_destroy(m);
+        return false;
+    }
+    if (m->offset < part->next_offset) {
+        klog_debug("pipeline=%s topic=%s partition=%d: dropped offset=%lld "
+                   "delivered again below offset=%lld",
+                   part->pipeline, part->topic, part->partition,
+                   (long long)m->offset, (long long)part->next_offset);
+        rd_kafka_message_destroy(m);
+        return false;
+    }
+    part->next_offset = m->offset + 1;
+    if (part->pend_len == part->pend_cap) {
+        size_t cap = part->pend_cap ? part->pend_cap * 2 : 256;
+        rd_kafka_message_t **ring = malloc(cap * sizeof *ring);
+        if (!ring)
+            abort();
+        for (size_t i = 0; i < part->pend_len; i++)
+            ring[i] = part->pend[(part->pend_head + i) % part->pend_cap];
+        free(part->pend);
+        part->pend = ring;
+        part->pend_cap = cap;
+        part->pend_head = 0;
+    }
+    part->pend[(part->pend_head + part->pend_len) % part->pend_cap] = m;
+    part->pend_len++;
+    part->pend_bytes += m->len + m->key_len;
+    if (part->pend_len >= KH_PENDING_HIGH ||
+        part->pend_bytes >= KH_PENDING_HIGH_BYTES)
+        part_pause(part, KH_PAUSE_FLOW, true);
+    return true;
+}
+
+static void owe_seek(kh_part *part, int64_t offset) {
+    if (offset >= 0 && (part->refetch_from < 0 || offset < part->refetch_from))
+        part->refetch_from = offset;
+}
+
+/* Dropping fetched messages is half of a rewind: the lowest one dropped
+ * is owed a seek (refetch_from) until a seek succeeds at or below it,
+ * and I1 keeps the stored offset from passing it meanwhile. */
+void part_drop_pending(kh_part *part) {
+    if (part->pend_len && part->assigned)
+        owe_seek(part, part->pend[part->pend_head]->offset);
+    while (part->pend_len)
+        rd_kafka_message_destroy(pend_pop(part));
+    part_pause(part, KH_PAUSE_FLOW, false);
+}
+
+/* ---- seeks ---- */
+
+static int seek_owed(kh_part *part) {
+    int64_t offset = part->refetch_from;
+    char why[256] = "";
+    if (part->port->seek(part->port->ud, part, offset, why, sizeof why) == 0) {
+        part->refetch_from = -1;
+        part->next_offset = offset;
+        part->seek_failures = 0;
+        part_pause(part, KH_PAUSE_SEEK, false);
+        return 0;
+    }
+    /* I4: never skipped. The seek stays owed; the partition fetches
+     * nothing until it succeeds, and the tick retries it. */
+    part->seek_failures++;
+    part_pause(part, KH_PAUSE_SEEK, true);
+    klog_error("pipeline=%s topic=%s partition=%d: seek to offset=%lld "
+               "failed (try %d): %s; the partition is paused and the seek "
+               "retried",
+               part->pipeline, part->topic, part->partition, (long long)offset,
+               part->seek_failures, why[0] ? why : "unknown error");
+    return -1;
+}
+
+void part_retry_seek(kh_part *part) {
+    if (part->assigned && part->seek_failures > 0 && part->refetch_from >= 0)
+        seek_owed(part);
+}
+
+/* Drop the queue and seek so that Kafka delivers from `seek_to` again
+ * (or from lower, when something lower is owed already). `unacked`: the
+ * in-flight messages given up on, logged because it bounds what a crash
+ * can make handlers see twice (the chaos test checks it). */
+static int64_t rewind_to(kh_part *part, int64_t seek_to, size_t unacked,
+                         const char *why) {
+    part_drop_pending(part);
+    if (!part->assigned) {
+        part->refetch_from = -1;
+        return -1;
+    }
+    owe_seek(part, seek_to);
+    if (part->refetch_from < 0)
+        return -1; /* nothing dispatched or queued: the position is right */
+    seek_to = part->refetch_from;
+    seek_owed(part);
+    klog(strstr(why, "skipped") ? KLOG_DEBUG : KLOG_INFO,
+         "pipeline=%s topic=%s partition=%d rewound to offset=%lld "
+         "(acked=%lld, unacked=%zu): %s",
+         part->pipeline, part->topic, part->partition, (long long)seek_to,
+         (long long)part->off.acked, unacked, why);
+    return seek_to;
+}
+
+int64_t part_rewind_from(kh_part *part, uint64_t seq, kh_bump bump,
+                         const char *why) {
+    size_t unacked = 0;
+    int64_t seek_to = offsets_rewind(&part->off, seq, bump, &unacked);
+    return rewind_to(part, seek_to, unacked, why);
+}
+
+int64_t part_rewind_all(kh_part *part, const char *why) {
+    size_t unacked = 0;
+    int64_t seek_to = offsets_rewind_all(&part->off, &unacked);
+    return rewind_to(part, seek_to, unacked, why);
+}
+
+void part_mark_failed(kh_part *part, int64_t offset) {
+    offsets_mark_failed(&part->off, offset);
+}
+
+/* ---- dispatching ---- */
+
+bool part_dispatchable(const kh_part *part, int64_t now_ms) {
+    return part->assigned && !part->held && part->pend_len &&
+           !(part->pause &
+             (KH_PAUSE_FAILED | KH_PAUSE_SHUTDOWN | KH_PAUSE_DLQ)) &&
+           now_ms >= part->retry_at_ms &&
+           offsets_outstanding(&part->off) < KH_MAX_UNACKED;
+}
+
+bool part_head_failed(const kh_part *part) {
+    return part->pend_len &&
+           offsets_replay_failed(&part->off,
+                                 part->pend[part->pend_head]->offset);
+}
+
+/* After a message left the queue: resume fetching below the low marks,
+ * pause while too many deferred acks are outstanding. */
+static void after_take(kh_part *part) {
+    if (part->pend_len < KH_PENDING_LOW &&
+        part->pend_bytes < KH_PENDING_LOW_BYTES &&
+        (part->pause & KH_PAUSE_FLOW))
+        part_pause(part, KH_PAUSE_FLOW, false);
+    if (offsets_outstanding(&part->off) >= KH_MAX_UNACKED)
+        part_pause(part, KH_PAUSE_UNACKED, true);
+}
+
+rd_kafka_message_t *part_take(kh_part *part, uint64_t *seq, uint32_t *attempt) {
+    rd_kafka_message_t *m = pend_pop(part);
+    *attempt = offsets_plan(&part->off, m->offset);
+    if (*attempt == 0) {
+        /* Acked before a rewind: Kafka sent it again, we do not. */
+        offsets_skip(&part->off, m->offset);
+        rd_kafka_message_destroy(m);
+        after_take(part);
+        return NULL;
+    }
+    *seq = offsets_dispatch(&part->off, m->offset, *attempt);
+    after_take(part);
+    return m;
+}
+
+rd_kafka_message_t *part_take_failed(kh_part *part, uint32_t *attempts) {
+    rd_kafka_message_t *m = pend_pop(part);
+    /* The replay carries the attempt number this delivery would have had;
+     * the handler saw one fewer. */
+    uint32_t a = offsets_plan(&part->off, m->offset);
+    *attempts = a > 1 ? a - 1 : 1;
+    after_take(part);
+    return m;
+}
+
+void part_skip(kh_part *part, int64_t offset) {
+    offsets_skip(&part->off, offset);
+}
+
+uint64_t part_track_dlq(kh_part *part, int64_t offset, uint32_t attempts) {
+    uint64_t seq = offsets_dispatch(&part->off, offset, attempts);
+    kh_entry *e;
+    offsets_find(&part->off, seq, &e);
+    e->state = KH_ENTRY_DLQ;
+    return seq;
+}
+
+bool part_dlq_done(kh_part *part, uint64_t seq, int64_t offset, bool *later) {
+    *later = false;
+    if (!part->assigned)
+        return false;
+    kh_entry *e;
+    kh_lookup found = offsets_find(&part->off, seq, &e);
+    if (found == KH_LOOKUP_OK && e->state == KH_ENTRY_DLQ) {
+        e->state = KH_ENTRY_ACKED;
+        return true;
+    }
+    /* A rewind dropped the entry while the copy was on its way: its
+     * redelivery is acked without being handled or written again. */
+    *later =
+        found == KH_LOOKUP_STALE && offsets_replay_resolved(&part->off, offset);
+    return *later;
+}
+
+void part_backoff(kh_part *part, int64_t until_ms) {
+    part->retry_at_ms = until_ms;
+}
+
+void part_hold(kh_part *part) {
+    part->held = true;
+    part_pause(part, KH_PAUSE_FAILED, true);
+}
+
+/* ---- answers ---- */
+
+kh_lookup part_find(kh_part *part, uint64_t seq, kh_entry **e) {
+    return offsets_find(&part->off, seq, e);
+}
+
+void part_ack(kh_part *part, kh_entry *e) {
+    (void)part;
+    e->state = KH_ENTRY_ACKED;
+}
+
+void part_defer(kh_part *part, kh_entry *e) {
+    (void)part;
+    e->state = KH_ENTRY_DEFERRED;
+}
+
+/* ---- waiting ---- */
+
+bool part_unsettled(kh_part *part, bool results_only) {
+    offsets_advance(&part->off);
+    if (!part->assigned)
+        return false;
+    if (results_only)
+        return offsets_has_inflight(&part->off);
+    return offsets_outstanding(&part->off) > 0;
+}
+
+/* ---- stores (I1) ---- */
+
+int64_t part_commit_offset(kh_part *part) {
+    offsets_advance(&part->off);
+    if (!part->assigned || part->off.acked < 0)
+        return -1;
+    int64_t want = part->off.acked + 1;
+    int64_t limits[3] = {offsets_first_unresolved(&part->off),
+                         part->pend_len ? part->pend[part->pend_head]->offset
+                                        : -1,
+                         part->refetch_from};
+    static const char *const what[3] = {"a message in flight or deferred",
+                                        "a fetched message not dispatched",
+                                        "a dropped message not fetched again"};
+    for (int i = 0; i < 3; i++) {
+        if (limits[i] < 0 || want <= limits[i])
+            continue;
+        klog_error("pipeline=%s topic=%s partition=%d: INVARIANT I1 "
+                   "violated: refusing to store offset=%lld past %s at "
+                   "offset=%lld",
+                   part->pipeline, part->topic, part->partition,
+                   (long long)want, what[i], (long long)limits[i]);
+#ifdef KHOST_CHECKED
+        abort();
+#endif
+        return -1;
+    }
+    return want;
+}
+
+void part_store(kh_part *part) {
+    if (!part->assigned)
+        return;
+    bool moved = offsets_advance(&part->off);
+    int64_t offset = moved || part->off.acked + 1 != part->stored
+                         ? part_commit_offset(part)
+                         : -1;
+    if (offset >= 0 && offset != part->stored) {
+        char why[256] = "";
+        if (part->port->store(part->port->ud, part, offset, why, sizeof why))
+            klog_warn("pipeline=%s topic=%s partition=%d: storing "
+                      "offset=%lld failed: %s",
+                      part->pipeline, part->topic, part->partition,
+                      (long long)offset, why);
+        else
+            part->stored = offset;
+    }
+    if (offsets_outstanding(&part->off) < KH_MAX_UNACKED / 2 &&
+        (part->pause & KH_PAUSE_UNACKED))
+        part_pause(part, KH_PAUSE_UNACKED, false);
+}
+
+void parts_store(kh_part **parts, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        part_store(parts[i]);
+}
+
+void parts_retry_seeks(kh_part **parts, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        part_retry_seek(parts[i]);
+}
