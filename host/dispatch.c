@@ -98,11 +98,8 @@ void dispatch_pump(kh_pipeline_rt *pl) {
     if (pl->failed)
         return;
     int64_t now = kh_now_ms();
-    int n_extra;
-    kh_worker *extra = reload_workers(pl, &n_extra);
-    for (int i = 0; i < pl->n_workers + n_extra; i++) {
-        kh_worker *w =
-            i < pl->n_workers ? &pl->workers[i] : &extra[i - pl->n_workers];
+    for (int i = 0; i < pl_n_all_workers(pl); i++) {
+        kh_worker *w = pl_worker(pl, i);
         if (w->state != KH_W_READY)
             continue;
         while (w->inflight < KH_MAX_INFLIGHT &&
@@ -406,17 +403,14 @@ void dispatch_drain(kh_pipeline_rt *pl, kh_part **parts, size_t n,
             break;
         /* Every worker of both generations: a pipeline may have 256, and
          * a swap runs two generations at once. */
-        int n_extra;
-        kh_worker *extra = reload_workers(pl, &n_extra);
-        int total = pl->n_workers + n_extra;
+        int total = pl_n_all_workers(pl);
         struct pollfd *fds = calloc((size_t)total + 1, sizeof *fds);
         kh_worker **who = calloc((size_t)total + 1, sizeof *who);
         if (!fds || !who)
             abort();
         int nfds = 0;
         for (int i = 0; i < total; i++) {
-            kh_worker *w =
-                i < pl->n_workers ? &pl->workers[i] : &extra[i - pl->n_workers];
+            kh_worker *w = pl_worker(pl, i);
             if (w->conn.fd < 0 ||
                 (w->state != KH_W_READY && w->state != KH_W_STOPPING))
                 continue;
@@ -444,7 +438,7 @@ void dispatch_drain(kh_pipeline_rt *pl, kh_part **parts, size_t n,
 }
 
 void dispatch_end_drain(kh_pipeline_rt *pl) {
-    for (int i = 0; i < pl->n_workers; i++)
-        if (pl->workers[i].status)
-            status_set_drain(pl->workers[i].status, false);
+    for (int i = 0; i < pl_n_all_workers(pl); i++)
+        if (pl_worker(pl, i)->status)
+            status_set_drain(pl_worker(pl, i)->status, false);
 }

@@ -355,3 +355,32 @@ bool failure_apply(kh_part *part) {
     produce(job);
     return true;
 }
+
+/* Crashes per suspect offset; at poison_after the message fails instead
+ * of crashing the partition's worker forever. */
+void failure_count_crash(kh_pipeline_rt *pl, kh_part *part, int64_t offset,
+                         uint32_t count, const char *how) {
+    if (count > 1) {
+        /* A batch call: the suspect is only the first of the batch. The
+         * crashed range goes one message per frame to find the culprit. */
+        return;
+    }
+    if (part->crash_offset == offset) {
+        part->crash_count++;
+    } else {
+        part->crash_offset = offset;
+        part->crash_count = 1;
+    }
+    if (part->crash_count < pl->cfg->poison_after)
+        return;
+    pl->poison++;
+    klog_error("pipeline=%s topic=%s partition=%d offset=%lld: poison "
+               "message: it crashed its worker %d times in a row (last: %s)",
+               pl->cfg->name, part->topic, part->partition, (long long)offset,
+               part->crash_count, how);
+    failure_note(part, offset, "crashed its worker %d times (last: %s)",
+                 part->crash_count, how);
+    part_mark_failed(part, offset);
+    part->crash_count = 0;
+    part->crash_offset = -1;
+}

@@ -172,11 +172,11 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *ud) {
         supervisor_check_hangs(pl, now);
         failure_poll(pl);
         parts_retry_seeks(pl->parts, pl->n_parts);
-        reload_tick(pl, now);
         /* Retry backoffs expire here, and librdkafka events that arrive
          * while its queue is not empty are picked up. */
         kafka_poll(pl);
     }
+    reload_tick(host, now);
     run_pending_reload(host);
     sd_event_source_set_time(s, usec + KH_TICK_MS * 1000);
     sd_event_source_set_enabled(s, SD_EVENT_ON);

@@ -30,7 +30,6 @@
 #include <unistd.h>
 
 #define KH_POLL_BUDGET 8192
-#define KH_REVOKE_DRAIN_MAX_MS 5000
 
 kh_part *pipeline_part(kh_pipeline_rt *pl, const char *topic, int32_t p,
                        bool create) {
@@ -252,19 +251,30 @@ static void describe_list(const rd_kafka_topic_partition_list_t *l, char *buf,
     }
 }
 
+/* The partitions of a rebalance list, as the host's (created on assign). */
+static size_t parts_of(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
+                       bool create, kh_part ***out) {
+    kh_part **parts = calloc((size_t)l->cnt + 1, sizeof *parts);
+    if (!parts)
+        abort();
+    size_t n = 0;
+    for (int i = 0; i < l->cnt; i++) {
+        kh_part *part =
+            pipeline_part(pl, l->elems[i].topic, l->elems[i].partition, create);
+        if (part && (create || part->assigned))
+            parts[n++] = part;
+    }
+    *out = parts;
+    return n;
+}
+
 static void on_assign(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
                       bool cooperative) {
     pl->rebalances++;
-    for (int i = 0; i < l->cnt; i++) {
-        kh_part *part =
-            pipeline_part(pl, l->elems[i].topic, l->elems[i].partition, true);
-        part_assign(part);
-        part->owner = supervisor_assign_owner(pl);
-        part->crash_offset = -1;
-        part->crash_count = 0;
-        part->isolate_through = -1;
-        part->fail_offset = -1;
-    }
+    kh_part **parts;
+    size_t n = parts_of(pl, l, true, &parts);
+    for (size_t i = 0; i < n; i++)
+        part_assign(parts[i]);
     rd_kafka_error_t *error = NULL;
     rd_kafka_resp_err_t e = 0;
     if (cooperative)
@@ -283,51 +293,17 @@ static void on_assign(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
     describe_list(l, desc, sizeof desc);
     klog_info("pipeline=%s rebalance #%llu: assigned %d partition(s): %s",
               pl->cfg->name, (unsigned long long)pl->rebalances, l->cnt, desc);
-    for (int i = 0; i < l->cnt; i++) {
-        kh_part *part =
-            pipeline_part(pl, l->elems[i].topic, l->elems[i].partition, false);
-        kh_worker *w = dispatch_owner(part);
-        if (pl->failed)
-            part_pause(part, KH_PAUSE_FAILED, true);
-        else if (w->state != KH_W_READY)
-            part_pause(part, KH_PAUSE_WORKER, true);
-        else
-            dispatch_send_partition_event(part, KH_F_ASSIGN);
-    }
-}
-
-static void release_part(kh_part *part) {
-    kh_worker *w = dispatch_owner(part);
-    if (w)
-        w->n_parts--;
-    part->owner = NULL;
-    part_release(part);
+    pl->consumer_events->assigned(pl, parts, n);
+    free(parts);
 }
 
 static void on_revoke(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
                       bool cooperative) {
-    kh_part **parts = calloc((size_t)l->cnt + 1, sizeof *parts);
-    size_t n = 0;
-    for (int i = 0; i < l->cnt; i++) {
-        kh_part *part =
-            pipeline_part(pl, l->elems[i].topic, l->elems[i].partition, false);
-        if (part && part->assigned) {
-            parts[n++] = part;
-            part_drop_pending(part);
-        }
-    }
-    /* REVOKE goes out first so the plugin's on_revoke, its last chance to
-     * ack deferred messages, runs while those acks can still count. */
+    kh_part **parts;
+    size_t n = parts_of(pl, l, false, &parts);
+    pl->consumer_events->revoking(pl, parts, n);
     for (size_t i = 0; i < n; i++)
-        dispatch_send_partition_event(parts[i], KH_F_REVOKE);
-    int bound = pl->cfg->shutdown_timeout_ms < KH_REVOKE_DRAIN_MAX_MS
-                    ? pl->cfg->shutdown_timeout_ms
-                    : KH_REVOKE_DRAIN_MAX_MS;
-    dispatch_drain(pl, parts, n, kh_now_ms() + bound, false);
-    kafka_commit_sync(pl, parts, n, bound);
-    for (size_t i = 0; i < n; i++)
-        release_part(parts[i]);
-    dispatch_end_drain(pl);
+        part_release(parts[i]);
     free(parts);
     char desc[1024];
     describe_list(l, desc, sizeof desc);
@@ -393,7 +369,7 @@ void kafka_poll(kh_pipeline_rt *pl) {
         }
         part_accept(part, m);
     }
-    dispatch_pump(pl);
+    pl->consumer_events->polled(pl);
     /* The wake pipe only fires when the queue turns non-empty; if the
      * budget ran out, come back on the next loop iteration. */
     if (budget < 0 && pl->defer_src)

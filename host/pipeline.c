@@ -15,21 +15,142 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#define KH_REVOKE_DRAIN_MAX_MS 5000
+
+/* ---- what the consumer tells the pipeline ---- */
+
+static void on_assigned(kh_pipeline_rt *pl, kh_part **parts, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        kh_part *part = parts[i];
+        /* Failure memory is per assignment. */
+        part->crash_offset = -1;
+        part->crash_count = 0;
+        part->isolate_through = -1;
+        part->fail_offset = -1;
+        part->owner = supervisor_assign_owner(pl);
+        if (pl->failed)
+            part_pause(part, KH_PAUSE_FAILED, true);
+        else if (part->owner->state != KH_W_READY)
+            part_pause(part, KH_PAUSE_WORKER, true);
+        else
+            dispatch_send_partition_event(part, KH_F_ASSIGN);
+    }
+}
+
+static void on_revoking(kh_pipeline_rt *pl, kh_part **parts, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        part_drop_pending(parts[i]);
+    /* REVOKE goes out first so the plugin's on_revoke, its last chance to
+     * ack deferred messages, runs while those acks can still count. */
+    for (size_t i = 0; i < n; i++)
+        dispatch_send_partition_event(parts[i], KH_F_REVOKE);
+    int bound = pl->cfg->shutdown_timeout_ms < KH_REVOKE_DRAIN_MAX_MS
+                    ? pl->cfg->shutdown_timeout_ms
+                    : KH_REVOKE_DRAIN_MAX_MS;
+    dispatch_drain(pl, parts, n, kh_now_ms() + bound, false);
+    kafka_commit_sync(pl, parts, n, bound);
+    for (size_t i = 0; i < n; i++) {
+        if (parts[i]->owner)
+            parts[i]->owner->n_parts--;
+        parts[i]->owner = NULL;
+    }
+    dispatch_end_drain(pl);
+}
+
+static void on_polled(kh_pipeline_rt *pl) {
+    dispatch_pump(pl);
+}
+
+static const kh_consumer_events consumer_events = {
+    .assigned = on_assigned,
+    .revoking = on_revoking,
+    .polled = on_polled,
+};
+
+/* ---- what the supervisor tells the pipeline ---- */
+
+static void on_ready(kh_worker *w) {
+    kh_pipeline_rt *pl = w->pl;
+    if (w->candidate) {
+        swap_worker_ready(w); /* the swap counts its new workers */
+        return;
+    }
+    /* A canary's worker is not the pipeline's plugin yet. */
+    if (w >= pl->workers && w < pl->workers + pl->n_workers) {
+        snprintf(pl->plugin_name, sizeof pl->plugin_name, "%s", w->plugin_name);
+        snprintf(pl->plugin_version, sizeof pl->plugin_version, "%s",
+                 w->plugin_version);
+    }
+    for (size_t i = 0; i < pl->n_parts; i++) {
+        kh_part *part = pl->parts[i];
+        if (!part->assigned || part->owner != w)
+            continue;
+        dispatch_send_partition_event(part, KH_F_ASSIGN);
+        part_pause(part, KH_PAUSE_WORKER, false);
+    }
+    dispatch_pump(pl);
+}
+
+/* Every partition the dead worker owned goes back to its acked watermark
+ * and waits for the replacement; the suspect counts towards poison. */
+static void on_crashed(kh_worker *w, const kh_crash *c) {
+    kh_pipeline_rt *pl = w->pl;
+    for (size_t i = 0; i < pl->n_parts; i++) {
+        kh_part *part = pl->parts[i];
+        if (!part->assigned || part->owner != w)
+            continue;
+        part_pause(part, KH_PAUSE_WORKER, true);
+        if (c->suspect_count > 1)
+            part->isolate_through = offsets_last_dispatched(&part->off);
+        part_rewind_all(part, "worker crashed");
+    }
+    if (c->suspect)
+        failure_count_crash(pl, c->suspect, c->suspect_offset, c->suspect_count,
+                            c->how);
+    parts_store(pl->parts, pl->n_parts);
+}
+
+static void on_died(kh_worker *w, const char *how) {
+    swap_worker_died(w, how);
+}
+
+/* The restart limit was exceeded: the pipeline stops consuming, loudly. */
+static void on_exhausted(kh_pipeline_rt *pl) {
+    pl->failed = true;
+    klog_error("pipeline=%s FAILED: more than %d worker restarts within %d s; "
+               "its partitions stay paused and nothing past the acked "
+               "offsets is committed (on_exhausted=%s)",
+               pl->cfg->name, pl->cfg->max_restarts, pl->cfg->max_seconds,
+               pl->cfg->on_exhausted == KH_ON_EXHAUSTED_EXIT ? "exit"
+                                                             : "pause");
+    for (size_t i = 0; i < pl->n_parts; i++)
+        if (pl->parts[i]->assigned)
+            part_pause(pl->parts[i], KH_PAUSE_FAILED, true);
+    if (pl->cfg->on_exhausted == KH_ON_EXHAUSTED_EXIT)
+        pl->host->hooks.request_exit(pl->host, 1);
+}
+
+static const kh_supervisor_events supervisor_events = {
+    .read = dispatch_read,
+    .pump = dispatch_pump,
+    .ready = on_ready,
+    .crashed = on_crashed,
+    .died = on_died,
+    .exhausted = on_exhausted,
+};
+
 void pipeline_free(kh_pipeline_rt *pl) {
     kafka_pipeline_close(pl, pl->cfg->shutdown_timeout_ms);
     failure_pipeline_stop(pl, 0);
     for (size_t p = 0; p < pl->n_parts; p++)
         part_free(pl->parts[p]);
     free(pl->parts);
-    for (int w = 0; w < pl->n_workers; w++)
-        pl->workers[w].restart_timer =
-            sd_event_source_disable_unref(pl->workers[w].restart_timer);
-    free(pl->workers);
+    supervisor_free(pl);
     free(pl->restarts);
     if (pl->snapshot)
         unlink(pl->snapshot); /* a removed or restarted pipeline's copy */
     free(pl->snapshot);
-    reload_free(pl);
+    swap_free(pl);
     free(pl);
 }
 
@@ -41,6 +162,8 @@ kh_pipeline_rt *pipeline_start(kh_host *host, const kh_config *root,
     pl->host = host;
     pl->root = root;
     pl->cfg = cfg;
+    pl->consumer_events = &consumer_events;
+    pl->supervisor_events = &supervisor_events;
     pl->wake_fd[0] = pl->wake_fd[1] = -1;
     char err[1024];
     struct stat st;
@@ -91,7 +214,7 @@ void pipeline_stop(kh_pipeline_rt *pl) {
     if (!pl->rk)
         return;
     pl->stopping = true;
-    reload_abort(pl, "the pipeline is stopping");
+    swap_abort(pl, "the pipeline is stopping");
     int64_t deadline = kh_now_ms() + pl->cfg->shutdown_timeout_ms;
     for (size_t p = 0; p < pl->n_parts; p++) {
         kh_part *part = pl->parts[p];

@@ -61,20 +61,66 @@ struct kh_worker {
     char plugin_version[64];
 };
 
+/* What the consumer (kafka.c) tells its pipeline; pipeline.c handles it.
+ * Calls go down, these events go up. */
+typedef struct kh_consumer_events {
+    /* Newly assigned and fetching (part_assign done): owners wanted. */
+    void (*assigned)(kh_pipeline_rt *pl, kh_part **parts, size_t n);
+    /* About to be revoked: drain and commit now; the consumer releases
+     * them (part_release) when this returns. */
+    void (*revoking)(kh_pipeline_rt *pl, kh_part **parts, size_t n);
+    /* A poll queued what Kafka delivered: time to dispatch. */
+    void (*polled)(kh_pipeline_rt *pl);
+} kh_consumer_events;
+
+/* A worker's crash, as the supervisor saw it. */
+typedef struct kh_crash {
+    const char *how;        /* "killed by SIGSEGV", "exited with status 3" */
+    kh_part *suspect;       /* partition of the message in hand, or NULL */
+    int64_t suspect_offset; /* its offset */
+    uint32_t suspect_count; /* messages in the call in hand (>1: a batch) */
+} kh_crash;
+
+/* What the supervisor tells its pipeline; pipeline.c handles it. */
+typedef struct kh_supervisor_events {
+    /* Read and handle what w sent (its channel is readable or closed, or
+     * it is exiting). Returns -1 when the channel is gone. */
+    int (*read)(kh_worker *w);
+    /* After a worker's I/O: time to dispatch. */
+    void (*pump)(kh_pipeline_rt *pl);
+    /* w answered READY (its state is READY now). */
+    void (*ready)(kh_worker *w);
+    /* w crashed or was killed while serving: its partitions need a
+     * rewind. Comes before `died`. */
+    void (*crashed)(kh_worker *w, const kh_crash *c);
+    /* w died unplanned (a crash, or a new-generation worker that did not
+     * start). The handler may free a new-generation w. */
+    void (*died)(kh_worker *w, const char *how);
+    /* The restart limit was exceeded, or a worker cannot be restarted. */
+    void (*exhausted)(kh_pipeline_rt *pl);
+} kh_supervisor_events;
+
 struct kh_pipeline_rt {
     kh_host *host;
+    const kh_consumer_events *consumer_events;
+    const kh_supervisor_events *supervisor_events;
     const kh_config *root; /* the whole file this pipeline came from */
     const kh_pipeline *cfg;
-    struct stat plugin_stat;  /* of cfg->plugin_path when snapshotted */
-    struct kh_reload *reload; /* reload.c state, NULL when none */
+    struct stat plugin_stat; /* of cfg->plugin_path when snapshotted */
+    struct kh_swap *swap;    /* swap.c state, NULL when none */
     rd_kafka_t *rk;
     kh_consumer_port consumer; /* rk as partition.c sees it (kafka.c) */
     rd_kafka_queue_t *queue;
     int wake_fd[2]; /* librdkafka writes here when its queue fills */
     sd_event_source *wake_src;
     sd_event_source *defer_src; /* keeps polling while the budget ran out */
-    kh_worker *workers;
+    kh_worker *workers;         /* the current generation */
     int n_workers;
+    /* The next generation: a plugin swap's new workers while they start
+     * and while a canary runs; NULL when none. Both are the supervisor's;
+     * the swap (reload.c) starts, promotes or drops the next one. */
+    kh_worker *next;
+    int n_next;
     char *snapshot; /* the plugin copy current workers load */
     kh_part **parts;
     size_t n_parts, cap_parts;
@@ -94,6 +140,14 @@ struct kh_pipeline_rt {
     char plugin_version[64];
     uint64_t reported_handled;
 };
+
+/* Every worker of both generations: pl_worker(pl, i), i < pl_n_all_workers. */
+static inline int pl_n_all_workers(const kh_pipeline_rt *pl) {
+    return pl->n_workers + pl->n_next;
+}
+static inline kh_worker *pl_worker(kh_pipeline_rt *pl, int i) {
+    return i < pl->n_workers ? &pl->workers[i] : &pl->next[i - pl->n_workers];
+}
 
 /* What the modules below the host may ask of it, passed down as hooks so
  * that nothing below calls host.c (calls go down, events go up). */
@@ -175,6 +229,11 @@ void failure_note(kh_part *part, int64_t offset, const char *fmt, ...)
 bool failure_apply(kh_part *part);
 /* Serve dead-letter delivery reports and retry failed writes. */
 void failure_poll(kh_pipeline_rt *pl);
+/* A worker crashed with `count` messages in its call, the first at
+ * `offset` of `part` (after the rewind): count it towards poison_after,
+ * and fail the message when it crashed its worker that often in a row. */
+void failure_count_crash(kh_pipeline_rt *pl, kh_part *part, int64_t offset,
+                         uint32_t count, const char *how);
 
 /* ---- supervisor.c ---- */
 int supervisor_start(kh_pipeline_rt *pl);
@@ -188,6 +247,15 @@ kh_worker *supervisor_assign_owner(kh_pipeline_rt *pl);
 void supervisor_stop_all(kh_pipeline_rt *pl, int64_t deadline_ms);
 void supervisor_stop_workers(kh_pipeline_rt *pl, kh_worker *ws, int n,
                              int64_t deadline_ms);
+/* Generations: start the next one (new-generation workers, on cfg's
+ * plugin snapshot); stop and free it; or make it the current one after
+ * stopping the old (each stop bounded by deadline_ms). */
+int supervisor_start_next(kh_pipeline_rt *pl, const kh_pipeline *cfg,
+                          const char *snapshot);
+void supervisor_drop_next(kh_pipeline_rt *pl, int64_t deadline_ms);
+void supervisor_promote_next(kh_pipeline_rt *pl, int64_t deadline_ms);
+/* Free both generations (their processes are gone). */
+void supervisor_free(kh_pipeline_rt *pl);
 int supervisor_spawn(kh_worker *w);
 
 /* ---- pipeline.c ---- */
@@ -203,16 +271,28 @@ void pipeline_free(kh_pipeline_rt *pl);
  * line either way. The caller re-arms admin_watch (plugin paths may have
  * changed). */
 int reload_apply(kh_host *host, char *msg, size_t len);
-void reload_worker_ready(kh_worker *w);
-/* A worker of pl died: a candidate's death aborts its reload; a crash
- * during probation may roll the reload back. */
-void reload_worker_died(kh_worker *w, const char *how);
-void reload_tick(kh_pipeline_rt *pl, int64_t now_ms);
-void reload_abort(kh_pipeline_rt *pl, const char *why);
-void reload_free(kh_pipeline_rt *pl);
-/* Workers of a swap in progress (the new generation while a canary runs
- * or candidates start), which pump, hang checks and drains serve too. */
-kh_worker *reload_workers(kh_pipeline_rt *pl, int *n);
+/* From the host's tick: drive every swap, free configurations no longer
+ * referenced. */
+void reload_tick(kh_host *host, int64_t now_ms);
+
+/* ---- swap.c ---- */
+/* Begin a swap of pl's workers to cfg's plugin (a reload), or back to a
+ * previous one (a rollback: its snapshot given). */
+void swap_begin(kh_pipeline_rt *pl, const kh_pipeline *cfg, char *snapshot,
+                const struct stat *st, bool is_rollback);
+void swap_worker_ready(kh_worker *w);
+/* A worker of pl died: a new-generation one's death abandons the swap
+ * (and frees w); a crash during probation may roll the swap back. */
+void swap_worker_died(kh_worker *w, const char *how);
+/* Time-driven steps; true when configurations may have been released. */
+bool swap_tick(kh_pipeline_rt *pl, int64_t now_ms);
+void swap_abort(kh_pipeline_rt *pl, const char *why);
+/* End a probation early (a newer reload replaces it). */
+void swap_end_probation(kh_pipeline_rt *pl);
+void swap_free(kh_pipeline_rt *pl);
+/* Does pl's swap point into the pipelines [lo, hi) of a configuration? */
+bool swap_references(const kh_pipeline_rt *pl, const kh_pipeline *lo,
+                     const kh_pipeline *hi);
 
 /* ---- admin.c ---- */
 /* The control socket (mode 0600) that `khost reload -c FILE` talks to. */

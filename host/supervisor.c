@@ -67,8 +67,8 @@ static int on_worker_io(sd_event_source *s, int fd, uint32_t revents,
             sd_event_source_set_io_events(w->io_src, EPOLLIN);
     }
     if (revents & (EPOLLIN | EPOLLHUP | EPOLLERR))
-        dispatch_read(w);
-    dispatch_pump(w->pl);
+        w->pl->supervisor_events->read(w);
+    w->pl->supervisor_events->pump(w->pl);
     return 0;
 }
 
@@ -131,36 +131,6 @@ static kh_part *find_suspect(kh_worker *w, int64_t *offset, uint32_t *count,
     return part;
 }
 
-/* Count crashes per suspect offset; at poison_after the message fails
- * instead of crashing the partition's worker forever. Called after the
- * partition was rewound. */
-static void count_poison(kh_pipeline_rt *pl, kh_part *part, int64_t offset,
-                         uint32_t count, const char *how) {
-    if (count > 1) {
-        /* A batch call: the suspect is only the first of the batch. Send
-         * the crashed range one message per frame to find the culprit. */
-        return;
-    }
-    if (part->crash_offset == offset) {
-        part->crash_count++;
-    } else {
-        part->crash_offset = offset;
-        part->crash_count = 1;
-    }
-    if (part->crash_count < pl->cfg->poison_after)
-        return;
-    pl->poison++;
-    klog_error("pipeline=%s topic=%s partition=%d offset=%lld: poison "
-               "message: it crashed its worker %d times in a row (last: %s)",
-               pl->cfg->name, part->topic, part->partition, (long long)offset,
-               part->crash_count, how);
-    failure_note(part, offset, "crashed its worker %d times (last: %s)",
-                 part->crash_count, how);
-    part_mark_failed(part, offset);
-    part->crash_count = 0;
-    part->crash_offset = -1;
-}
-
 static bool intensity_exceeded(kh_pipeline_rt *pl, int64_t now) {
     const kh_pipeline *cfg = pl->cfg;
     size_t cap = (size_t)cfg->max_restarts + 1;
@@ -174,21 +144,6 @@ static bool intensity_exceeded(kh_pipeline_rt *pl, int64_t now) {
     memmove(pl->restarts, pl->restarts + 1, (cap - 1) * sizeof *pl->restarts);
     pl->restarts[cap - 1] = now;
     return now - pl->restarts[0] <= cfg->max_seconds * 1000LL;
-}
-
-static void pipeline_fail(kh_pipeline_rt *pl) {
-    pl->failed = true;
-    klog_error("pipeline=%s FAILED: more than %d worker restarts within %d s; "
-               "its partitions stay paused and nothing past the acked "
-               "offsets is committed (on_exhausted=%s)",
-               pl->cfg->name, pl->cfg->max_restarts, pl->cfg->max_seconds,
-               pl->cfg->on_exhausted == KH_ON_EXHAUSTED_EXIT ? "exit"
-                                                             : "pause");
-    for (size_t i = 0; i < pl->n_parts; i++)
-        if (pl->parts[i]->assigned)
-            part_pause(pl->parts[i], KH_PAUSE_FAILED, true);
-    if (pl->cfg->on_exhausted == KH_ON_EXHAUSTED_EXIT)
-        pl->host->hooks.request_exit(pl->host, 1);
 }
 
 static int on_restart_timer(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -206,7 +161,7 @@ static int on_restart_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         klog_error("pipeline=%s worker=%d: cannot be restarted (see above); "
                    "not retrying",
                    w->pl->cfg->name, w->index);
-        pipeline_fail(w->pl);
+        w->pl->supervisor_events->exhausted(w->pl);
     }
     return 0;
 }
@@ -249,7 +204,7 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
                    si->si_status == 0;
     /* Read what it managed to send before dying: acks count. */
     if (w->state == KH_W_READY || w->state == KH_W_STOPPING)
-        dispatch_read(w);
+        pl->supervisor_events->read(w);
     release_process(w);
     if (w->candidate) {
         /* A reload's new worker: it owns nothing yet, and its death means
@@ -258,7 +213,7 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
         klog_error("pipeline=%s new worker=%d pid=%d %s%s%s", pl->cfg->name,
                    w->index, (int)pid, how, w->init_error[0] ? ": " : "",
                    w->init_error);
-        reload_worker_died(w, how); /* may free w */
+        pl->supervisor_events->died(w, how); /* may free w */
         return 0;
     }
     if (orderly || pl->stopping || pl->host->shutting_down) {
@@ -283,20 +238,13 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
     w->kill_reason[0] = '\0';
     w->init_error[0] = '\0';
 
-    /* Every partition it owned goes back to its acked watermark and
-     * waits for the replacement. */
-    for (size_t i = 0; i < pl->n_parts; i++) {
-        kh_part *part = pl->parts[i];
-        if (!part->assigned || part->owner != w)
-            continue;
-        part_pause(part, KH_PAUSE_WORKER, true);
-        if (suspect_count > 1)
-            part->isolate_through = offsets_last_dispatched(&part->off);
-        part_rewind_all(part, "worker crashed");
-    }
-    if (suspect_part)
-        count_poison(pl, suspect_part, suspect_offset, suspect_count, how);
-    parts_store(pl->parts, pl->n_parts);
+    /* Its partitions go back to their acked watermarks (failure policy,
+     * up in the pipeline). */
+    kh_crash crash = {.how = how,
+                      .suspect = suspect_part,
+                      .suspect_offset = suspect_offset,
+                      .suspect_count = suspect_count};
+    pl->supervisor_events->crashed(w, &crash);
 
     int64_t now = kh_now_ms();
     /* A worker that ran well for a whole window starts a fresh backoff. */
@@ -304,12 +252,12 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
         w->consecutive_crashes = 0;
     if (intensity_exceeded(pl, now)) {
         w->state = KH_W_STOPPED;
-        pipeline_fail(pl);
+        pl->supervisor_events->exhausted(pl);
         return 0;
     }
     pl->restarts_total++;
     schedule_restart(w);
-    reload_worker_died(w, how); /* counts crashes during a probation */
+    pl->supervisor_events->died(w, how); /* a probation counts crashes */
     return 0;
 }
 
@@ -509,27 +457,10 @@ void supervisor_worker_ready(kh_worker *w, const char *name,
     w->state = KH_W_READY;
     snprintf(w->plugin_version, sizeof w->plugin_version, "%s", version);
     snprintf(w->plugin_name, sizeof w->plugin_name, "%s", name);
-    if (w->candidate) {
-        klog_info("pipeline=%s new worker=%d pid=%d ready: plugin %s %s",
-                  pl->cfg->name, w->index, (int)w->pid, name, version);
-        reload_worker_ready(w);
-        return;
-    }
-    /* A canary's worker is not the pipeline's plugin yet. */
-    if (w >= pl->workers && w < pl->workers + pl->n_workers) {
-        snprintf(pl->plugin_name, sizeof pl->plugin_name, "%s", name);
-        snprintf(pl->plugin_version, sizeof pl->plugin_version, "%s", version);
-    }
-    klog_info("pipeline=%s worker=%d pid=%d ready: plugin %s %s", pl->cfg->name,
-              w->index, (int)w->pid, name, version);
-    for (size_t i = 0; i < pl->n_parts; i++) {
-        kh_part *part = pl->parts[i];
-        if (!part->assigned || part->owner != w)
-            continue;
-        dispatch_send_partition_event(part, KH_F_ASSIGN);
-        part_pause(part, KH_PAUSE_WORKER, false);
-    }
-    dispatch_pump(pl);
+    klog_info("pipeline=%s %sworker=%d pid=%d ready: plugin %s %s",
+              pl->cfg->name, w->candidate ? "new " : "", w->index, (int)w->pid,
+              name, version);
+    pl->supervisor_events->ready(w);
 }
 
 void supervisor_kill(kh_worker *w, const char *reason) {
@@ -551,11 +482,8 @@ void supervisor_kill(kh_worker *w, const char *reason) {
 void supervisor_check_hangs(kh_pipeline_rt *pl, int64_t now_ms) {
     int timeout = pl->cfg->handler_timeout_ms;
     int init_timeout = pl->cfg->init_timeout_ms;
-    int n_extra;
-    kh_worker *extra = reload_workers(pl, &n_extra);
-    for (int i = 0; i < pl->n_workers + n_extra; i++) {
-        kh_worker *w =
-            i < pl->n_workers ? &pl->workers[i] : &extra[i - pl->n_workers];
+    for (int i = 0; i < pl_n_all_workers(pl); i++) {
+        kh_worker *w = pl_worker(pl, i);
         /* A hung init would keep the worker's partitions paused forever,
          * with nothing in the log. */
         if (w->state == KH_W_STARTING && w->pid && !w->kill_reason[0] &&
@@ -592,6 +520,62 @@ kh_worker *supervisor_assign_owner(kh_pipeline_rt *pl) {
     return &pl->workers[best];
 }
 
+/* ---- generations ---- */
+
+int supervisor_start_next(kh_pipeline_rt *pl, const kh_pipeline *cfg,
+                          const char *snapshot) {
+    pl->next = calloc((size_t)cfg->workers, sizeof *pl->next);
+    if (!pl->next)
+        return -1;
+    pl->n_next = cfg->workers;
+    for (int i = 0; i < pl->n_next; i++) {
+        kh_worker *w = &pl->next[i];
+        w->pl = pl;
+        w->cfg = cfg;
+        w->plugin_path = snapshot;
+        w->candidate = true;
+        w->index = i;
+        w->conn.fd = -1;
+        if (supervisor_spawn(w) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void free_generation(kh_worker *ws, int n) {
+    for (int i = 0; ws && i < n; i++)
+        ws[i].restart_timer =
+            sd_event_source_disable_unref(ws[i].restart_timer);
+    free(ws);
+}
+
+void supervisor_drop_next(kh_pipeline_rt *pl, int64_t deadline_ms) {
+    if (!pl->next)
+        return;
+    supervisor_stop_workers(pl, pl->next, pl->n_next, deadline_ms);
+    free_generation(pl->next, pl->n_next);
+    pl->next = NULL;
+    pl->n_next = 0;
+}
+
+void supervisor_promote_next(kh_pipeline_rt *pl, int64_t deadline_ms) {
+    /* The old generation runs terminate and exits; while it does, both
+     * are served. */
+    supervisor_stop_workers(pl, pl->workers, pl->n_workers, deadline_ms);
+    free_generation(pl->workers, pl->n_workers);
+    pl->workers = pl->next;
+    pl->n_workers = pl->n_next;
+    pl->next = NULL;
+    pl->n_next = 0;
+}
+
+void supervisor_free(kh_pipeline_rt *pl) {
+    free_generation(pl->workers, pl->n_workers);
+    free_generation(pl->next, pl->n_next);
+    pl->workers = pl->next = NULL;
+    pl->n_workers = pl->n_next = 0;
+}
+
 void supervisor_stop_all(kh_pipeline_rt *pl, int64_t deadline_ms) {
     supervisor_stop_workers(pl, pl->workers, pl->n_workers, deadline_ms);
 }
@@ -624,7 +608,7 @@ void supervisor_stop_workers(kh_pipeline_rt *pl, kh_worker *ws, int n,
             /* What it sends on its way out counts: terminate's and the
              * last tick's acks arrive now, before the final commit. */
             if (w->conn.fd >= 0 && w->state == KH_W_STOPPING)
-                dispatch_read(w);
+                pl->supervisor_events->read(w);
             siginfo_t si = {0};
             if (waitid(P_PID, (id_t)w->pid, &si, WEXITED | WNOHANG) == 0 &&
                 si.si_pid != 0) {
@@ -633,7 +617,7 @@ void supervisor_stop_workers(kh_pipeline_rt *pl, kh_worker *ws, int n,
                 klog_info("pipeline=%s worker=%d pid=%d %s", pl->cfg->name,
                           w->index, (int)w->pid, how);
                 if (w->conn.fd >= 0 && w->state == KH_W_STOPPING)
-                    dispatch_read(w); /* what it wrote before its exit */
+                    pl->supervisor_events->read(w); /* written before exit */
                 release_process(w);
                 w->state = KH_W_STOPPED;
                 continue;
