@@ -29,6 +29,7 @@
 
 #define KH_TICK_MS 50
 #define KH_REPORT_MS 2000
+#define KH_STALL_WARN_MS 30000 /* I2: a stuck partition says why */
 
 static void host_shutdown(kh_host *host);
 static void host_request_exit(kh_host *host, int code);
@@ -172,6 +173,13 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *ud) {
         supervisor_check_hangs(pl, now);
         failure_poll(pl);
         parts_retry_seeks(pl->parts, pl->n_parts);
+        /* I2: a partition stuck longer than this says why. A plugin that
+         * defers on purpose for a tick gets two ticks. */
+        int64_t stall_ms = 2LL * pl->cfg->tick_interval_ms > KH_STALL_WARN_MS
+                               ? 2LL * pl->cfg->tick_interval_ms
+                               : KH_STALL_WARN_MS;
+        for (size_t p = 0; p < pl->n_parts; p++)
+            part_check_stall(pl->parts[p], now, stall_ms);
         /* Retry backoffs expire here, and librdkafka events that arrive
          * while its queue is not empty are picked up. */
         kafka_poll(pl);

@@ -62,6 +62,8 @@ void part_free(kh_part *part) {
 }
 
 static void forget_assignment(kh_part *part) {
+    part->stall_since_ms = part->stall_logged_ms = 0;
+    part->stall_acked = -1;
     part->pause = 0;
     part->held = false;
     part->retry_at_ms = 0;
@@ -348,6 +350,97 @@ bool part_unsettled(kh_part *part, bool results_only) {
     if (results_only)
         return offsets_has_inflight(&part->off);
     return offsets_outstanding(&part->off) > 0;
+}
+
+/* ---- I2: say why a partition makes no progress ---- */
+
+static void describe_pause(unsigned bits, char *buf, size_t len) {
+    static const char *const names[] = {"its queue is full",
+                                        "its worker is not ready",
+                                        "failed",
+                                        "too many deferred acks outstanding",
+                                        "shutting down",
+                                        "a dead-letter write is failing",
+                                        "a seek is failing"};
+    size_t used = 0;
+    buf[0] = '\0';
+    for (unsigned i = 0; i < sizeof names / sizeof *names; i++) {
+        if (!(bits & (1u << i)))
+            continue;
+        int n = snprintf(buf + used, len - used, "%s%s", used ? ", " : "",
+                         names[i]);
+        if (n < 0 || (size_t)n >= len - used)
+            break;
+        used += (size_t)n;
+    }
+}
+
+bool part_check_stall(kh_part *part, int64_t now_ms, int64_t bound_ms) {
+    if (!part->assigned)
+        return false;
+    offsets_advance(&part->off);
+    int64_t first = offsets_first_unresolved(&part->off);
+    bool waiting = first >= 0 || part->pend_len || part->refetch_from >= 0;
+    if (!waiting || part->off.acked != part->stall_acked ||
+        !part->stall_since_ms) {
+        part->stall_acked = part->off.acked;
+        part->stall_since_ms = now_ms;
+        part->stall_logged_ms = 0;
+        return false;
+    }
+    int64_t stalled = now_ms - part->stall_since_ms;
+    if (stalled < bound_ms)
+        return false;
+    if (part->stall_logged_ms && now_ms - part->stall_logged_ms < bound_ms)
+        return true;
+    part->stall_logged_ms = now_ms;
+    char why[400];
+    if (part->held) {
+        rd_kafka_message_t *h = part_head(part);
+        snprintf(why, sizeof why,
+                 "held at the failed message at offset=%lld (on_failure = "
+                 "pause) until khost restarts",
+                 h ? (long long)h->offset : (long long)first);
+    } else if (part->pause & KH_PAUSE_FAILED) {
+        snprintf(why, sizeof why, "its pipeline FAILED (restart limit)");
+    } else if (part->pause & ~KH_PAUSE_FLOW) {
+        char bits[300];
+        describe_pause(part->pause, bits, sizeof bits);
+        snprintf(why, sizeof why, "paused: %s", bits);
+    } else if (first >= 0) {
+        kh_entry *e = NULL;
+        for (uint64_t seq = part->off.head_seq; seq < part->off.next_seq;
+             seq++) {
+            kh_entry *x;
+            if (offsets_find(&part->off, seq, &x) == KH_LOOKUP_OK &&
+                x->offset == first) {
+                e = x;
+                break;
+            }
+        }
+        const char *state = !e                              ? "unresolved"
+                            : e->state == KH_ENTRY_DEFERRED ? "deferred by the "
+                                                              "handler and not "
+                                                              "acked"
+                            : e->state == KH_ENTRY_DLQ
+                                ? "waiting for its dead-letter write"
+                                : "in flight (its handler has not answered)";
+        snprintf(why, sizeof why,
+                 "the oldest unresolved message, offset=%lld, "
+                 "is %s",
+                 (long long)first, state);
+    } else {
+        snprintf(why, sizeof why,
+                 "waiting for Kafka to deliver offset=%lld "
+                 "again",
+                 (long long)(part->refetch_from >= 0 ? part->refetch_from
+                                                     : part->off.acked + 1));
+    }
+    klog_warn("pipeline=%s topic=%s partition=%d: no progress for %lld s "
+              "(acked offset=%lld): %s",
+              part->pipeline, part->topic, part->partition,
+              (long long)(stalled / 1000), (long long)part->off.acked, why);
+    return true;
 }
 
 /* ---- stores (I1) ---- */

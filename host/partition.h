@@ -106,6 +106,9 @@ struct kh_part {
      * later ack could carry the watermark over an unresolved message (I1
      * refused exactly that). Such a message is dropped. */
     int64_t next_offset;
+    /* I2 watch (part_check_stall): the watermark last seen, since when,
+     * and when the last stall line was written. */
+    int64_t stall_acked, stall_since_ms, stall_logged_ms;
     /* ---- failure policy's (failure.c, supervisor.c) ---- */
     int64_t crash_offset;    /* offset of the last crash's suspect, -1 none */
     int crash_count;         /* consecutive crashes at crash_offset */
@@ -190,6 +193,13 @@ void part_mark_failed(kh_part *part, int64_t offset);
 /* Does the partition still wait for answers? With results_only, only for
  * results of messages in flight (not for deferred acks). */
 bool part_unsettled(kh_part *part, bool results_only);
+
+/* I2: a partition with unresolved messages whose watermark has not moved
+ * for bound_ms says why in the log (a WARN, once per bound_ms): paused and
+ * by what, held at a failed message, or the oldest unresolved message, in
+ * flight, deferred or being dead-lettered, and for how long. Returns true
+ * when it is stalled. Called from the host's tick. */
+bool part_check_stall(kh_part *part, int64_t now_ms, int64_t bound_ms);
 
 /* ---- seeks and stores ---- */
 /* I4: retry an owed seek that failed. */

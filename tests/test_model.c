@@ -849,3 +849,86 @@ Test(model, partition_core_under_random_scripts, .timeout = 240) {
             "), %" PRIu64 " events, %.1f s\n",
             n, first, first + n - 1, events, secs);
 }
+
+/* ---- I2: a stuck partition says why (part_check_stall) ---- */
+
+static char *read_file_all(FILE *f) {
+    fflush(f);
+    long n = ftell(f);
+    char *buf = calloc(1, (size_t)n + 1);
+    cr_assert_not_null(buf);
+    rewind(f);
+    cr_assert_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
+    return buf;
+}
+
+Test(model, a_stalled_partition_names_its_oldest_unresolved_message) {
+    model *m = calloc(1, sizeof *m);
+    cr_assert_not_null(m);
+    M = m;
+    m->np = 1;
+    m->port = (kh_consumer_port){.ud = m,
+                                 .set_paused = port_set_paused,
+                                 .seek = port_seek,
+                                 .store = port_store};
+    m->stored[0] = m->committed[0] = m->owed_min[0] = -1;
+    m->log_end[0] = 3;
+    m->quiet = true;
+    kh_part *part = m->parts[0] = part_new(NULL, "stall", &m->port, "t", 0, 0);
+    part_assign(part);
+    m->assigned[0] = true;
+    FILE *log = tmpfile();
+    cr_assert_not_null(log);
+    saved_stderr = dup(2);
+    dup2(fileno(log), 2);
+    klog_set_level(KLOG_WARN);
+
+    for (int64_t o = 0; o < 3; o++)
+        part_accept(part, new_msg(0, o));
+    uint64_t seq[3];
+    for (int i = 0; i < 3; i++) {
+        uint32_t attempt;
+        rd_kafka_message_destroy(part_take(part, &seq[i], &attempt));
+    }
+    kh_entry *e;
+    part_find(part, seq[0], &e);
+    part_ack(part, e);
+    resolve(m, 0, 0);
+    part_find(part, seq[1], &e);
+    part_defer(part, e);
+    part_store(part);
+    /* Progress, then 29 s without: quiet. At 30 s: one line. */
+    cr_assert(!part_check_stall(part, 1000, 30000));
+    cr_assert(!part_check_stall(part, 30000, 30000));
+    cr_assert(part_check_stall(part, 31000, 30000));
+    cr_assert(part_check_stall(part, 32000, 30000)); /* no second line */
+    char *text = read_file_all(log);
+    cr_assert(strstr(text, "pipeline=stall topic=t partition=0: no progress "
+                           "for 30 s (acked offset=0): the oldest unresolved "
+                           "message, offset=1, is deferred by the handler "
+                           "and not acked"),
+              "%s", text);
+    cr_assert_eq(strstr(strstr(text, "no progress") + 1, "no progress"), NULL,
+                 "logged twice within the bound: %s", text);
+    free(text);
+
+    /* The ack moves the watermark: the watch starts over. */
+    part_find(part, seq[1], &e);
+    part_ack(part, e);
+    resolve(m, 0, 1);
+    part_store(part);
+    cr_assert(!part_check_stall(part, 33000, 30000));
+    /* Paused for its worker: that is the reason given. */
+    part_pause(part, KH_PAUSE_WORKER, true);
+    cr_assert(part_check_stall(part, 64000, 30000));
+    text = read_file_all(log);
+    cr_assert(strstr(text, "(acked offset=1): paused: its worker is not ready"),
+              "%s", text);
+    free(text);
+
+    dup2(saved_stderr, 2);
+    part_free(part);
+    cr_assert_eq(live_msgs, 0);
+    M = NULL;
+    free(m);
+}
