@@ -8,8 +8,10 @@
 #define _GNU_SOURCE
 #include "admin.h"
 
+#include "admin.h"
+#include "host.h"
 #include "log.h"
-#include "runtime.h"
+#include "reload.h"
 
 #include <errno.h>
 #include <limits.h>

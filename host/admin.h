@@ -12,6 +12,18 @@
 
 #include <stddef.h>
 
+typedef struct kh_host kh_host;
+
+/* ---- in the host ---- */
+/* The control socket (mode 0600) that `khost reload -c FILE` talks to. */
+int admin_start(kh_host *host, char *err, size_t errlen);
+void admin_stop(kh_host *host);
+/* [host] watch = true: (re)arm inotify on the folders of the config file
+ * and the plugins; a change schedules a reload after a quiet period. */
+void admin_watch(kh_host *host);
+
+/* ---- the client ---- */
+
 /* malloc'd socket path for a config file, NULL if it does not exist. */
 char *admin_socket_path(const char *config_path);
 

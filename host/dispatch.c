@@ -8,8 +8,12 @@
  * the crash path then rewinds its partitions as for any other crash.
  */
 #define _GNU_SOURCE
+#include "dispatch.h"
+#include "failure.h"
+#include "host.h"
 #include "log.h"
-#include "runtime.h"
+#include "pipeline.h"
+#include "supervisor.h"
 
 #include <errno.h>
 #include <poll.h>

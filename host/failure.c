@@ -16,8 +16,10 @@
  *   pause  hold the partition at the message; other partitions go on.
  */
 #define _GNU_SOURCE
+#include "failure.h"
+#include "host.h"
 #include "log.h"
-#include "runtime.h"
+#include "pipeline.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -11,9 +11,15 @@
 #define _GNU_SOURCE
 #include "host.h"
 
+#include "admin.h"
+#include "dispatch.h"
+#include "failure.h"
+#include "kafka.h"
 #include "log.h"
+#include "pipeline.h"
 #include "plugin_loader.h"
-#include "runtime.h"
+#include "reload.h"
+#include "supervisor.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -6,6 +6,49 @@
 #define KHOST_HOST_H
 
 #include "config.h"
+#include "mock_cluster.h"
+#include "pipeline.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <systemd/sd-event.h>
+
+/* What the modules below the host may ask of it, passed down as hooks so
+ * that nothing below calls host.c (calls go down, events go up). */
+typedef struct kh_host_hooks {
+    /* From bounded waits: true when the wait should end now (a first
+     * SIGTERM/SIGINT arrived; the shutdown follows in the loop). */
+    bool (*should_stop)(kh_host *host);
+    /* Leave the event loop with this exit status (the highest asked). */
+    void (*request_exit)(kh_host *host, int code);
+} kh_host_hooks;
+
+struct kh_host {
+    kh_host_hooks hooks;
+    sd_event *ev;
+    kh_config *cfg;      /* the current configuration (owned) */
+    kh_config **retired; /* earlier ones still referenced (reload.c) */
+    size_t n_retired;
+    int admin_fd; /* control socket, -1 when none */
+    char *admin_path;
+    sd_event_source *admin_src;
+    kh_pipeline_rt **pipelines;
+    size_t n_pipelines;
+    kh_mock mock;
+    bool has_mock;
+    char *bootstraps;
+    char *snapshot_dir; /* private copies of plugins (plugin_snapshot) */
+    int signal_fd;
+    bool shutting_down;
+    bool stop_requested;   /* a first SIGTERM/SIGINT was received */
+    bool reload_requested; /* SIGHUP seen, not acted on yet */
+    int64_t watch_due_ms;  /* a watched file changed: reload at this time */
+    sd_event_source **watch_srcs; /* inotify watches of folders */
+    size_t n_watch;
+    int exit_code;
+    sd_event_source *signal_src, *hang_timer, *report_timer;
+};
 
 /* Run until SIGTERM/SIGINT. Takes ownership of cfg (a reload replaces
  * it). Returns the process exit code. */

@@ -16,8 +16,10 @@
  * the default range/roundrobin assignors are the safe choice.
  */
 #define _GNU_SOURCE
+#include "kafka.h"
+#include "host.h"
 #include "log.h"
-#include "runtime.h"
+#include "pipeline.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -57,6 +59,19 @@ static rd_kafka_topic_partition_list_t *one_partition(kh_part *part) {
 }
 
 /* ---- the consumer port (partition.h): what a partition asks of rk ---- */
+
+static void port_set_paused(void *ud, kh_part *part, bool paused);
+static int port_seek(void *ud, kh_part *part, int64_t offset, char *why,
+                     size_t len);
+static int port_store(void *ud, kh_part *part, int64_t offset, char *why,
+                      size_t len);
+
+void kafka_port_init(kh_pipeline_rt *pl) {
+    pl->consumer = (kh_consumer_port){.ud = pl,
+                                      .set_paused = port_set_paused,
+                                      .seek = port_seek,
+                                      .store = port_store};
+}
 
 static void port_set_paused(void *ud, kh_part *part, bool paused) {
     kh_pipeline_rt *pl = ud;
@@ -406,10 +421,7 @@ static int conf_set(rd_kafka_conf_t *conf, const char *k, const char *v,
 int kafka_pipeline_start(kh_pipeline_rt *pl, char *err, size_t errlen) {
     const kh_config *hc = pl->root;
     const kh_pipeline *cfg = pl->cfg;
-    pl->consumer = (kh_consumer_port){.ud = pl,
-                                      .set_paused = port_set_paused,
-                                      .seek = port_seek,
-                                      .store = port_store};
+    kafka_port_init(pl);
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     char client_id[160];
     snprintf(client_id, sizeof client_id, "khost-%s", cfg->name);

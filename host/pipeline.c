@@ -5,9 +5,15 @@
  * stops and restarts them one by one.
  */
 #define _GNU_SOURCE
+#include "pipeline.h"
+#include "dispatch.h"
+#include "failure.h"
+#include "host.h"
+#include "kafka.h"
 #include "log.h"
 #include "plugin_loader.h"
-#include "runtime.h"
+#include "supervisor.h"
+#include "swap.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -139,6 +145,11 @@ static const kh_supervisor_events supervisor_events = {
     .exhausted = on_exhausted,
 };
 
+void pipeline_wire(kh_pipeline_rt *pl) {
+    pl->consumer_events = &consumer_events;
+    pl->supervisor_events = &supervisor_events;
+}
+
 void pipeline_free(kh_pipeline_rt *pl) {
     kafka_pipeline_close(pl, pl->cfg->shutdown_timeout_ms);
     failure_pipeline_stop(pl, 0);
@@ -162,8 +173,7 @@ kh_pipeline_rt *pipeline_start(kh_host *host, const kh_config *root,
     pl->host = host;
     pl->root = root;
     pl->cfg = cfg;
-    pl->consumer_events = &consumer_events;
-    pl->supervisor_events = &supervisor_events;
+    pipeline_wire(pl);
     pl->wake_fd[0] = pl->wake_fd[1] = -1;
     char err[1024];
     struct stat st;

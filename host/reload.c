@@ -15,9 +15,12 @@
  * below calls it.
  */
 #define _GNU_SOURCE
+#include "reload.h"
+#include "host.h"
 #include "log.h"
+#include "pipeline.h"
 #include "plugin_loader.h"
-#include "runtime.h"
+#include "swap.h"
 
 #include <signal.h>
 #include <stdio.h>

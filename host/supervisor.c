@@ -15,9 +15,11 @@
  * still reaches that limit (30 restarts in 5 s) instead of crawling on.
  */
 #define _GNU_SOURCE
+#include "supervisor.h"
 #include "hardening.h"
+#include "host.h"
 #include "log.h"
-#include "runtime.h"
+#include "pipeline.h"
 #include "worker.h"
 
 #include <errno.h>

@@ -19,9 +19,13 @@
  * new generation's READY and deaths in; the host's tick drives time.
  */
 #define _GNU_SOURCE
+#include "swap.h"
+#include "dispatch.h"
+#include "host.h"
 #include "log.h"
+#include "pipeline.h"
 #include "plugin_loader.h"
-#include "runtime.h"
+#include "supervisor.h"
 
 #include <signal.h>
 #include <stdio.h>

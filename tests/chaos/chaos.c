@@ -22,7 +22,7 @@
  */
 #define _GNU_SOURCE
 #include "mock_cluster.h"
-#include "runtime.h" /* KH_MAX_INFLIGHT */
+#include "partition.h" /* KH_MAX_INFLIGHT */
 
 #include <dirent.h>
 #include <errno.h>

@@ -33,8 +33,12 @@
  * only covers offsets that were dispatched.
  */
 #define _GNU_SOURCE
+#include "dispatch.h"
+#include "host.h"
+#include "kafka.h"
 #include "log.h"
-#include "runtime.h"
+#include "pipeline.h"
+#include "supervisor.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -138,6 +142,7 @@ static void setup(void) {
     pl.root = &root;
     pl.cfg = &pcfg;
     pl.wake_fd[0] = pl.wake_fd[1] = -1;
+    pipeline_wire(&pl);
 
     /* A real consumer so kafka_pause/seek/store have something to call;
      * its partitions are never assigned in librdkafka, so those calls
@@ -155,6 +160,7 @@ static void setup(void) {
         abort();
     }
 
+    kafka_port_init(&pl);
     worker.pl = &pl;
     worker.cfg = &pcfg;
     worker.plugin_path = pcfg.plugin_path;

@@ -1,0 +1,82 @@
+/*
+ * pipeline: one pipeline's running state (kh_pipeline_rt), shared by the
+ * modules that serve it, and the API of pipeline.c, the hub that starts,
+ * stops and frees it and handles its consumer's and supervisor's events.
+ * Everything runs on the host's single event-loop thread; librdkafka's
+ * own threads never call into this code except through rd_kafka_*poll*,
+ * which the loop calls.
+ */
+#ifndef KHOST_PIPELINE_H
+#define KHOST_PIPELINE_H
+
+#include "config.h"
+#include "kafka.h"
+#include "partition.h"
+#include "supervisor.h"
+
+#include <librdkafka/rdkafka.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <systemd/sd-event.h>
+
+typedef struct kh_host kh_host;
+
+struct kh_pipeline_rt {
+    kh_host *host;
+    const kh_consumer_events *consumer_events;
+    const kh_supervisor_events *supervisor_events;
+    const kh_config *root; /* the whole file this pipeline came from */
+    const kh_pipeline *cfg;
+    struct stat plugin_stat; /* of cfg->plugin_path when snapshotted */
+    struct kh_swap *swap;    /* swap.c state, NULL when none */
+    rd_kafka_t *rk;
+    kh_consumer_port consumer; /* rk as partition.c sees it (kafka.c) */
+    rd_kafka_queue_t *queue;
+    int wake_fd[2]; /* librdkafka writes here when its queue fills */
+    sd_event_source *wake_src;
+    sd_event_source *defer_src; /* keeps polling while the budget ran out */
+    kh_worker *workers;         /* the current generation */
+    int n_workers;
+    /* The next generation: a plugin swap's new workers while they start
+     * and while a canary runs; NULL when none. Both are the supervisor's;
+     * the swap (reload.c) starts, promotes or drops the next one. */
+    kh_worker *next;
+    int n_next;
+    char *snapshot; /* the plugin copy current workers load */
+    kh_part **parts;
+    size_t n_parts, cap_parts;
+    kh_part *last_part; /* lookup cache: messages come in runs */
+    bool failed;        /* restart intensity exceeded */
+    bool stopping;
+    int64_t *restarts; /* ring of restart times for the intensity check */
+    size_t n_restarts;
+    /* counters (the metrics endpoint will expose them) */
+    uint64_t handled, acked_count, crashes, restarts_total, rebalances;
+    uint64_t retries, failures, lies;
+    uint64_t poison, dlq_written, dlq_errors, skipped, reloads;
+    rd_kafka_t *dlq; /* dead-letter producer, with on_failure = dlq */
+    struct kh_dlq_job *dlq_retry; /* writes waiting for their retry */
+    struct kh_dlq_job *dlq_live;  /* every write not yet finished */
+    char plugin_name[128];
+    char plugin_version[64];
+    uint64_t reported_handled;
+};
+
+/* Every worker of both generations: pl_worker(pl, i), i < pl_n_all_workers. */
+static inline int pl_n_all_workers(const kh_pipeline_rt *pl) {
+    return pl->n_workers + pl->n_next;
+}
+static inline kh_worker *pl_worker(kh_pipeline_rt *pl, int i) {
+    return i < pl->n_workers ? &pl->workers[i] : &pl->next[i - pl->n_workers];
+}
+
+kh_pipeline_rt *pipeline_start(kh_host *host, const kh_config *root,
+                               const kh_pipeline *cfg);
+void pipeline_stop(kh_pipeline_rt *pl); /* drain, commit, leave the group */
+void pipeline_free(kh_pipeline_rt *pl);
+/* Connect pl's consumer and supervisor events to the pipeline's handlers
+ * (done by pipeline_start; the fuzz harness builds its pl by hand). */
+void pipeline_wire(kh_pipeline_rt *pl);
+
+#endif

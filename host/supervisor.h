@@ -1,0 +1,99 @@
+/*
+ * supervisor: the API of supervisor.c and the worker it owns (kh_worker),
+ * with the events it emits (kh_supervisor_events). See host/README.md.
+ */
+#ifndef KHOST_SUPERVISOR_H
+#define KHOST_SUPERVISOR_H
+
+#include "config.h"
+#include "partition.h"
+#include "transport.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <systemd/sd-event.h>
+
+typedef enum kh_worker_state {
+    KH_W_STOPPED = 0,
+    KH_W_STARTING, /* spawned, INIT sent, waiting for READY */
+    KH_W_READY,
+    KH_W_BACKOFF,  /* dead, restart timer armed */
+    KH_W_STOPPING, /* SHUTDOWN sent */
+} kh_worker_state;
+
+struct kh_worker {
+    kh_pipeline_rt *pl;
+    const kh_pipeline *cfg;  /* this worker's generation's config */
+    const char *plugin_path; /* its plugin snapshot */
+    bool candidate;          /* started by a reload, not cut over yet */
+    int index;
+    kh_worker_state state;
+    pid_t pid;
+    kh_conn conn;
+    sd_event_source *io_src;
+    sd_event_source *child_src;
+    sd_event_source *restart_timer;
+    sd_event_source *eof_timer; /* channel closed: is it dying, or hiding? */
+    kh_worker_status *status;   /* shared page, read-only for the host */
+    size_t inflight;            /* messages sent without a result */
+    int n_parts;                /* partitions owned */
+    unsigned rr;                /* round-robin start among owned parts */
+    int consecutive_crashes;
+    int64_t spawned_ms;
+    char kill_reason[160]; /* why the host killed it, for the crash log */
+    char plugin_name[128];
+    char init_error[512]; /* INIT_FAILED text */
+    char plugin_version[64];
+};
+
+/* A worker's crash, as the supervisor saw it. */
+typedef struct kh_crash {
+    const char *how;        /* "killed by SIGSEGV", "exited with status 3" */
+    kh_part *suspect;       /* partition of the message in hand, or NULL */
+    int64_t suspect_offset; /* its offset */
+    uint32_t suspect_count; /* messages in the call in hand (>1: a batch) */
+} kh_crash;
+
+/* What the supervisor tells its pipeline; pipeline.c handles it. */
+typedef struct kh_supervisor_events {
+    /* Read and handle what w sent (its channel is readable or closed, or
+     * it is exiting). Returns -1 when the channel is gone. */
+    int (*read)(kh_worker *w);
+    /* After a worker's I/O: time to dispatch. */
+    void (*pump)(kh_pipeline_rt *pl);
+    /* w answered READY (its state is READY now). */
+    void (*ready)(kh_worker *w);
+    /* w crashed or was killed while serving: its partitions need a
+     * rewind. Comes before `died`. */
+    void (*crashed)(kh_worker *w, const kh_crash *c);
+    /* w died unplanned (a crash, or a new-generation worker that did not
+     * start). The handler may free a new-generation w. */
+    void (*died)(kh_worker *w, const char *how);
+    /* The restart limit was exceeded, or a worker cannot be restarted. */
+    void (*exhausted)(kh_pipeline_rt *pl);
+} kh_supervisor_events;
+
+int supervisor_start(kh_pipeline_rt *pl);
+void supervisor_worker_ready(kh_worker *w, const char *name,
+                             const char *version);
+void supervisor_kill(kh_worker *w, const char *reason);
+void supervisor_check_hangs(kh_pipeline_rt *pl, int64_t now_ms);
+/* Pick the worker that owns a newly assigned partition. */
+kh_worker *supervisor_assign_owner(kh_pipeline_rt *pl);
+/* SHUTDOWN every worker and wait (bounded) for them to exit. */
+void supervisor_stop_all(kh_pipeline_rt *pl, int64_t deadline_ms);
+void supervisor_stop_workers(kh_pipeline_rt *pl, kh_worker *ws, int n,
+                             int64_t deadline_ms);
+/* Generations: start the next one (new-generation workers, on cfg's
+ * plugin snapshot); stop and free it; or make it the current one after
+ * stopping the old (each stop bounded by deadline_ms). */
+int supervisor_start_next(kh_pipeline_rt *pl, const kh_pipeline *cfg,
+                          const char *snapshot);
+void supervisor_drop_next(kh_pipeline_rt *pl, int64_t deadline_ms);
+void supervisor_promote_next(kh_pipeline_rt *pl, int64_t deadline_ms);
+/* Free both generations (their processes are gone). */
+void supervisor_free(kh_pipeline_rt *pl);
+int supervisor_spawn(kh_worker *w);
+
+#endif
