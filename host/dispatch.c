@@ -431,7 +431,7 @@ void dispatch_drain(kh_pipeline_rt *pl, kh_part **parts, size_t n,
                 conn_flush(&who[i]->conn);
             if (fds[i].revents & (POLLIN | POLLHUP | POLLERR))
                 if (dispatch_read(who[i]) < 0)
-                    who[i]->state = KH_W_STARTING; /* gone: stop waiting */
+                    supervisor_lost(who[i]); /* gone: stop waiting */
         }
         free(fds);
         free(who);

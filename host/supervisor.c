@@ -40,6 +40,64 @@
 
 extern char **environ;
 
+/* ---- the state table ---- */
+
+typedef enum kh_worker_event {
+    KH_WE_SPAWNED,     /* process started, INIT sent */
+    KH_WE_RETRY,       /* no process (yet): restart timer armed */
+    KH_WE_UNSTARTABLE, /* cannot start in this process at all */
+    KH_WE_READY,       /* READY frame */
+    KH_WE_KILL,        /* the host sent SIGKILL */
+    KH_WE_SHUTDOWN,    /* SHUTDOWN queued */
+    KH_WE_LOST,        /* its channel failed during a bounded wait */
+    KH_WE_EXITED,      /* reaped */
+    KH_WE_N_EVENTS
+} kh_worker_event;
+
+/* transitions[state][event]: the next state, or NO when the event cannot
+ * happen in that state. */
+#define STOP KH_W_STOPPED
+#define START KH_W_STARTING
+#define READY KH_W_READY
+#define BACK KH_W_BACKOFF
+#define STOPG KH_W_STOPPING
+#define KILLD KH_W_KILLED
+#define NO -1
+/* clang-format off */
+static const signed char transitions[KH_W_N_STATES][KH_WE_N_EVENTS] = {
+    /*       SPAWNED RETRY UNSTART READY  KILL   SHUTDN LOST   EXITED */
+    [STOP]  = {START, BACK, STOP,   NO,    NO,    NO,    NO,    NO},
+    [START] = {NO,    NO,   NO,     READY, KILLD, STOPG, KILLD, STOP},
+    [READY] = {NO,    NO,   NO,     NO,    KILLD, STOPG, KILLD, STOP},
+    [BACK]  = {START, BACK, STOP,   NO,    NO,    NO,    NO,    NO},
+    [STOPG] = {NO,    NO,   NO,     NO,    KILLD, NO,    KILLD, STOP},
+    [KILLD] = {NO,    NO,   NO,     NO,    KILLD, NO,    KILLD, STOP},
+};
+/* clang-format on */
+#undef STOP
+#undef START
+#undef READY
+#undef BACK
+#undef STOPG
+#undef KILLD
+#undef NO
+
+static void transition(kh_worker *w, kh_worker_event ev) {
+    static const char *const ev_names[] = {"spawned", "retry", "unstartable",
+                                           "ready",   "kill",  "shutdown",
+                                           "lost",    "exited"};
+    int next = transitions[w->state][ev];
+    if (next < 0) {
+        klog_error("pipeline=%s worker=%d: BUG: event %s in state %d",
+                   w->pl->cfg->name, w->index, ev_names[ev], (int)w->state);
+#ifdef KHOST_CHECKED
+        abort();
+#endif
+        return;
+    }
+    w->state = (kh_worker_state)next;
+}
+
 int supervisor_spawn(kh_worker *w);
 
 static void send_init(kh_worker *w) {
@@ -177,7 +235,7 @@ static void schedule_restart(kh_worker *w) {
      * lockstep. */
     delay = delay * (75 + rand() % 51) / 100;
     w->consecutive_crashes++;
-    w->state = KH_W_BACKOFF;
+    transition(w, KH_WE_RETRY);
     uint64_t now;
     sd_event_now(w->pl->host->ev, CLOCK_MONOTONIC, &now);
     sd_event_add_time(w->pl->host->ev, &w->restart_timer, CLOCK_MONOTONIC,
@@ -208,10 +266,10 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
     if (w->state == KH_W_READY || w->state == KH_W_STOPPING)
         pl->supervisor_events->read(w);
     release_process(w);
+    transition(w, KH_WE_EXITED);
     if (w->candidate) {
         /* A reload's new worker: it owns nothing yet, and its death means
          * the reload cannot go through. */
-        w->state = KH_W_STOPPED;
         klog_error("pipeline=%s new worker=%d pid=%d %s%s%s", pl->cfg->name,
                    w->index, (int)pid, how, w->init_error[0] ? ": " : "",
                    w->init_error);
@@ -219,7 +277,6 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
         return 0;
     }
     if (orderly || pl->stopping || pl->host->shutting_down) {
-        w->state = KH_W_STOPPED;
         klog_info("pipeline=%s worker=%d pid=%d %s", pl->cfg->name, w->index,
                   (int)pid, how);
         return 0;
@@ -253,7 +310,6 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
     if (now - w->spawned_ms > pl->cfg->max_seconds * 1000LL)
         w->consecutive_crashes = 0;
     if (intensity_exceeded(pl, now)) {
-        w->state = KH_W_STOPPED;
         pl->supervisor_events->exhausted(pl);
         return 0;
     }
@@ -310,7 +366,7 @@ int supervisor_spawn(kh_worker *w) {
     kh_pipeline_rt *pl = w->pl;
     kh_hardening_args hargs;
     if (prepare_hardening(w, &hargs) != 0) {
-        w->state = KH_W_STOPPED;
+        transition(w, KH_WE_UNSTARTABLE);
         return -1;
     }
     int sv[2] = {-1, -1};
@@ -399,7 +455,7 @@ int supervisor_spawn(kh_worker *w) {
     sv[0] = -1;
     sd_event_add_io(pl->host->ev, &w->io_src, w->conn.fd, EPOLLIN, on_worker_io,
                     w);
-    w->state = KH_W_STARTING;
+    transition(w, KH_WE_SPAWNED);
     send_init(w);
     if (conn_flush(&w->conn) == 1)
         sd_event_source_set_io_events(w->io_src, EPOLLIN | EPOLLOUT);
@@ -456,7 +512,7 @@ int supervisor_start(kh_pipeline_rt *pl) {
 void supervisor_worker_ready(kh_worker *w, const char *name,
                              const char *version) {
     kh_pipeline_rt *pl = w->pl;
-    w->state = KH_W_READY;
+    transition(w, KH_WE_READY);
     snprintf(w->plugin_version, sizeof w->plugin_version, "%s", version);
     snprintf(w->plugin_name, sizeof w->plugin_name, "%s", name);
     klog_info("pipeline=%s %sworker=%d pid=%d ready: plugin %s %s",
@@ -478,7 +534,12 @@ void supervisor_kill(kh_worker *w, const char *reason) {
     /* Stop reading a worker we no longer believe. */
     if (w->io_src)
         sd_event_source_set_enabled(w->io_src, SD_EVENT_OFF);
-    w->state = KH_W_STARTING; /* no more dispatch until it is replaced */
+    transition(w, KH_WE_KILL); /* no more dispatch until it is replaced */
+}
+
+void supervisor_lost(kh_worker *w) {
+    if (w->pid)
+        transition(w, KH_WE_LOST);
 }
 
 void supervisor_check_hangs(kh_pipeline_rt *pl, int64_t now_ms) {
@@ -488,8 +549,8 @@ void supervisor_check_hangs(kh_pipeline_rt *pl, int64_t now_ms) {
         kh_worker *w = pl_worker(pl, i);
         /* A hung init would keep the worker's partitions paused forever,
          * with nothing in the log. */
-        if (w->state == KH_W_STARTING && w->pid && !w->kill_reason[0] &&
-            init_timeout > 0 && now_ms - w->spawned_ms > init_timeout) {
+        if (w->state == KH_W_STARTING && w->pid && init_timeout > 0 &&
+            now_ms - w->spawned_ms > init_timeout) {
             char reason[160];
             snprintf(reason, sizeof reason,
                      "plugin init did not finish within init_timeout_ms=%d",
@@ -595,7 +656,7 @@ void supervisor_stop_workers(kh_pipeline_rt *pl, kh_worker *ws, int n,
                                        w->conn.fd >= 0 && !w->kill_reason[0])) {
             size_t start = tr_frame_begin(&w->conn.out, KH_F_SHUTDOWN);
             tr_frame_end(&w->conn.out, start);
-            w->state = KH_W_STOPPING;
+            transition(w, KH_WE_SHUTDOWN);
         }
     }
     /* Flush SHUTDOWN frames and wait for the exits, bounded. */
@@ -621,7 +682,7 @@ void supervisor_stop_workers(kh_pipeline_rt *pl, kh_worker *ws, int n,
                 if (w->conn.fd >= 0 && w->state == KH_W_STOPPING)
                     pl->supervisor_events->read(w); /* written before exit */
                 release_process(w);
-                w->state = KH_W_STOPPED;
+                transition(w, KH_WE_EXITED);
                 continue;
             }
             alive++;
@@ -643,6 +704,6 @@ void supervisor_stop_workers(kh_pipeline_rt *pl, kh_worker *ws, int n,
         siginfo_t si;
         waitid(P_PID, (id_t)w->pid, &si, WEXITED);
         release_process(w);
-        w->state = KH_W_STOPPED;
+        transition(w, KH_WE_EXITED);
     }
 }

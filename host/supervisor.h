@@ -14,12 +14,18 @@
 #include <sys/types.h>
 #include <systemd/sd-event.h>
 
+/* A worker's states. Only supervisor.c changes them, through its table of
+ * state x event (supervisor.c `transitions`); an event a state does not
+ * expect is a bug, logged, and an abort in checked builds. */
 typedef enum kh_worker_state {
-    KH_W_STOPPED = 0,
-    KH_W_STARTING, /* spawned, INIT sent, waiting for READY */
-    KH_W_READY,
-    KH_W_BACKOFF,  /* dead, restart timer armed */
-    KH_W_STOPPING, /* SHUTDOWN sent */
+    KH_W_STOPPED = 0, /* no process, no restart planned */
+    KH_W_STARTING,    /* spawned, INIT sent, waiting for READY */
+    KH_W_READY,       /* serving */
+    KH_W_BACKOFF,     /* no process, restart timer armed */
+    KH_W_STOPPING,    /* SHUTDOWN sent: tick and terminate, then exit */
+    KH_W_KILLED,      /* SIGKILLed by the host, or its channel is gone:
+                         not served any more, waiting to be reaped */
+    KH_W_N_STATES
 } kh_worker_state;
 
 struct kh_worker {
@@ -78,6 +84,9 @@ int supervisor_start(kh_pipeline_rt *pl);
 void supervisor_worker_ready(kh_worker *w, const char *name,
                              const char *version);
 void supervisor_kill(kh_worker *w, const char *reason);
+/* w's channel failed while a bounded wait read it: stop serving it (it is
+ * dying, or is killed when it lingers). */
+void supervisor_lost(kh_worker *w);
 void supervisor_check_hangs(kh_pipeline_rt *pl, int64_t now_ms);
 /* Pick the worker that owns a newly assigned partition. */
 kh_worker *supervisor_assign_owner(kh_pipeline_rt *pl);
