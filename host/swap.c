@@ -40,6 +40,7 @@ typedef struct kh_swap {
     /* The new generation (pl->next, the supervisor's) and its config. */
     const kh_pipeline *cfg;
     int ready;
+    bool cut; /* every new worker was ready: the cutover began */
     char *snapshot;
     struct stat plugin_stat;
     int64_t deadline_ms;
@@ -58,8 +59,10 @@ typedef struct kh_swap {
 } kh_swap;
 
 static void finish_cutover(kh_pipeline_rt *pl);
-static void hand_over(kh_pipeline_rt *pl, kh_part *part, kh_worker *to,
-                      const char *why);
+static void hand_over(kh_pipeline_rt *pl, kh_part **parts, size_t n,
+                      kh_worker *ws, int n_ws, const char *why);
+static size_t owned_by(kh_pipeline_rt *pl, kh_worker *ws, int n_ws,
+                       kh_part ***out);
 static kh_worker *least_loaded(kh_worker *ws, int n);
 
 void swap_end_probation(kh_pipeline_rt *pl) {
@@ -98,13 +101,11 @@ void swap_abort(kh_pipeline_rt *pl, const char *why) {
                    pl->cfg->name, r->is_rollback ? "rollback" : "reload", why,
                    pl->plugin_version);
         /* A canary's partition goes back before its workers go. */
-        for (size_t i = 0; i < pl->n_parts; i++) {
-            kh_part *part = pl->parts[i];
-            if (part->assigned && part->owner >= pl->next &&
-                part->owner < pl->next + pl->n_next)
-                hand_over(pl, part, least_loaded(pl->workers, pl->n_workers),
-                          "swap abandoned: back to the running plugin");
-        }
+        kh_part **back;
+        size_t n = owned_by(pl, pl->next, pl->n_next, &back);
+        hand_over(pl, back, n, pl->workers, pl->n_workers,
+                  "swap abandoned: back to the running plugin");
+        free(back);
         r->canary = false;
         supervisor_drop_next(pl, kh_now_ms());
         r->ready = 0;
@@ -164,30 +165,58 @@ static kh_worker *least_loaded(kh_worker *ws, int n) {
     return best;
 }
 
-/* Move one partition to `to`: REVOKE to the old owner (its on_revoke can
- * still ack), drain what it has in flight, rewind to acked + 1, ASSIGN. */
-static void hand_over(kh_pipeline_rt *pl, kh_part *part, kh_worker *to,
-                      const char *why) {
-    kh_worker *from = part->owner;
-    dispatch_send_partition_event(part, KH_F_REVOKE);
-    part_drop_pending(part);
+/* The assigned partitions owned by a worker of ws[0..n_ws). */
+static size_t owned_by(kh_pipeline_rt *pl, kh_worker *ws, int n_ws,
+                       kh_part ***out) {
+    kh_part **parts = calloc(pl->n_parts + 1, sizeof *parts);
+    if (!parts)
+        abort();
+    size_t n = 0;
+    for (size_t i = 0; i < pl->n_parts; i++) {
+        kh_part *part = pl->parts[i];
+        if (part->assigned && part->owner >= ws && part->owner < ws + n_ws)
+            parts[n++] = part;
+    }
+    *out = parts;
+    return n;
+}
+
+/* Move partitions to the least loaded of ws: REVOKE to the old owners
+ * (their on_revoke can still ack), one drain of what they have in flight
+ * for all of them, bounded by KH_HANDOVER_DRAIN_MAX_MS in all (not per
+ * partition: a swap of many partitions must not stall the loop for
+ * minutes), then rewind each to acked + 1 and ASSIGN it. */
+static void hand_over(kh_pipeline_rt *pl, kh_part **parts, size_t n,
+                      kh_worker *ws, int n_ws, const char *why) {
+    if (!n)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        dispatch_send_partition_event(parts[i], KH_F_REVOKE);
+        part_drop_pending(parts[i]);
+    }
     int bound = pl->cfg->shutdown_timeout_ms < KH_HANDOVER_DRAIN_MAX_MS
                     ? pl->cfg->shutdown_timeout_ms
                     : KH_HANDOVER_DRAIN_MAX_MS;
-    dispatch_drain(pl, &part, 1, kh_now_ms() + bound, false);
-    if (from && from->status)
-        status_set_drain(from->status, false);
-    part_rewind_all(part, why);
-    if (from)
-        from->n_parts--;
-    to->n_parts++;
-    part->owner = to;
-    dispatch_send_partition_event(part, KH_F_ASSIGN);
-    part_pause(part, KH_PAUSE_WORKER, to->state != KH_W_READY);
+    dispatch_drain(pl, parts, n, kh_now_ms() + bound, false);
+    for (size_t i = 0; i < n; i++) {
+        kh_part *part = parts[i];
+        kh_worker *from = part->owner;
+        if (from && from->status)
+            status_set_drain(from->status, false);
+        part_rewind_all(part, why);
+        if (from)
+            from->n_parts--;
+        kh_worker *to = least_loaded(ws, n_ws);
+        to->n_parts++;
+        part->owner = to;
+        dispatch_send_partition_event(part, KH_F_ASSIGN);
+        part_pause(part, KH_PAUSE_WORKER, to->state != KH_W_READY);
+    }
 }
 
-/* Every candidate is ready: hand the partitions over, one at a time. With
- * reload_strategy = canary, only the first one now (see swap_tick). */
+/* Every new worker is ready (run from swap_tick, not from inside the
+ * READY frame's handling): hand the partitions over. With
+ * reload_strategy = canary, only the first one now. */
 static void cutover(kh_pipeline_rt *pl) {
     kh_swap *r = pl->swap;
     for (int i = 0; i < pl->n_next; i++)
@@ -197,7 +226,7 @@ static void cutover(kh_pipeline_rt *pl) {
             kh_part *part = pl->parts[i];
             if (!part->assigned)
                 continue;
-            hand_over(pl, part, least_loaded(pl->next, pl->n_next),
+            hand_over(pl, &part, 1, pl->next, pl->n_next,
                       "canary: handed to the new plugin");
             r->canary = true;
             r->canary_part = part;
@@ -231,14 +260,12 @@ static void finish_cutover(kh_pipeline_rt *pl) {
     /* Every partition the old generation owns moves, the canary's too if
      * a rebalance gave it back to an old worker during its probation:
      * the old workers are freed below, so no partition may keep one. */
-    for (size_t i = 0; i < pl->n_parts; i++) {
-        kh_part *part = pl->parts[i];
-        if (!part->assigned || part->owner < old || part->owner >= old + n_old)
-            continue;
-        hand_over(pl, part, least_loaded(pl->next, pl->n_next),
-                  "handed over to the reloaded plugin");
-        moved++;
-    }
+    kh_part **parts;
+    size_t n = owned_by(pl, old, n_old, &parts);
+    hand_over(pl, parts, n, pl->next, pl->n_next,
+              "handed over to the reloaded plugin");
+    free(parts);
+    moved += (int)n;
     parts_store(pl->parts, pl->n_parts);
     /* The old generation runs terminate and exits. */
     supervisor_promote_next(pl, kh_now_ms() + 5000);
@@ -286,8 +313,7 @@ void swap_worker_ready(kh_worker *w) {
     kh_swap *r = pl->swap;
     if (!w->candidate || !r || !pl->next)
         return;
-    if (++r->ready == pl->n_next)
-        cutover(pl);
+    r->ready++; /* the cutover follows from swap_tick */
 }
 
 void swap_worker_died(kh_worker *w, const char *how) {
@@ -322,6 +348,11 @@ bool swap_tick(kh_pipeline_rt *pl, int64_t now) {
     kh_swap *r = pl->swap;
     if (!r)
         return false;
+    if (pl->next && !r->cut && r->ready == pl->n_next) {
+        r->cut = true;
+        cutover(pl); /* may end the swap (frees r) */
+        return true;
+    }
     if (pl->next && r->ready < pl->n_next && now > r->deadline_ms) {
         swap_abort(pl, "new workers were not ready within 30 s");
         return true;
@@ -330,7 +361,7 @@ bool swap_tick(kh_pipeline_rt *pl, int64_t now) {
         /* The old generation still runs: give the partition back. */
         kh_part *part = r->canary_part;
         if (part->assigned && part->owner && part->owner->pl == pl)
-            hand_over(pl, part, least_loaded(pl->workers, pl->n_workers),
+            hand_over(pl, &part, 1, pl->workers, pl->n_workers,
                       "canary failed: back to the previous plugin");
         klog_error("pipeline=%s canary ROLLED BACK: plugin %s stays on every "
                    "partition",
