@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include "pipeline.h"
 #include "dispatch.h"
+#include "drain.h"
 #include "failure.h"
 #include "host.h"
 #include "kafka.h"
@@ -53,14 +54,14 @@ static void on_revoking(kh_pipeline_rt *pl, kh_part **parts, size_t n) {
     int bound = pl->cfg->shutdown_timeout_ms < KH_REVOKE_DRAIN_MAX_MS
                     ? pl->cfg->shutdown_timeout_ms
                     : KH_REVOKE_DRAIN_MAX_MS;
-    dispatch_drain(pl, parts, n, kh_now_ms() + bound, false);
+    drain_parts(pl, parts, n, kh_now_ms() + bound, false);
     kafka_commit_sync(pl, parts, n, bound);
     for (size_t i = 0; i < n; i++) {
         if (parts[i]->owner)
             parts[i]->owner->n_parts--;
         parts[i]->owner = NULL;
     }
-    dispatch_end_drain(pl);
+    drain_end(pl);
 }
 
 static void on_polled(kh_pipeline_rt *pl) {
@@ -203,7 +204,7 @@ kh_pipeline_rt *pipeline_start(kh_host *host, const kh_config *root,
     return pl;
 fail:
     pl->stopping = true;
-    supervisor_stop_all(pl, kh_now_ms() + 1000);
+    drain_stop_workers(pl, pl->workers, pl->n_workers, kh_now_ms() + 1000);
     pipeline_free(pl);
     return NULL;
 }
@@ -234,7 +235,7 @@ void pipeline_stop(kh_pipeline_rt *pl) {
         part_drop_pending(part);
         dispatch_send_partition_event(part, KH_F_REVOKE);
     }
-    dispatch_drain(pl, pl->parts, pl->n_parts, deadline, true);
+    drain_parts(pl, pl->parts, pl->n_parts, deadline, true);
     /* Dead-letter copies confirmed now still get their offsets acked
      * before the final commit. */
     if (pl->dlq) {
@@ -244,7 +245,7 @@ void pipeline_stop(kh_pipeline_rt *pl) {
     }
     int64_t stop_by =
         deadline > kh_now_ms() + 1000 ? deadline : kh_now_ms() + 1000;
-    supervisor_stop_all(pl, stop_by);
+    drain_stop_workers(pl, pl->workers, pl->n_workers, stop_by);
     parts_store(pl->parts, pl->n_parts);
     /* The commit and the group leave get what is left, at least 1 s. */
     int64_t left = deadline - kh_now_ms();

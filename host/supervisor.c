@@ -612,19 +612,13 @@ static void free_generation(kh_worker *ws, int n) {
     free(ws);
 }
 
-void supervisor_drop_next(kh_pipeline_rt *pl, int64_t deadline_ms) {
-    if (!pl->next)
-        return;
-    supervisor_stop_workers(pl, pl->next, pl->n_next, deadline_ms);
+void supervisor_drop_next(kh_pipeline_rt *pl) {
     free_generation(pl->next, pl->n_next);
     pl->next = NULL;
     pl->n_next = 0;
 }
 
-void supervisor_promote_next(kh_pipeline_rt *pl, int64_t deadline_ms) {
-    /* The old generation runs terminate and exits; while it does, both
-     * are served. */
-    supervisor_stop_workers(pl, pl->workers, pl->n_workers, deadline_ms);
+void supervisor_promote_next(kh_pipeline_rt *pl) {
     free_generation(pl->workers, pl->n_workers);
     pl->workers = pl->next;
     pl->n_workers = pl->n_next;
@@ -639,71 +633,51 @@ void supervisor_free(kh_pipeline_rt *pl) {
     pl->n_workers = pl->n_next = 0;
 }
 
-void supervisor_stop_all(kh_pipeline_rt *pl, int64_t deadline_ms) {
-    supervisor_stop_workers(pl, pl->workers, pl->n_workers, deadline_ms);
+/* ---- an ordered stop (drain.c waits) ---- */
+
+void supervisor_shutdown(kh_worker *w) {
+    w->restart_timer = sd_event_source_disable_unref(w->restart_timer);
+    if (!w->pid)
+        return;
+    /* A worker still starting reads SHUTDOWN right after INIT, so it too
+     * runs terminate instead of waiting out the timeout. */
+    if (w->state == KH_W_READY ||
+        (w->state == KH_W_STARTING && w->conn.fd >= 0)) {
+        size_t start = tr_frame_begin(&w->conn.out, KH_F_SHUTDOWN);
+        tr_frame_end(&w->conn.out, start);
+        transition(w, KH_WE_SHUTDOWN);
+        conn_flush(&w->conn);
+    }
 }
 
-void supervisor_stop_workers(kh_pipeline_rt *pl, kh_worker *ws, int n,
-                             int64_t deadline_ms) {
-    for (int i = 0; i < n; i++) {
-        kh_worker *w = &ws[i];
-        w->restart_timer = sd_event_source_disable_unref(w->restart_timer);
-        if (!w->pid)
-            continue;
-        /* A worker still starting reads SHUTDOWN right after INIT, so it
-         * too runs terminate instead of waiting out the timeout. */
-        if (w->state == KH_W_READY || (w->state == KH_W_STARTING &&
-                                       w->conn.fd >= 0 && !w->kill_reason[0])) {
-            size_t start = tr_frame_begin(&w->conn.out, KH_F_SHUTDOWN);
-            tr_frame_end(&w->conn.out, start);
-            transition(w, KH_WE_SHUTDOWN);
-        }
-    }
-    /* Flush SHUTDOWN frames and wait for the exits, bounded. */
-    for (;;) {
-        int alive = 0;
-        for (int i = 0; i < n; i++) {
-            kh_worker *w = &ws[i];
-            if (!w->pid)
-                continue;
-            if (buf_pending(&w->conn.out))
-                conn_flush(&w->conn);
-            /* What it sends on its way out counts: terminate's and the
-             * last tick's acks arrive now, before the final commit. */
-            if (w->conn.fd >= 0 && w->state == KH_W_STOPPING)
-                pl->supervisor_events->read(w);
-            siginfo_t si = {0};
-            if (waitid(P_PID, (id_t)w->pid, &si, WEXITED | WNOHANG) == 0 &&
-                si.si_pid != 0) {
-                char how[96];
-                describe_exit(&si, how, sizeof how);
-                klog_info("pipeline=%s worker=%d pid=%d %s", pl->cfg->name,
-                          w->index, (int)w->pid, how);
-                if (w->conn.fd >= 0 && w->state == KH_W_STOPPING)
-                    pl->supervisor_events->read(w); /* written before exit */
-                release_process(w);
-                transition(w, KH_WE_EXITED);
-                continue;
-            }
-            alive++;
-        }
-        if (!alive)
-            return;
-        if (kh_now_ms() >= deadline_ms || pl->host->hooks.should_stop(pl->host))
-            break;
-        usleep(10 * 1000);
-    }
-    for (int i = 0; i < n; i++) {
-        kh_worker *w = &ws[i];
-        if (!w->pid)
-            continue;
-        klog_warn("pipeline=%s worker=%d pid=%d did not stop in time; "
-                  "killing it",
-                  pl->cfg->name, w->index, (int)w->pid);
-        kill(w->pid, SIGKILL);
-        siginfo_t si;
-        waitid(P_PID, (id_t)w->pid, &si, WEXITED);
-        release_process(w);
-        transition(w, KH_WE_EXITED);
-    }
+bool supervisor_reap(kh_worker *w) {
+    if (!w->pid)
+        return true;
+    siginfo_t si = {0};
+    if (waitid(P_PID, (id_t)w->pid, &si, WEXITED | WNOHANG) != 0 ||
+        si.si_pid == 0)
+        return false;
+    char how[96];
+    describe_exit(&si, how, sizeof how);
+    klog_info("pipeline=%s worker=%d pid=%d %s", w->pl->cfg->name, w->index,
+              (int)w->pid, how);
+    /* What it sends on its way out counts: terminate's and the last
+     * tick's acks, before the final commit. */
+    if (w->conn.fd >= 0 && w->state == KH_W_STOPPING)
+        w->pl->supervisor_events->read(w);
+    release_process(w);
+    transition(w, KH_WE_EXITED);
+    return true;
+}
+
+void supervisor_kill_and_reap(kh_worker *w, const char *why) {
+    if (!w->pid)
+        return;
+    klog_warn("pipeline=%s worker=%d pid=%d %s; killing it", w->pl->cfg->name,
+              w->index, (int)w->pid, why);
+    kill(w->pid, SIGKILL);
+    siginfo_t si;
+    waitid(P_PID, (id_t)w->pid, &si, WEXITED);
+    release_process(w);
+    transition(w, KH_WE_EXITED);
 }

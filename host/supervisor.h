@@ -90,17 +90,20 @@ void supervisor_lost(kh_worker *w);
 void supervisor_check_hangs(kh_pipeline_rt *pl, int64_t now_ms);
 /* Pick the worker that owns a newly assigned partition. */
 kh_worker *supervisor_assign_owner(kh_pipeline_rt *pl);
-/* SHUTDOWN every worker and wait (bounded) for them to exit. */
-void supervisor_stop_all(kh_pipeline_rt *pl, int64_t deadline_ms);
-void supervisor_stop_workers(kh_pipeline_rt *pl, kh_worker *ws, int n,
-                             int64_t deadline_ms);
 /* Generations: start the next one (new-generation workers, on cfg's
- * plugin snapshot); stop and free it; or make it the current one after
- * stopping the old (each stop bounded by deadline_ms). */
+ * plugin snapshot); free it (its processes are gone: drain_stop_workers);
+ * or make it the current one, freeing the old. */
 int supervisor_start_next(kh_pipeline_rt *pl, const kh_pipeline *cfg,
                           const char *snapshot);
-void supervisor_drop_next(kh_pipeline_rt *pl, int64_t deadline_ms);
-void supervisor_promote_next(kh_pipeline_rt *pl, int64_t deadline_ms);
+void supervisor_drop_next(kh_pipeline_rt *pl);
+void supervisor_promote_next(kh_pipeline_rt *pl);
+/* An ordered stop, step by step (drain.c does the waiting): SHUTDOWN to a
+ * worker that is up or starting (no restart after); reap it if it exited,
+ * reading what it sent last (true when it has no process any more); or
+ * SIGKILL and reap it, logging why. */
+void supervisor_shutdown(kh_worker *w);
+bool supervisor_reap(kh_worker *w);
+void supervisor_kill_and_reap(kh_worker *w, const char *why);
 /* Free both generations (their processes are gone). */
 void supervisor_free(kh_pipeline_rt *pl);
 int supervisor_spawn(kh_worker *w);

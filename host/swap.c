@@ -21,6 +21,7 @@
 #define _GNU_SOURCE
 #include "swap.h"
 #include "dispatch.h"
+#include "drain.h"
 #include "host.h"
 #include "log.h"
 #include "pipeline.h"
@@ -107,7 +108,8 @@ void swap_abort(kh_pipeline_rt *pl, const char *why) {
                   "swap abandoned: back to the running plugin");
         free(back);
         r->canary = false;
-        supervisor_drop_next(pl, kh_now_ms());
+        drain_stop_workers(pl, pl->next, pl->n_next, kh_now_ms());
+        supervisor_drop_next(pl);
         r->ready = 0;
         if (r->snapshot) {
             unlink(r->snapshot);
@@ -197,7 +199,7 @@ static void hand_over(kh_pipeline_rt *pl, kh_part **parts, size_t n,
     int bound = pl->cfg->shutdown_timeout_ms < KH_HANDOVER_DRAIN_MAX_MS
                     ? pl->cfg->shutdown_timeout_ms
                     : KH_HANDOVER_DRAIN_MAX_MS;
-    dispatch_drain(pl, parts, n, kh_now_ms() + bound, false);
+    drain_parts(pl, parts, n, kh_now_ms() + bound, false);
     for (size_t i = 0; i < n; i++) {
         kh_part *part = parts[i];
         kh_worker *from = part->owner;
@@ -268,7 +270,8 @@ static void finish_cutover(kh_pipeline_rt *pl) {
     moved += (int)n;
     parts_store(pl->parts, pl->n_parts);
     /* The old generation runs terminate and exits. */
-    supervisor_promote_next(pl, kh_now_ms() + 5000);
+    drain_stop_workers(pl, pl->workers, pl->n_workers, kh_now_ms() + 5000);
+    supervisor_promote_next(pl);
 
     const kh_pipeline *prev_cfg = pl->cfg;
     char *prev_snapshot = pl->snapshot;
