@@ -33,6 +33,16 @@
  * KHOST_MODEL_TRACE=1 printing each event. CI runs seeds 1..50000 (about
  * 5 s); other seeds explore further (1,000,000 scripts took 94 s).
  *
+ * A second test drives the router (dispatch.c) and the failure policy
+ * (failure.c, on_failure = skip, poison counting) the same way, over real
+ * frames on socketpairs (see "the router model" below): 5,000 scripts in
+ * CI (KHOST_MODEL_ROUTER_SCRIPTS), about 8 s. It fails with any of these
+ * faults put in one at a time: a stale answer taken as a lie; no check for
+ * failed messages before dispatch; a RETRY answer without its rewind; a
+ * SKIPPED answer without its rewind; poison counted but not marked failed;
+ * no owner check on answers (a forged ack then counts); ACKS accepted for
+ * messages never deferred.
+ *
  * Checked to fail: with any of these faults put into partition.c, it
  * fails within the first few seeds (tried one by one): a queue drop that
  * owes no seek; a rewind that ignores an owed seek; a failed seek that
@@ -41,8 +51,13 @@
  * next_offset.
  */
 #define _GNU_SOURCE
+#include "dispatch.h"
+#include "failure.h"
+#include "host.h"
 #include "log.h"
 #include "partition.h"
+#include "pipeline.h"
+#include "supervisor.h"
 #include "transport.h" /* KH_RESULT_SKIPPED */
 
 #include <khost/plugin.h>
@@ -55,6 +70,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -205,6 +221,16 @@ static int index_of(model *m, const kh_part *part) {
 static void resolve(model *m, int p, int64_t offset) {
     m->resolved[p][offset] = true;
     m->failed[p][offset] = false;
+    while (m->first_unresolved[p] < LOG_MAX &&
+           m->resolved[p][m->first_unresolved[p]])
+        m->first_unresolved[p]++;
+}
+
+/* A failed message under on_failure = skip: the policy resolves it when
+ * Kafka delivers it again (the router model cannot see the skip itself).
+ * It stays marked failed: it must not go back to a handler. */
+static void resolve_by_policy(model *m, int p, int64_t offset) {
+    m->resolved[p][offset] = true;
     while (m->first_unresolved[p] < LOG_MAX &&
            m->resolved[p][m->first_unresolved[p]])
         m->first_unresolved[p]++;
@@ -931,4 +957,527 @@ Test(model, a_stalled_partition_names_its_oldest_unresolved_message) {
     cr_assert_eq(live_msgs, 0);
     M = NULL;
     free(m);
+}
+
+/* ---- the router model: dispatch.c and failure.c over real frames ----
+ *
+ * The same world, one level up: the script's workers sit at the far end
+ * of real socketpairs. The router (dispatch.c) fills real MESSAGES frames
+ * and applies real RESULTS and ACKS frames, fencing answers by owner and
+ * seq (I3), killing a worker that lies; failure.c applies on_failure =
+ * skip and counts poison. The supervisor is simulated here (its kill and
+ * READY calls are defined below, so supervisor.c is not linked), as is the
+ * pipeline's crash handler (pipeline.c on_crashed, mirrored in r_crash).
+ * Checked after every event: I1 as above (a message failed by policy counts
+ * as resolvable, since skip resolves it), and that no answer the script
+ * knows is fenced gets a worker killed or a message counted. */
+
+static int64_t ts_none = -1;
+
+int64_t rd_kafka_message_timestamp(const rd_kafka_message_t *m,
+                                   rd_kafka_timestamp_type_t *tstype) {
+    (void)m;
+    if (tstype)
+        *tstype = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+    return ts_none;
+}
+
+rd_kafka_resp_err_t rd_kafka_message_headers(const rd_kafka_message_t *m,
+                                             rd_kafka_headers_t **hdrsp) {
+    (void)m;
+    *hdrsp = NULL;
+    return RD_KAFKA_RESP_ERR__NOENT;
+}
+
+static int kills; /* supervisor_kill calls the script did not expect */
+static bool lie_expected;
+
+void supervisor_kill(kh_worker *w, const char *reason) {
+    (void)reason;
+    if (!w->pid || w->state == KH_W_KILLED)
+        return;
+    w->state = KH_W_KILLED;
+    if (!lie_expected)
+        kills++;
+}
+
+void supervisor_worker_ready(kh_worker *w, const char *name,
+                             const char *version) {
+    (void)name;
+    (void)version;
+    w->state = KH_W_READY;
+}
+
+typedef struct rmodel {
+    model *m;
+    kh_pipeline cfg;
+    kh_host host;
+    kh_pipeline_rt pl;
+    kh_worker workers[NW];
+    kh_conn wend[NW]; /* the workers' ends of the channels */
+    kh_buf strings;
+    khost_header *hdrs;
+    size_t hdrs_cap;
+} rmodel;
+
+static bool never_stop(kh_host *h) {
+    (void)h;
+    return false;
+}
+
+static void r_connect(rmodel *r, int k) {
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    kh_worker *w = &r->workers[k];
+    conn_init(&w->conn, sv[0], KH_FRAME_MAX_FROM_WORKER);
+    conn_init(&r->wend[k], sv[1], KH_FRAME_MAX_TO_WORKER);
+    w->state = KH_W_READY;
+    w->pid = 100000 + k; /* never signalled: supervisor_kill is ours */
+    w->inflight = 0;
+    r->m->w[k].alive = true;
+    r->m->w[k].n_inflight = r->m->w[k].n_deferred = 0;
+}
+
+/* The worker side reads what the router sent: messages join its window. */
+static void r_worker_read(rmodel *r, int k) {
+    model *m = r->m;
+    kh_conn *c = &r->wend[k];
+    for (;;) {
+        long got = conn_fill(c);
+        uint16_t type;
+        kh_reader rd;
+        while (conn_next_frame(c, &type, &rd) == 1) {
+            if (type != KH_F_MESSAGES)
+                continue; /* ASSIGN, REVOKE, RESUME */
+            uint32_t n = tr_get_u32(&rd);
+            r->strings.len = 0;
+            for (uint32_t i = 0; i < n; i++) {
+                khost_message msg;
+                CHECK(tr_get_message(&rd, &msg, &r->strings, &r->hdrs,
+                                     &r->hdrs_cap) == 0,
+                      "undecodable MESSAGES frame");
+                int p = (int)kh_token_slot(msg.ack_token);
+                CHECK(p < m->np && msg.partition == p, "token of partition %d",
+                      p);
+                CHECK(!m->failed[p][msg.offset],
+                      "a failed message, partition %d offset=%lld, went back "
+                      "to a handler (attempt %u)",
+                      p, (long long)msg.offset, msg.attempt);
+                worker *w = &m->w[k];
+                TRACE("  w%d gets p%d o=%lld seq=%llu attempt=%u\n", k, p,
+                      (long long)msg.offset,
+                      (unsigned long long)kh_token_seq(msg.ack_token),
+                      msg.attempt);
+                CHECK(w->n_inflight < ITEMS_MAX, "window overflow");
+                w->inflight[w->n_inflight++] =
+                    (item){.p = p,
+                           .seq = kh_token_seq(msg.ack_token),
+                           .offset = msg.offset,
+                           .attempt = msg.attempt};
+            }
+        }
+        if (got <= 0)
+            return;
+    }
+}
+
+static void r_pump(rmodel *r) {
+    dispatch_pump(&r->pl);
+    for (int k = 0; k < NW; k++)
+        if (r->m->w[k].alive)
+            r_worker_read(r, k);
+}
+
+static void r_send(rmodel *r, int k, kh_frame_type type, const uint64_t *tok,
+                   const uint8_t *res, uint32_t n) {
+    kh_buf *b = &r->wend[k].out;
+    for (uint32_t i = 0; i < n; i++)
+        TRACE("  w%d sends %s p%u seq=%llu result=%d\n", k,
+              type == KH_F_ACKS ? "ACK" : "RESULT", kh_token_slot(tok[i]),
+              (unsigned long long)kh_token_seq(tok[i]), res ? res[i] : -1);
+    size_t start = tr_frame_begin(b, type);
+    tr_put_u32(b, n);
+    for (uint32_t i = 0; i < n; i++) {
+        tr_put_u64(b, tok[i]);
+        if (res)
+            tr_put_u8(b, res[i]);
+    }
+    tr_frame_end(b, start);
+    while (buf_pending(b))
+        CHECK(conn_flush(&r->wend[k]) >= 0, "worker end cannot write");
+    dispatch_read(&r->workers[k]);
+    CHECK(kills == 0,
+          "the router killed worker %d for an answer it was "
+          "entitled to give (a fenced answer must be stale, not a lie)",
+          k);
+}
+
+/* n results, in dispatch order, as the worker's handler gives them. */
+static void r_crash(rmodel *r, int k, bool lie);
+
+static void r_results(rmodel *r, int k, int n) {
+    model *m = r->m;
+    worker *w = &m->w[k];
+    uint64_t tok[64];
+    uint8_t res[64];
+    item its[64];
+    int cnt = 0;
+    while (cnt < n && cnt < 64 && w->n_inflight > 0) {
+        item it = w->inflight[0];
+        remove_at(w->inflight, &w->n_inflight, 0);
+        int result = pick_result(m);
+        if (result == KHOST_DEFERRED && w->n_deferred == ITEMS_MAX)
+            result = KHOST_ACK;
+        its[cnt] = it;
+        tok[cnt] = kh_token_make((uint32_t)it.p, it.seq);
+        res[cnt] = (uint8_t)result;
+        cnt++;
+        if (result != KHOST_ACK && result != KHOST_DEFERRED)
+            break; /* the router rewinds now; send what we have */
+    }
+    if (!cnt)
+        return;
+    /* What the script expects the router to make of them. */
+    for (int i = 0; i < cnt; i++) {
+        item it = its[i];
+        if (it.fenced)
+            continue;
+        switch (res[i]) {
+        case KHOST_ACK:
+            resolve(m, it.p, it.offset);
+            break;
+        case KHOST_DEFERRED:
+            w->deferred[w->n_deferred++] = it;
+            break;
+        case KHOST_RETRY:
+        case KHOST_FAIL:
+            fence(m, it.p, it.seq);
+            if (res[i] == KHOST_FAIL || it.attempt >= MAX_ATTEMPTS) {
+                m->failed[it.p][it.offset] = true;
+                resolve_by_policy(m, it.p, it.offset);
+            }
+            break;
+        default:
+            fence(m, it.p, it.seq);
+        }
+    }
+    r_send(r, k, KH_F_RESULTS, tok, res, (uint32_t)cnt);
+}
+
+static void r_ack_deferred(rmodel *r, int k) {
+    worker *w = &r->m->w[k];
+    if (!w->n_deferred)
+        return;
+    int i = (int)rnd(r->m, (uint32_t)w->n_deferred);
+    item it = w->deferred[i];
+    remove_at(w->deferred, &w->n_deferred, i);
+    if (!it.fenced)
+        resolve(r->m, it.p, it.offset);
+    uint64_t tok = kh_token_make((uint32_t)it.p, it.seq);
+    r_send(r, k, KH_F_ACKS, &tok, NULL, 1);
+}
+
+/* A worker answers for a message of another worker's partition (I3): the
+ * answer must not count, whether it is taken as stale or as a lie (then
+ * the forger is killed and restarts). The real owner's answer still counts
+ * later; had the forged one counted, that answer would be a second result
+ * for one message, and the owner would be killed. */
+static void r_forge(rmodel *r, int k) {
+    model *m = r->m;
+    int j = (k + 1) % NW;
+    worker *o = &m->w[j];
+    bool deferred = o->n_deferred && pct(m, 50);
+    int n = deferred ? o->n_deferred : o->n_inflight;
+    if (!n)
+        return;
+    item it = deferred ? o->deferred[rnd(m, (uint32_t)n)]
+                       : o->inflight[rnd(m, (uint32_t)n)];
+    if (it.fenced || m->owner[it.p] != j)
+        return;
+    uint64_t tok = kh_token_make((uint32_t)it.p, it.seq);
+    uint8_t res = KHOST_ACK;
+    TRACE("  w%d forges for w%d\n", k, j);
+    lie_expected = true;
+    r_send(r, k, deferred ? KH_F_ACKS : KH_F_RESULTS, &tok,
+           deferred ? NULL : &res, 1);
+    lie_expected = false;
+    /* Taken as stale, it still counted against the forger's own window,
+     * so its next honest results would look like too many: it is a liar
+     * either way, and is replaced. */
+    r_crash(r, k, false);
+}
+
+/* pipeline.c on_crashed, and a restart. */
+static void r_crash(rmodel *r, int k, bool lie) {
+    model *m = r->m;
+    kh_pipeline_rt *pl = &r->pl;
+    kh_worker *w = &r->workers[k];
+    if (lie) {
+        /* A result for a message it was never given, or an ack for one of
+         * its own messages it never deferred: killed either way. */
+        worker *lw = &m->w[k];
+        bool own = lw->n_inflight && !lw->inflight[0].fenced && pct(m, 50);
+        uint64_t tok = own ? kh_token_make((uint32_t)lw->inflight[0].p,
+                                           lw->inflight[0].seq)
+                           : kh_token_make(999, 1); /* no such partition */
+        uint8_t res = KHOST_ACK;
+        lie_expected = true;
+        if (own)
+            r_send(r, k, KH_F_ACKS, &tok, NULL, 1);
+        else
+            r_send(r, k, KH_F_RESULTS, &tok, &res, 1);
+        lie_expected = false;
+        CHECK(w->state == KH_W_KILLED, "a lying worker was not killed (%s)",
+              own ? "it acked a message it had not deferred"
+                  : "it answered for a message it was never given");
+    }
+    TRACE("  crash w%d%s\n", k, lie ? " (lie)" : "");
+    worker *mw = &m->w[k];
+    bool named = mw->n_inflight && !mw->inflight[0].fenced;
+    item suspect = named ? mw->inflight[0] : (item){0};
+    conn_close(&r->wend[k]);
+    dispatch_read(w); /* the channel closes */
+    conn_close(&w->conn);
+    for (size_t i = 0; i < pl->n_parts; i++) {
+        kh_part *part = pl->parts[i];
+        if (!part->assigned || part->owner != w)
+            continue;
+        part_pause(part, KH_PAUSE_WORKER, true);
+        fence(m, (int)i, 0);
+        part_rewind_all(part, "worker crashed");
+    }
+    if (named && m->assigned[suspect.p]) {
+        uint64_t before = pl->poison;
+        failure_count_crash(pl, pl->parts[suspect.p], suspect.offset, 1,
+                            "killed");
+        if (pl->poison > before) {
+            m->failed[suspect.p][suspect.offset] = true;
+            resolve_by_policy(m, suspect.p, suspect.offset);
+        }
+    }
+    parts_store(pl->parts, pl->n_parts);
+    r_connect(r, k);
+    for (size_t i = 0; i < pl->n_parts; i++) {
+        kh_part *part = pl->parts[i];
+        if (!part->assigned || part->owner != w)
+            continue;
+        dispatch_send_partition_event(part, KH_F_ASSIGN);
+        part_pause(part, KH_PAUSE_WORKER, false);
+    }
+}
+
+/* The swap's hand-over: REVOKE, some answers, rewind, the other worker.
+ * The old owner keeps its window: its later answers must be stale. */
+static void r_handover(rmodel *r, int p) {
+    model *m = r->m;
+    kh_part *part = r->pl.parts[p];
+    if (!part->assigned)
+        return;
+    int from = (int)(part->owner - r->workers);
+    TRACE("  handover p%d w%d -> w%d\n", p, from, (from + 1) % NW);
+    dispatch_send_partition_event(part, KH_F_REVOKE);
+    part_drop_pending(part);
+    r_worker_read(r, from);
+    r_results(r, from, (int)rnd(m, 6));
+    fence(m, p, 0);
+    part_rewind_all(part, "plugin hand-over");
+    int to = (from + 1) % NW;
+    r->workers[from].n_parts--;
+    r->workers[to].n_parts++;
+    part->owner = &r->workers[to];
+    m->owner[p] = to;
+    dispatch_send_partition_event(part, KH_F_ASSIGN);
+}
+
+static void r_revoke(rmodel *r, int p) {
+    model *m = r->m;
+    kh_part *part = r->pl.parts[p];
+    if (!part->assigned)
+        return;
+    part_drop_pending(part);
+    dispatch_send_partition_event(part, KH_F_REVOKE);
+    int k = (int)(part->owner - r->workers);
+    r_worker_read(r, k);
+    r_results(r, k, (int)rnd(m, 6));
+    commit(m, p, "committed on revoke");
+    fence(m, p, 0);
+    part->owner->n_parts--;
+    part->owner = NULL;
+    part_release(part);
+    m->assigned[p] = false;
+    m->paused[p] = false;
+    m->owed_min[p] = -1;
+    for (int64_t o = 0; o < LOG_MAX; o++)
+        m->failed[p][o] = false;
+}
+
+static void r_assign(rmodel *r, int p) {
+    model *m = r->m;
+    if (m->assigned[p])
+        return;
+    kh_part *part = r->pl.parts[p];
+    part_assign(part);
+    m->assigned[p] = true;
+    m->paused[p] = false;
+    m->stored[p] = -1;
+    m->pos[p] = m->committed[p] >= 0 ? m->committed[p] : 0;
+    int k = (int)rnd(m, NW);
+    m->owner[p] = k;
+    part->owner = &r->workers[k];
+    part->owner->n_parts++;
+    part->crash_offset = -1;
+    part->crash_count = 0;
+    part->isolate_through = -1;
+    part->fail_offset = -1;
+    dispatch_send_partition_event(part, KH_F_ASSIGN);
+}
+
+static void r_step(rmodel *r) {
+    model *m = r->m;
+    m->step++;
+    m->n_events++;
+    uint32_t x = rnd(m, 1000);
+    int k = (int)rnd(m, NW);
+    int p = (int)rnd(m, (uint32_t)m->np);
+    if (x < 120)
+        ev_produce(m);
+    else if (x < 320)
+        ev_fetch(m);
+    else if (x < 520)
+        r_pump(r);
+    else if (x < 720)
+        r_results(r, k, 1 + (int)rnd(m, 8));
+    else if (x < 810)
+        r_ack_deferred(r, k);
+    else if (x < 830)
+        r_crash(r, k, false);
+    else if (x < 840)
+        r_crash(r, k, true);
+    else if (x < 850)
+        r_forge(r, k);
+    else if (x < 880)
+        r_handover(r, p);
+    else if (x < 900)
+        r_revoke(r, p);
+    else if (x < 960)
+        r_assign(r, p);
+    else
+        parts_retry_seeks(r->pl.parts, r->pl.n_parts);
+    parts_store(r->pl.parts, r->pl.n_parts);
+}
+
+static void r_settle(rmodel *r) {
+    model *m = r->m;
+    m->quiet = true;
+    for (int p = 0; p < m->np; p++)
+        r_assign(r, p);
+    for (int round = 0; round < 4000; round++) {
+        m->step++;
+        parts_retry_seeks(r->pl.parts, r->pl.n_parts);
+        for (int i = 0; i < 12; i++)
+            ev_fetch(m);
+        r_pump(r);
+        for (int k = 0; k < NW; k++) {
+            while (m->w[k].n_inflight)
+                r_results(r, k, 64);
+            while (m->w[k].n_deferred)
+                r_ack_deferred(r, k);
+        }
+        parts_store(r->pl.parts, r->pl.n_parts);
+        bool done = true;
+        for (int p = 0; p < m->np; p++)
+            done = done && resume_at(m, p) == m->log_end[p];
+        if (done)
+            break;
+    }
+    for (int p = 0; p < m->np; p++)
+        CHECK(resume_at(m, p) == m->log_end[p],
+              "I2 (router): partition %d: stored offset=%lld, committed "
+              "%lld, end of log %lld (first unresolved %lld)",
+              p, (long long)m->stored[p], (long long)m->committed[p],
+              (long long)m->log_end[p], (long long)m->first_unresolved[p]);
+}
+
+static void r_run(uint64_t seed, uint64_t *events) {
+    rmodel *r = calloc(1, sizeof *r);
+    model *m = calloc(1, sizeof *m);
+    cr_assert(r && m);
+    M = m;
+    r->m = m;
+    m->seed = seed;
+    m->rng = seed * 0x9E3779B97F4A7C15ull + 7;
+    m->np = 1 + (int)rnd(m, NP_MAX);
+    m->seek_fail_pct = (int)rnd(m, 20);
+    m->port = (kh_consumer_port){.ud = m,
+                                 .set_paused = port_set_paused,
+                                 .seek = port_seek,
+                                 .store = port_store};
+    r->cfg = (kh_pipeline){.name = "router",
+                           .max_attempts = MAX_ATTEMPTS,
+                           .poison_after = 2,
+                           .on_failure = KH_ON_FAILURE_SKIP};
+    r->host.hooks.should_stop = never_stop;
+    r->pl.host = &r->host;
+    r->pl.cfg = &r->cfg;
+    r->pl.workers = r->workers;
+    r->pl.n_workers = NW;
+    kh_part *parts[NP_MAX];
+    r->pl.parts = parts;
+    for (int k = 0; k < NW; k++) {
+        r->workers[k].pl = &r->pl;
+        r->workers[k].cfg = &r->cfg;
+        r->workers[k].index = k;
+        r_connect(r, k);
+    }
+    for (int p = 0; p < m->np; p++) {
+        parts[p] = m->parts[p] =
+            part_new(&r->pl, "router", &m->port, "t", p, (uint32_t)p);
+        r->pl.n_parts++;
+        m->committed[p] = m->stored[p] = m->owed_min[p] = -1;
+        r_assign(r, p);
+    }
+    int steps = 100 + (int)rnd(m, 400);
+    for (int i = 0; i < steps; i++)
+        r_step(r);
+    r_settle(r);
+    *events += m->n_events;
+    for (int k = 0; k < NW; k++) {
+        conn_close(&r->workers[k].conn);
+        conn_close(&r->wend[k]);
+    }
+    for (int p = 0; p < m->np; p++)
+        part_free(parts[p]);
+    buf_free(&r->strings);
+    free(r->hdrs);
+    CHECK(live_msgs == 0, "%ld message object(s) leaked", live_msgs);
+    M = NULL;
+    free(m);
+    free(r);
+}
+
+Test(model, router_and_failure_policy_under_random_scripts, .timeout = 240) {
+    uint64_t first = env_u64("KHOST_MODEL_SEED", 1);
+    uint64_t n = env_u64("KHOST_MODEL_ROUTER_SCRIPTS", 5000);
+    signal(SIGABRT, on_abort);
+    signal(SIGPIPE, SIG_IGN);
+    tracing = env_u64("KHOST_MODEL_TRACE", 0) != 0;
+    klog_set_level(KLOG_ERROR);
+    saved_stderr = dup(2);
+    int devnull = open("/dev/null", O_WRONLY);
+    if (devnull >= 0) {
+        dup2(devnull, 2);
+        close(devnull);
+    }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    uint64_t events = 0;
+    for (uint64_t s = first; s < first + n; s++)
+        r_run(s, &events);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) +
+                  (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    dprintf(saved_stderr,
+            "test_model (router): %" PRIu64 " scripts (seeds %" PRIu64
+            "..%" PRIu64 "), %" PRIu64 " events, %.1f s\n",
+            n, first, first + n - 1, events, secs);
 }
