@@ -264,6 +264,10 @@ int main(int argc, char **argv) {
     /* Internal: the host execs itself in this mode for each worker. */
     if (!strcmp(cmd, "worker"))
         return worker_main(sub_argc, sub_argv);
+    /* Internal: check-config, run and reload load each plugin this way,
+     * so that its constructors run in a child, never in the host. */
+    if (!strcmp(cmd, "probe-plugin"))
+        return plugin_probe_main(sub_argc, sub_argv);
     fprintf(stderr, "khost: unknown command '%s' (try khost --help)\n", cmd);
     return EXIT_INVALID;
 }

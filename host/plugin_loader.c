@@ -5,6 +5,12 @@
  * names the first thing that is really wrong: the file, the ELF header,
  * the entry point, the ABI version, the descriptor size, the callbacks.
  * Each message has the form "PATH: what is wrong (expected ...)".
+ *
+ * The host's own checks probe instead: plugin_probe_all spawns our own
+ * executable as `khost probe-plugin` for each plugin, which runs
+ * plugin_load there and answers with one line on a pipe. An ELF
+ * constructor then runs in that child, and a crash or a hang in it (the
+ * child is SIGKILLed after a bound) becomes one error line.
  */
 #define _GNU_SOURCE
 #include "plugin_loader.h"
@@ -12,11 +18,19 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+
+extern char **environ;
 
 #define KHOST_ABI_STRING_(a, b) #a "." #b
 #define KHOST_ABI_STRING(a, b) KHOST_ABI_STRING_(a, b)
@@ -220,17 +234,410 @@ fail:
     return NULL;
 }
 
-void plugin_check_all(const kh_config *cfg, kh_errors *errs) {
-    for (size_t i = 0; i < cfg->n_pipelines; i++) {
-        const kh_pipeline *p = &cfg->pipelines[i];
-        kh_plugin plugin;
-        char err[1024];
-        if (plugin_load(p->plugin_path, &plugin, err, sizeof err) != 0)
-            errors_add(errs, "%s:%d: plugin of [pipeline.%s]: %s", cfg->path,
-                       p->plugin_line, p->name, err);
+/* ---- Probing in a child process ---------------------------------- */
+
+/* The fd on which a probe child writes its one line. */
+#define KH_PROBE_RESULT_FD 3
+/* The longest a probe wait sleeps before looking at its children again:
+ * a child's exit is seen by waitpid, not always by its pipe (a plugin may
+ * fork, and the grandchild keep the pipe open). */
+#define KH_PROBE_POLL_MS 10
+
+static long long probe_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Our own executable, pinned by an fd opened once: the same reasons and
+ * the same code as supervisor.c's self_exe_path (replacing khost on disk
+ * never pairs a host with a probe of another version; valgrind translates
+ * the open to the real binary). A copy: this module is below the
+ * supervisor and may not call it. */
+static const char *probe_exe_path(void) {
+    static char path[64];
+    if (!path[0]) {
+        int fd = open("/proc/self/exe", O_PATH | O_CLOEXEC);
+        if (fd >= 0)
+            snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
         else
-            plugin_unload(&plugin);
+            snprintf(path, sizeof path, "/proc/self/exe");
     }
+    return path;
+}
+
+/* Keep an answer on one line: control bytes (a newline in a plugin's
+ * name, say) become '?'. */
+static void one_line(char *s) {
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            *s = '?';
+}
+
+static void describe_timeout(char *buf, size_t len, int timeout_ms) {
+    if (timeout_ms % 1000 == 0)
+        snprintf(buf, len, "%d s", timeout_ms / 1000);
+    else
+        snprintf(buf, len, "%d ms", timeout_ms);
+}
+
+int plugin_probe_main(int argc, char **argv) {
+    static const char usage[] =
+        "usage: khost probe-plugin [--result-fd FD --host-pid PID] [--] "
+        "FILE.so\n";
+    int result_fd = -1;
+    long host_pid = -1;
+    const char *path = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        char *end = NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(usage, stdout);
+            return 0;
+        } else if ((!strcmp(a, "--result-fd") || !strcmp(a, "--host-pid")) &&
+                   i + 1 < argc) {
+            errno = 0;
+            long v = strtol(argv[++i], &end, 10);
+            if (errno || *end || end == argv[i] || v < 0 || v > 1 << 30) {
+                fprintf(stderr, "khost probe-plugin: bad %s '%s'\n%s", a,
+                        argv[i], usage);
+                return 2;
+            }
+            if (!strcmp(a, "--result-fd"))
+                result_fd = (int)v;
+            else
+                host_pid = v;
+        } else if (!strcmp(a, "--") && i + 2 == argc) {
+            path = argv[++i];
+        } else if (a[0] != '-' && i + 1 == argc) {
+            path = a;
+        } else {
+            fprintf(stderr, "%s", usage);
+            return 2;
+        }
+    }
+    if (!path) {
+        fprintf(stderr, "%s", usage);
+        return 2;
+    }
+    /* Die with the host that waits for us; if it is already gone, the
+     * answer has no reader. */
+    if (host_pid > 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if ((long)getppid() != host_pid)
+            return 2;
+    }
+    kh_plugin plugin;
+    char err[1024], line[1280];
+    int rc;
+    if (plugin_load(path, &plugin, err, sizeof err) != 0) {
+        snprintf(line, sizeof line, "%s", err);
+        rc = 2;
+    } else {
+        const khost_plugin_descriptor *d = plugin.desc;
+        /* Formatted before the unload: the strings are the plugin's. Cut
+         * to what kh_probe keeps, so that the ABI always fits the line. */
+        snprintf(line, sizeof line, "%.127s %.127s (ABI %u.%u)", d->name,
+                 d->version ? d->version : "-", d->abi_major, d->abi_minor);
+        plugin_unload(&plugin);
+        rc = 0;
+    }
+    one_line(line);
+    if (result_fd < 0) {
+        fprintf(rc == 0 ? stdout : stderr, "%s\n", line);
+        return rc;
+    }
+    size_t len = strlen(line);
+    line[len++] = '\n';
+    for (size_t done = 0; done < len;) {
+        ssize_t w = write(result_fd, line + done, len - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return 2;
+        done += (size_t)w;
+    }
+    close(result_fd);
+    return rc;
+}
+
+/* A probe child as the parent sees it. */
+typedef struct probe_run {
+    pid_t pid;          /* 0 when not running (never started, or reaped) */
+    int fd;             /* read end of its result pipe, -1 once closed */
+    long long deadline; /* CLOCK_MONOTONIC ms after which it is killed */
+    size_t len;
+    char buf[1024]; /* its answer so far (as much as kh_probe.err holds) */
+} probe_run;
+
+static int probe_spawn(kh_probe *p, probe_run *r, int timeout_ms) {
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC) != 0) {
+        snprintf(p->err, sizeof p->err,
+                 "%s: cannot start a process to load it: %s", p->path,
+                 strerror(errno));
+        return -1;
+    }
+    fcntl(pipefd[0], F_SETFL, O_NONBLOCK);
+    /* Above the fds the child is given, so that the dup2 below always
+     * happens (a dup2 onto itself would keep FD_CLOEXEC). */
+    int wfd = fcntl(pipefd[1], F_DUPFD_CLOEXEC, 10);
+    close(pipefd[1]);
+    if (wfd < 0) {
+        snprintf(p->err, sizeof p->err,
+                 "%s: cannot start a process to load it: %s", p->path,
+                 strerror(errno));
+        close(pipefd[0]);
+        return -1;
+    }
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, wfd, KH_PROBE_RESULT_FD);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawnattr_init(&attr);
+    /* The host blocks its signals for sd-event; the child starts clean. */
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &all);
+    posix_spawnattr_setflags(&attr,
+                             POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    char fd_arg[16], pid_arg[32];
+    snprintf(fd_arg, sizeof fd_arg, "%d", KH_PROBE_RESULT_FD);
+    snprintf(pid_arg, sizeof pid_arg, "%d", (int)getpid());
+    char *argv[] = {"khost", "probe-plugin",  "--result-fd",
+                    fd_arg,  "--host-pid",    pid_arg,
+                    "--",    (char *)p->path, NULL};
+    pid_t pid;
+    int rc = posix_spawn(&pid, probe_exe_path(), &fa, &attr, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    close(wfd);
+    if (rc != 0) {
+        snprintf(p->err, sizeof p->err,
+                 "%s: cannot start a process to load it: %s", p->path,
+                 strerror(rc));
+        close(pipefd[0]);
+        return -1;
+    }
+    r->pid = pid;
+    r->fd = pipefd[0];
+    r->deadline = probe_now_ms() + timeout_ms;
+    r->len = 0;
+    return 0;
+}
+
+/* Read what the pipe holds now, keeping what fits; close it at EOF. */
+static void probe_read(probe_run *r) {
+    while (r->fd >= 0) {
+        char chunk[512];
+        ssize_t n = read(r->fd, chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n <= 0) {
+            close(r->fd);
+            r->fd = -1;
+            return;
+        }
+        size_t room = sizeof r->buf - 1 - r->len;
+        size_t take = (size_t)n < room ? (size_t)n : room;
+        memcpy(r->buf + r->len, chunk, take);
+        r->len += take;
+    }
+}
+
+/* "NAME VERSION (ABI M.m)", as plugin_probe_main prints it. */
+static bool parse_ok_line(const char *line, kh_probe *p) {
+    const char *abi = NULL;
+    for (const char *s = line; (s = strstr(s, " (ABI ")); s++)
+        abi = s;
+    unsigned major, minor;
+    char close_paren;
+    if (!abi ||
+        sscanf(abi, " (ABI %u.%u%c", &major, &minor, &close_paren) != 3 ||
+        close_paren != ')')
+        return false;
+    const char *sp = memchr(line, ' ', (size_t)(abi - line));
+    const char *name_end = sp ? sp : abi;
+    if (name_end == line)
+        return false;
+    snprintf(p->name, sizeof p->name, "%.*s", (int)(name_end - line), line);
+    if (sp)
+        snprintf(p->version, sizeof p->version, "%.*s", (int)(abi - sp - 1),
+                 sp + 1);
+    else
+        p->version[0] = '\0';
+    p->abi_major = major;
+    p->abi_minor = minor;
+    return true;
+}
+
+/* The child exited (or was killed) with `status`: turn that and its line
+ * into the probe's result. */
+static void probe_finish(kh_probe *p, probe_run *r, int status) {
+    /* What the pipe holds now; a grandchild may keep it open, so no more
+     * is waited for. */
+    probe_read(r);
+    if (r->fd >= 0) {
+        close(r->fd);
+        r->fd = -1;
+    }
+    r->pid = 0;
+    r->buf[r->len] = '\0';
+    r->buf[strcspn(r->buf, "\n")] = '\0';
+    if (WIFSIGNALED(status)) {
+        int sig = WTERMSIG(status);
+        const char *abbrev = sigabbrev_np(sig);
+        char name[32];
+        if (abbrev)
+            snprintf(name, sizeof name, "SIG%s", abbrev);
+        else
+            snprintf(name, sizeof name, "signal %d", sig);
+        snprintf(p->err, sizeof p->err, "%s: plugin crashed while loading (%s)",
+                 p->path, name);
+    } else if (WEXITSTATUS(status) == 0 && parse_ok_line(r->buf, p)) {
+        p->ok = true;
+    } else if (WEXITSTATUS(status) != 0 && r->buf[0]) {
+        /* plugin_load's own message, which starts with the path. */
+        snprintf(p->err, sizeof p->err, "%s", r->buf);
+    } else if (r->buf[0]) {
+        snprintf(p->err, sizeof p->err,
+                 "%s: the process loading it gave an unreadable answer: "
+                 "%.200s",
+                 p->path, r->buf);
+    } else {
+        snprintf(p->err, sizeof p->err,
+                 "%s: the process loading it exited with status %d and "
+                 "no answer (expected a khost plugin)",
+                 p->path, WEXITSTATUS(status));
+    }
+}
+
+void plugin_probe_all(kh_probe *probes, size_t n, int timeout_ms) {
+    for (size_t i = 0; i < n; i++) {
+        probes[i].ok = false;
+        probes[i].err[0] = '\0';
+    }
+    if (!n)
+        return;
+    probe_run *runs = calloc(n, sizeof *runs);
+    if (!runs) {
+        for (size_t i = 0; i < n; i++)
+            snprintf(probes[i].err, sizeof probes[i].err, "%s: out of memory",
+                     probes[i].path);
+        return;
+    }
+    /* An inherited SIGCHLD = SIG_IGN would make the kernel reap our
+     * children, and their status would be lost; SIG_DFL ignores the
+     * signal just as well. */
+    struct sigaction sa;
+    if (sigaction(SIGCHLD, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN) {
+        sa.sa_handler = SIG_DFL;
+        sigaction(SIGCHLD, &sa, NULL);
+    }
+    char bound[32];
+    describe_timeout(bound, sizeof bound, timeout_ms);
+    size_t next = 0, running = 0, finished = 0;
+    while (finished < n) {
+        while (running < KH_PROBE_PARALLEL && next < n) {
+            runs[next].fd = -1;
+            if (probe_spawn(&probes[next], &runs[next], timeout_ms) == 0)
+                running++;
+            else
+                finished++;
+            next++;
+        }
+        if (!running)
+            continue;
+        /* Sleep until a pipe has news, at most KH_PROBE_POLL_MS. */
+        struct pollfd fds[KH_PROBE_PARALLEL];
+        nfds_t nfds = 0;
+        long long now = probe_now_ms();
+        long long wait = KH_PROBE_POLL_MS;
+        for (size_t i = 0; i < next; i++) {
+            if (!runs[i].pid)
+                continue;
+            if (runs[i].fd >= 0 && nfds < KH_PROBE_PARALLEL)
+                fds[nfds++] =
+                    (struct pollfd){.fd = runs[i].fd, .events = POLLIN};
+            if (runs[i].deadline - now < wait)
+                wait = runs[i].deadline - now;
+        }
+        poll(fds, nfds, wait > 0 ? (int)wait : 0);
+        now = probe_now_ms();
+        for (size_t i = 0; i < next; i++) {
+            probe_run *r = &runs[i];
+            if (!r->pid)
+                continue;
+            probe_read(r);
+            int status = 0;
+            pid_t got = waitpid(r->pid, &status, WNOHANG);
+            if (got == 0 && now < r->deadline)
+                continue;
+            if (got == 0) {
+                /* By pid: unreaped, it cannot have been reused. */
+                kill(r->pid, SIGKILL);
+                while (waitpid(r->pid, &status, 0) < 0 && errno == EINTR)
+                    continue;
+                /* It may have exited on its own just before the kill. */
+                bool killed =
+                    WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+                probe_finish(&probes[i], r, status);
+                if (killed) {
+                    probes[i].ok = false;
+                    snprintf(probes[i].err, sizeof probes[i].err,
+                             "%s: did not finish loading within %s (the "
+                             "process loading it was killed)",
+                             probes[i].path, bound);
+                }
+            } else if (got < 0) {
+                if (errno == EINTR)
+                    continue;
+                snprintf(probes[i].err, sizeof probes[i].err,
+                         "%s: cannot wait for the process loading it: %s",
+                         probes[i].path, strerror(errno));
+                r->pid = 0;
+                if (r->fd >= 0)
+                    close(r->fd);
+                r->fd = -1;
+            } else {
+                probe_finish(&probes[i], r, status);
+            }
+            running--;
+            finished++;
+        }
+    }
+    free(runs);
+}
+
+void plugin_check_all(const kh_config *cfg, kh_errors *errs) {
+    size_t n = cfg->n_pipelines;
+    kh_probe *probes = calloc(n ? n : 1, sizeof *probes);
+    const kh_pipeline **of = calloc(n ? n : 1, sizeof *of);
+    if (!probes || !of) {
+        errors_add(errs, "%s: out of memory checking plugins", cfg->path);
+        free(probes);
+        free(of);
+        return;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!cfg->pipelines[i].plugin_path)
+            continue;
+        of[k] = &cfg->pipelines[i];
+        probes[k++].path = cfg->pipelines[i].plugin_path;
+    }
+    plugin_probe_all(probes, k, KH_PROBE_TIMEOUT_MS);
+    for (size_t i = 0; i < k; i++)
+        if (!probes[i].ok)
+            errors_add(errs, "%s:%d: plugin of [pipeline.%s]: %s", cfg->path,
+                       of[i]->plugin_line, of[i]->name, probes[i].err);
+    free(probes);
+    free(of);
 }
 
 void plugin_unload(kh_plugin *plugin) {

@@ -1,7 +1,10 @@
 /*
  * plugin_loader: opens a plugin .so and validates its descriptor against
  * the host's ABI, so that every rejection is one clear line naming the
- * file, what is wrong and what was expected, instead of a crash.
+ * file, what is wrong and what was expected, instead of a crash. The
+ * host's own checks (check-config, run, reload) do it in a spawned
+ * `khost probe-plugin` child, so a plugin's constructors never run in
+ * the host: a crash or a hang there costs the check, not the daemon.
  */
 #ifndef KHOST_PLUGIN_LOADER_H
 #define KHOST_PLUGIN_LOADER_H
@@ -9,6 +12,7 @@
 #include "config.h"
 
 #include <khost/plugin.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef struct kh_plugin {
@@ -28,10 +32,42 @@ int plugin_init(kh_plugin *plugin, const khost_init_args *args, void **state,
 
 void plugin_unload(kh_plugin *plugin);
 
-/* Load (and unload) every pipeline's plugin of cfg, adding one
+/* How long a probe child may take to load a plugin before it is killed. */
+#define KH_PROBE_TIMEOUT_MS 10000
+/* Probe children running at once; more plugins wait for a free slot. */
+#define KH_PROBE_PARALLEL 8
+
+/* One plugin to probe, and what the probe found. */
+typedef struct kh_probe {
+    const char *path; /* in: the plugin file */
+    bool ok;          /* out: it loads and passes the ABI checks */
+    char name[128];   /* out, when ok: the descriptor's name and version */
+    char version[128];
+    unsigned abi_major, abi_minor;
+    char err[1024]; /* out, when not ok: one line, "PATH: reason" */
+} kh_probe;
+
+/* Load each probes[i].path in a `khost probe-plugin` child process (our
+ * own executable, spawned as the supervisor spawns workers) and fill in
+ * the result. A child still running after timeout_ms is SIGKILLed by its
+ * pid and reported as "PATH: did not finish loading within N s"; one
+ * killed by a signal as "PATH: plugin crashed while loading (SIGSEGV)".
+ * Otherwise err is exactly plugin_load's message. Blocks for at most
+ * about timeout_ms per KH_PROBE_PARALLEL plugins; reaps only its own
+ * children, by pid. */
+void plugin_probe_all(kh_probe *probes, size_t n, int timeout_ms);
+
+/* Probe every pipeline's plugin of cfg, adding one
  * "FILE:LINE: plugin of [pipeline.NAME]: ..." error per plugin that cannot
  * be loaded. Used before starting (run) and before applying a reload. */
 void plugin_check_all(const kh_config *cfg, kh_errors *errs);
+
+/* `khost probe-plugin [--result-fd FD --host-pid PID] [--] PATH`, the
+ * child plugin_probe_all runs (internal, usable by hand): plugin_load and
+ * plugin_unload PATH, then one line, "NAME VERSION (ABI M.m)" and exit 0,
+ * or plugin_load's error and exit 2. The line goes to FD when given (and
+ * the process dies with PID), else to stdout or stderr. */
+int plugin_probe_main(int argc, char **argv);
 
 /* Copy `path` to a fresh file in `dir` and return its malloc'd path.
  * Workers load the copy, so an operator overwriting the original in place
