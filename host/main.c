@@ -1,6 +1,9 @@
 /*
  * main: the khost command line. Each command is a small function; the
  * work lives in the modules (config, plugin_loader, mock_cluster, host).
+ * check-config and run load plugins only in `khost probe-plugin`
+ * children; plugin-info, a one-shot command about one file the user
+ * names, loads it in-process.
  */
 #define _GNU_SOURCE
 #include "admin.h"
@@ -98,17 +101,30 @@ static int cmd_check_config(int argc, char **argv) {
     kh_errors errs = {0};
     config_load(path, &cfg, &errs);
     config_print_warnings(&cfg, stderr);
-    /* Only load plugins of a config that parsed, but do report plugin
-     * problems together with any other problems of the same file. */
+    /* Load the plugins of whatever parsed, each in a probe child (a
+     * plugin's constructor never runs here), but do report plugin problems
+     * together with any other problems of the same file. */
+    kh_probe *probes = calloc(cfg.n_pipelines + 1, sizeof *probes);
+    if (!probes) {
+        fprintf(stderr, "khost check-config: out of memory\n");
+        errors_free(&errs);
+        config_free(&cfg);
+        return EXIT_RUNTIME;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < cfg.n_pipelines; i++)
+        if (cfg.pipelines[i].plugin_path)
+            probes[n++].path = cfg.pipelines[i].plugin_path;
+    plugin_probe_all(probes, n, KH_PROBE_TIMEOUT_MS);
+    const kh_probe *pr = probes;
     for (size_t i = 0; i < cfg.n_pipelines; i++) {
         kh_pipeline *p = &cfg.pipelines[i];
         if (!p->plugin_path)
             continue;
-        kh_plugin plugin;
-        char err[1024];
-        if (plugin_load(p->plugin_path, &plugin, err, sizeof err) != 0) {
+        if (!pr->ok) {
             errors_add(&errs, "%s:%d: plugin of [pipeline.%s]: %s", path,
-                       p->plugin_line, p->name, err);
+                       p->plugin_line, p->name, pr->err);
+            pr++;
             continue;
         }
         if (errs.count == 0)
@@ -117,11 +133,11 @@ static int cmd_check_config(int argc, char **argv) {
             printf("%s%s", t ? "," : " ", p->topics[t]);
         if (errs.count == 0)
             printf(" group %s plugin %s %s (ABI %u.%u) workers %d\n", p->group,
-                   plugin.desc->name,
-                   plugin.desc->version ? plugin.desc->version : "-",
-                   plugin.desc->abi_major, plugin.desc->abi_minor, p->workers);
-        plugin_unload(&plugin);
+                   pr->name, pr->version, pr->abi_major, pr->abi_minor,
+                   p->workers);
+        pr++;
     }
+    free(probes);
     int rc = EXIT_OK;
     if (errs.count) {
         print_errors(&errs);
