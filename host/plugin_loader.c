@@ -249,12 +249,12 @@ static long long probe_now_ms(void) {
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Our own executable, pinned by an fd opened once: the same reasons and
- * the same code as supervisor.c's self_exe_path (replacing khost on disk
- * never pairs a host with a probe of another version; valgrind translates
- * the open to the real binary). A copy: this module is below the
- * supervisor and may not call it. */
-static const char *probe_exe_path(void) {
+/* Our own executable, pinned by an fd opened once, so that replacing
+ * khost on disk during an upgrade never pairs a host with a worker or a
+ * probe of another version. Opening /proc/self/exe (rather than exec'ing
+ * it) is also what valgrind translates to the real binary; exec'ing it
+ * directly would start valgrind's own tool. */
+const char *kh_self_exe(void) {
     static char path[64];
     if (!path[0]) {
         int fd = open("/proc/self/exe", O_PATH | O_CLOEXEC);
@@ -411,7 +411,7 @@ static int probe_spawn(kh_probe *p, probe_run *r, int timeout_ms) {
                     fd_arg,  "--host-pid",    pid_arg,
                     "--",    (char *)p->path, NULL};
     pid_t pid;
-    int rc = posix_spawn(&pid, probe_exe_path(), &fa, &attr, argv, environ);
+    int rc = posix_spawn(&pid, kh_self_exe(), &fa, &attr, argv, environ);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
     close(wfd);

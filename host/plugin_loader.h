@@ -81,4 +81,8 @@ char *plugin_snapshot(const char *path, const char *dir, char *err,
  * e.g. "handle_batch tick"; "none" when there are none. */
 void plugin_describe_optional(const kh_plugin *plugin, char *buf, size_t len);
 
+/* The path to exec the host's own binary from (workers, probes): pinned
+ * by an fd opened once, see plugin_loader.c. */
+const char *kh_self_exe(void);
+
 #endif

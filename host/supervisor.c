@@ -20,6 +20,7 @@
 #include "host.h"
 #include "log.h"
 #include "pipeline.h"
+#include "plugin_loader.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -345,23 +346,6 @@ static int prepare_hardening(kh_worker *w, kh_hardening_args *args) {
     return 0;
 }
 
-/* The path workers are exec'd from: our own binary, pinned by an fd
- * opened once, so that replacing khost on disk during an upgrade never
- * pairs a host with a worker of another version. Opening /proc/self/exe
- * (rather than exec'ing it) is also what valgrind translates to the real
- * binary; exec'ing it directly would start valgrind's own tool. */
-static const char *self_exe_path(void) {
-    static char path[64];
-    if (!path[0]) {
-        int fd = open("/proc/self/exe", O_PATH | O_CLOEXEC);
-        if (fd >= 0)
-            snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-        else
-            snprintf(path, sizeof path, "/proc/self/exe");
-    }
-    return path;
-}
-
 int supervisor_spawn(kh_worker *w) {
     kh_pipeline_rt *pl = w->pl;
     kh_hardening_args hargs;
@@ -423,7 +407,7 @@ int supervisor_spawn(kh_worker *w) {
         argv[argc++] = hargs.argv[i];
     argv[argc] = NULL;
     pid_t pid;
-    int rc = posix_spawn(&pid, self_exe_path(), &fa, &attr, argv, environ);
+    int rc = posix_spawn(&pid, kh_self_exe(), &fa, &attr, argv, environ);
     if (rc != 0) {
         errno = rc;
         goto error;
