@@ -32,10 +32,12 @@ kh_part *part_new(kh_pipeline_rt *pl, const char *pipeline,
                   const kh_consumer_port *port, const char *topic,
                   int32_t partition, uint32_t slot) {
     kh_part *part = calloc(1, sizeof *part);
-    if (!part || !(part->topic = strdup(topic)))
+    /* Its own copy of the name: a plugin swap replaces the pipeline's
+     * config, and the old one is freed while the partition lives on. */
+    if (!part || !(part->topic = strdup(topic)) ||
+        !(part->pipeline = strdup(pipeline)))
         abort();
     part->pl = pl;
-    part->pipeline = pipeline;
     part->port = port;
     part->partition = partition;
     part->slot = slot;
@@ -58,6 +60,7 @@ void part_free(kh_part *part) {
     free(part->pend);
     offsets_free(&part->off);
     free(part->topic);
+    free(part->pipeline);
     free(part);
 }
 

@@ -71,7 +71,7 @@ typedef struct kh_consumer_port {
 
 struct kh_part {
     kh_pipeline_rt *pl;
-    const char *pipeline; /* name, for log lines (the pipeline's own) */
+    char *pipeline; /* its pipeline's name, for log lines (a copy) */
     const kh_consumer_port *port;
     char *topic;
     int32_t partition;

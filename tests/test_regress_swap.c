@@ -10,6 +10,10 @@
  * 2. The swap's 30 s deadline for its new workers to start also applied
  *    while a canary ran, so a reload_probation_ms above about 30 s
  *    abandoned every canary ("new workers were not ready within 30 s").
+ * 3. A partition named its pipeline in log lines through the config's own
+ *    string, which a swap frees once nothing else needs the old config:
+ *    the next line from partition.c (here a retry's rewind) read freed
+ *    memory (seen by ASan; a plain build prints whatever is there).
  */
 #define _GNU_SOURCE
 #include "harness.h"
@@ -142,5 +146,30 @@ Test(regress_swap, canary_probation_longer_than_30s_passes, .timeout = 240) {
     th_produce(&c, "sw2", 2, 50, -1, -1, NULL);
     cr_assert(th_wait_committed(&c, "g-sw2", "sw2", 2, 100, 60000), "%s",
               th_log(&h));
+    stop_host(&c, &h, dir, so);
+}
+
+Test(regress_swap, partition_log_lines_after_a_swap_name_the_pipeline,
+     .timeout = 180) {
+    th_cluster c;
+    th_host h;
+    char *dir, *so;
+    start_host(&c, &h, &dir, &so, "sw3", 1,
+               "workers = 1\nreload_probation_ms = 0\nretry_backoff_ms = 100",
+               "retry_on = RETRY-ME\nmisbehave_attempts = 1");
+    cr_assert(th_wait_log(&h, "rebalance #1: assigned 1", 1, 60000), "%s",
+              th_log(&h));
+    cp_over(FAULT, so);
+    cr_assert_eq(kill(h.pid, SIGHUP), 0);
+    /* No probation: the old config is freed right after the cutover. */
+    cr_assert(th_wait_log(&h, "reloaded: plugin", 1, 60000), "%s", th_log(&h));
+    th_sleep_ms(500);
+    th_produce(&c, "sw3", 1, 10, 0, 5, "RETRY-ME");
+    cr_assert(th_wait_committed(&c, "g-sw3", "sw3", 1, 10, 60000), "%s",
+              th_log(&h));
+    cr_assert(th_log_count(&h, "pipeline=p topic=sw3 partition=0 rewound to "
+                               "offset=5") >= 1,
+              "the retry's rewind does not name its pipeline: %s", th_log(&h));
+    cr_assert(th_host_alive(&h), "%s", th_log(&h));
     stop_host(&c, &h, dir, so);
 }
