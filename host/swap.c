@@ -361,11 +361,9 @@ bool swap_tick(kh_pipeline_rt *pl, int64_t now) {
         return true;
     }
     if (r->canary && r->rollback_due) {
-        /* The old generation still runs: give the partition back. */
-        kh_part *part = r->canary_part;
-        if (part->assigned && part->owner && part->owner->pl == pl)
-            hand_over(pl, &part, 1, pl->workers, pl->n_workers,
-                      "canary failed: back to the previous plugin");
+        /* The old generation still runs: swap_abort gives back what the
+         * new one owns (the canary partition, unless a rebalance already
+         * moved it to an old worker, which then keeps it untouched). */
         klog_error("pipeline=%s canary ROLLED BACK: plugin %s stays on every "
                    "partition",
                    pl->cfg->name, pl->plugin_version);

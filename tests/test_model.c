@@ -33,15 +33,20 @@
  * KHOST_MODEL_TRACE=1 printing each event. CI runs seeds 1..50000 (about
  * 5 s); other seeds explore further (1,000,000 scripts took 94 s).
  *
- * A second test drives the router (dispatch.c) and the failure policy
- * (failure.c, on_failure = skip, poison counting) the same way, over real
- * frames on socketpairs (see "the router model" below): 5,000 scripts in
- * CI (KHOST_MODEL_ROUTER_SCRIPTS), about 8 s. It fails with any of these
+ * A second test drives the router (dispatch.c), the failure policy
+ * (failure.c, on_failure = skip, poison counting), the plugin swap
+ * (swap.c: reloads, canary, probation crashes and rollback) and the one
+ * bounded wait (drain.c) the same way, over real frames on socketpairs
+ * (see "the router model" below): 5,000 scripts in CI
+ * (KHOST_MODEL_ROUTER_SCRIPTS), about 20 s. It fails with any of these
  * faults put in one at a time: a stale answer taken as a lie; no check for
  * failed messages before dispatch; a RETRY answer without its rewind; a
  * SKIPPED answer without its rewind; poison counted but not marked failed;
  * no owner check on answers (a forged ack then counts); ACKS accepted for
- * messages never deferred.
+ * messages never deferred; a canary rollback that hands the canary
+ * partition over again when a rebalance already gave it to an old worker
+ * (the swap then rewinds a partition it does not move: the bug this model
+ * found in swap.c).
  *
  * Checked to fail: with any of these faults put into partition.c, it
  * fails within the first few seeds (tried one by one): a queue drop that
@@ -58,12 +63,14 @@
 #include "partition.h"
 #include "pipeline.h"
 #include "supervisor.h"
+#include "swap.h"
 #include "transport.h" /* KH_RESULT_SKIPPED */
 
 #include <khost/plugin.h>
 
 #include <criterion/criterion.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -71,11 +78,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #define NP_MAX 3
 #define NW 2
+#define NS 4 /* worker slots of the router model: two generations */
 #define LOG_MAX 600
 #define ITEMS_MAX 2048
 #define JOBS_MAX 256
@@ -150,11 +159,18 @@ typedef struct model {
     bool resolved[NP_MAX][LOG_MAX];
     int64_t first_unresolved[NP_MAX];
     bool failed[NP_MAX][LOG_MAX]; /* failed, not resolved by policy yet */
-    worker w[NW];
+    worker w[NS];
     item zombies[ITEMS_MAX]; /* answers still on their way from the dead */
     int n_zombies;
     dlq_job jobs[JOBS_MAX];
     int n_jobs;
+    /* Fenced seq ranges [lo, hi) per partition: what was dispatched when
+     * the script fenced it, so a message still on its way to a worker at
+     * that moment is known fenced when it arrives. */
+    struct {
+        uint64_t lo, hi;
+    } fences[NP_MAX][1024];
+    int n_fences[NP_MAX];
     /* counts, for the summary */
     uint64_t n_events, n_stale, n_seek_fail, n_crash, n_dlq;
 } model;
@@ -304,8 +320,31 @@ static void fence_list(item *items, int n, int p, uint64_t from_seq) {
 
 /* A rewind from from_seq, a crash or a revoke (from_seq 0): everything of
  * p dispatched from there on is fenced. */
+static bool fenced_seq(const model *m, int p, uint64_t seq) {
+    for (int i = 0; i < m->n_fences[p]; i++)
+        if (seq >= m->fences[p][i].lo && seq < m->fences[p][i].hi)
+            return true;
+    return false;
+}
+
 static void fence(model *m, int p, uint64_t from_seq) {
-    for (int k = 0; k < NW; k++) {
+    uint64_t hi = m->parts[p]->off.next_seq;
+    if (from_seq < hi) {
+        while (m->n_fences[p] &&
+               from_seq <= m->fences[p][m->n_fences[p] - 1].lo)
+            m->n_fences[p]--; /* covered by the new one */
+        int n = m->n_fences[p];
+        if (n && m->fences[p][n - 1].lo <= from_seq &&
+            m->fences[p][n - 1].hi >= from_seq) {
+            m->fences[p][n - 1].hi = hi; /* extends the last one */
+        } else {
+            CHECK(n < 1024, "too many fences");
+            m->fences[p][n].lo = from_seq;
+            m->fences[p][n].hi = hi;
+            m->n_fences[p]++;
+        }
+    }
+    for (int k = 0; k < NS; k++) {
         fence_list(m->w[k].inflight, m->w[k].n_inflight, p, from_seq);
         fence_list(m->w[k].deferred, m->w[k].n_deferred, p, from_seq);
     }
@@ -959,15 +998,18 @@ Test(model, a_stalled_partition_names_its_oldest_unresolved_message) {
     free(m);
 }
 
-/* ---- the router model: dispatch.c and failure.c over real frames ----
+/* ---- the router model: dispatch.c, failure.c, swap.c, drain.c ----
  *
  * The same world, one level up: the script's workers sit at the far end
  * of real socketpairs. The router (dispatch.c) fills real MESSAGES frames
  * and applies real RESULTS and ACKS frames, fencing answers by owner and
  * seq (I3), killing a worker that lies; failure.c applies on_failure =
- * skip and counts poison. The supervisor is simulated here (its kill and
- * READY calls are defined below, so supervisor.c is not linked), as is the
- * pipeline's crash handler (pipeline.c on_crashed, mirrored in r_crash).
+ * skip and counts poison; swap.c runs reloads with their new generation,
+ * cutover, canary, probation and rollback, and drain.c its waits. The
+ * supervisor is simulated here (its calls are defined below, so
+ * supervisor.c is not linked: a worker slot is a socketpair), as are the
+ * pipeline's event handlers (pipeline.c on_crashed, on_died and on_ready,
+ * mirrored in r_crash and supervisor_worker_ready).
  * Checked after every event: I1 as above (a message failed by policy counts
  * as resolvable, since skip resolves it), and that no answer the script
  * knows is fenced gets a worker killed or a message counted. */
@@ -1003,9 +1045,11 @@ void supervisor_kill(kh_worker *w, const char *reason) {
 
 void supervisor_worker_ready(kh_worker *w, const char *name,
                              const char *version) {
-    (void)name;
-    (void)version;
     w->state = KH_W_READY;
+    snprintf(w->plugin_name, sizeof w->plugin_name, "%s", name);
+    snprintf(w->plugin_version, sizeof w->plugin_version, "%s", version);
+    if (w->candidate)
+        swap_worker_ready(w); /* pipeline.c on_ready */
 }
 
 typedef struct rmodel {
@@ -1013,12 +1057,173 @@ typedef struct rmodel {
     kh_pipeline cfg;
     kh_host host;
     kh_pipeline_rt pl;
-    kh_worker workers[NW];
-    kh_conn wend[NW]; /* the workers' ends of the channels */
+    kh_worker *kw[NS]; /* slot -> worker, NULL when the slot is free */
+    kh_conn wend[NS];  /* the workers' ends of the channels */
+    kh_pipeline cfg2;  /* the other config a swap moves to */
+    char *dir;
     kh_buf strings;
     khost_header *hdrs;
     size_t hdrs_cap;
 } rmodel;
+
+static rmodel *RM;
+
+static char *tu_tmpdir_model(void) {
+    char *d = strdup("/tmp/khost-model-XXXXXX");
+    cr_assert(d && mkdtemp(d));
+    return d;
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag,
+                  struct FTW *ftw) {
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void tu_rmdir_model(const char *dir) {
+    nftw(dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+static int slot_of(rmodel *r, const kh_worker *w) {
+    for (int k = 0; k < NS; k++)
+        if (w && r->kw[k] == w)
+            return k;
+    return -1;
+}
+
+static bool is_next(rmodel *r, const kh_worker *w) {
+    return r->pl.next && w >= r->pl.next && w < r->pl.next + r->pl.n_next;
+}
+
+/* A random slot whose worker is READY, -1 when none. With current_only,
+ * only the current generation's. */
+static int pick_slot(rmodel *r, bool current_only) {
+    int cand[NS], n = 0;
+    for (int k = 0; k < NS; k++)
+        if (r->kw[k] && r->kw[k]->state == KH_W_READY &&
+            (!current_only || !is_next(r, r->kw[k])))
+            cand[n++] = k;
+    return n ? cand[rnd(r->m, (uint32_t)n)] : -1;
+}
+
+static void slot_close(rmodel *r, int k) {
+    conn_close(&r->kw[k]->conn);
+    conn_close(&r->wend[k]);
+    r->kw[k] = NULL;
+    r->m->w[k].n_inflight = r->m->w[k].n_deferred = 0;
+    r->m->w[k].alive = false;
+}
+
+/* After the swap moved partitions: a partition whose owner changed was
+ * rewound (hand_over), so everything it had out is fenced. The swap
+ * rewinds only partitions it moves: an answer the script still counts on
+ * must still have its live entry (checked here). */
+static void resync(rmodel *r) {
+    model *m = r->m;
+    for (int p = 0; p < m->np; p++) {
+        if (!m->assigned[p])
+            continue;
+        int k = slot_of(r, r->pl.parts[p]->owner);
+        CHECK(k >= 0,
+              "partition %d is owned by no live worker (a dangling "
+              "owner)",
+              p);
+        if (k != m->owner[p]) {
+            fence(m, p, 0);
+            m->owner[p] = k;
+        }
+        worker *w = &m->w[k];
+        for (int i = 0; i < w->n_inflight + w->n_deferred; i++) {
+            item *it = i < w->n_inflight ? &w->inflight[i]
+                                         : &w->deferred[i - w->n_inflight];
+            kh_entry *e;
+            CHECK(it->p != p || it->fenced ||
+                      part_find(r->pl.parts[p], it->seq, &e) == KH_LOOKUP_OK,
+                  "the swap rewound partition %d (offset=%lld) without "
+                  "moving it",
+                  p, (long long)it->offset);
+        }
+    }
+}
+
+static void r_connect(rmodel *r, int k);
+
+/* The supervisor's generations and stop steps, as the swap and the drain
+ * use them; processes are the script's socketpairs. */
+int supervisor_start_next(kh_pipeline_rt *pl, const kh_pipeline *cfg,
+                          const char *snapshot) {
+    rmodel *r = RM;
+    pl->next = calloc((size_t)cfg->workers, sizeof *pl->next);
+    cr_assert_not_null(pl->next);
+    pl->n_next = cfg->workers;
+    for (int i = 0; i < pl->n_next; i++) {
+        kh_worker *w = &pl->next[i];
+        w->pl = pl;
+        w->cfg = cfg;
+        w->plugin_path = snapshot;
+        w->candidate = true;
+        w->index = i;
+        int k = slot_of(r, NULL);
+        for (k = 0; k < NS && r->kw[k]; k++)
+            ;
+        CHECK(k < NS, "no free worker slot for a new generation");
+        r->kw[k] = w;
+        r_connect(r, k);
+        w->state = KH_W_STARTING;
+    }
+    return 0;
+}
+
+void supervisor_drop_next(kh_pipeline_rt *pl) {
+    for (int i = 0; i < pl->n_next; i++) {
+        int k = slot_of(RM, &pl->next[i]);
+        if (k >= 0)
+            slot_close(RM, k);
+    }
+    free(pl->next);
+    pl->next = NULL;
+    pl->n_next = 0;
+}
+
+void supervisor_promote_next(kh_pipeline_rt *pl) {
+    for (int i = 0; i < pl->n_workers; i++) {
+        int k = slot_of(RM, &pl->workers[i]);
+        if (k >= 0)
+            slot_close(RM, k);
+    }
+    free(pl->workers);
+    pl->workers = pl->next;
+    pl->n_workers = pl->n_next;
+    pl->next = NULL;
+    pl->n_next = 0;
+}
+
+/* SHUTDOWN: the script's worker exits at once, unread answers lost. */
+void supervisor_shutdown(kh_worker *w) {
+    w->pid = 0;
+    w->state = KH_W_STOPPED;
+}
+
+bool supervisor_reap(kh_worker *w) {
+    return !w->pid;
+}
+
+void supervisor_kill_and_reap(kh_worker *w, const char *why) {
+    (void)why;
+    w->pid = 0;
+    w->state = KH_W_STOPPED;
+}
+
+void supervisor_lost(kh_worker *w) {
+    w->state = KH_W_KILLED; /* r_step runs its crash */
+}
+
+void supervisor_check_hangs(kh_pipeline_rt *pl, int64_t now_ms) {
+    (void)pl;
+    (void)now_ms;
+}
 
 static bool never_stop(kh_host *h) {
     (void)h;
@@ -1027,8 +1232,9 @@ static bool never_stop(kh_host *h) {
 
 static void r_connect(rmodel *r, int k) {
     int sv[2];
+    cr_assert_not_null(r->kw[k]);
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
-    kh_worker *w = &r->workers[k];
+    kh_worker *w = r->kw[k];
     conn_init(&w->conn, sv[0], KH_FRAME_MAX_FROM_WORKER);
     conn_init(&r->wend[k], sv[1], KH_FRAME_MAX_TO_WORKER);
     w->state = KH_W_READY;
@@ -1069,11 +1275,13 @@ static void r_worker_read(rmodel *r, int k) {
                       (unsigned long long)kh_token_seq(msg.ack_token),
                       msg.attempt);
                 CHECK(w->n_inflight < ITEMS_MAX, "window overflow");
+                uint64_t seq = kh_token_seq(msg.ack_token);
                 w->inflight[w->n_inflight++] =
                     (item){.p = p,
-                           .seq = kh_token_seq(msg.ack_token),
+                           .seq = seq,
                            .offset = msg.offset,
-                           .attempt = msg.attempt};
+                           .attempt = msg.attempt,
+                           .fenced = fenced_seq(m, p, seq)};
             }
         }
         if (got <= 0)
@@ -1083,8 +1291,8 @@ static void r_worker_read(rmodel *r, int k) {
 
 static void r_pump(rmodel *r) {
     dispatch_pump(&r->pl);
-    for (int k = 0; k < NW; k++)
-        if (r->m->w[k].alive)
+    for (int k = 0; k < NS; k++)
+        if (r->kw[k])
             r_worker_read(r, k);
 }
 
@@ -1105,7 +1313,7 @@ static void r_send(rmodel *r, int k, kh_frame_type type, const uint64_t *tok,
     tr_frame_end(b, start);
     while (buf_pending(b))
         CHECK(conn_flush(&r->wend[k]) >= 0, "worker end cannot write");
-    dispatch_read(&r->workers[k]);
+    dispatch_read(r->kw[k]);
     CHECK(kills == 0,
           "the router killed worker %d for an answer it was "
           "entitled to give (a fenced answer must be stale, not a lie)",
@@ -1153,6 +1361,8 @@ static void r_results(rmodel *r, int k, int n) {
         case KHOST_FAIL:
             fence(m, it.p, it.seq);
             if (res[i] == KHOST_FAIL || it.attempt >= MAX_ATTEMPTS) {
+                TRACE("  expect p%d o=%lld failed (seq %llu)\n", it.p,
+                      (long long)it.offset, (unsigned long long)it.seq);
                 m->failed[it.p][it.offset] = true;
                 resolve_by_policy(m, it.p, it.offset);
             }
@@ -1184,7 +1394,9 @@ static void r_ack_deferred(rmodel *r, int k) {
  * for one message, and the owner would be killed. */
 static void r_forge(rmodel *r, int k) {
     model *m = r->m;
-    int j = (k + 1) % NW;
+    int j = pick_slot(r, false);
+    if (j < 0 || j == k)
+        return;
     worker *o = &m->w[j];
     bool deferred = o->n_deferred && pct(m, 50);
     int n = deferred ? o->n_deferred : o->n_inflight;
@@ -1207,12 +1419,15 @@ static void r_forge(rmodel *r, int k) {
     r_crash(r, k, false);
 }
 
-/* pipeline.c on_crashed, and a restart. */
+/* pipeline.c on_crashed and on_died, and (for a worker that is not a
+ * new-generation one still starting) a restart. */
 static void r_crash(rmodel *r, int k, bool lie) {
     model *m = r->m;
     kh_pipeline_rt *pl = &r->pl;
-    kh_worker *w = &r->workers[k];
-    if (lie) {
+    kh_worker *w = r->kw[k];
+    if (!w)
+        return;
+    if (lie && w->state == KH_W_READY) {
         /* A result for a message it was never given, or an ack for one of
          * its own messages it never deferred: killed either way. */
         worker *lw = &m->w[k];
@@ -1231,13 +1446,15 @@ static void r_crash(rmodel *r, int k, bool lie) {
               own ? "it acked a message it had not deferred"
                   : "it answered for a message it was never given");
     }
-    TRACE("  crash w%d%s\n", k, lie ? " (lie)" : "");
+    TRACE("  crash w%d%s%s\n", k, lie ? " (lie)" : "",
+          w->candidate ? " (new generation)" : "");
     worker *mw = &m->w[k];
     bool named = mw->n_inflight && !mw->inflight[0].fenced;
     item suspect = named ? mw->inflight[0] : (item){0};
     conn_close(&r->wend[k]);
     dispatch_read(w); /* the channel closes */
     conn_close(&w->conn);
+    mw->n_inflight = mw->n_deferred = 0;
     for (size_t i = 0; i < pl->n_parts; i++) {
         kh_part *part = pl->parts[i];
         if (!part->assigned || part->owner != w)
@@ -1246,16 +1463,29 @@ static void r_crash(rmodel *r, int k, bool lie) {
         fence(m, (int)i, 0);
         part_rewind_all(part, "worker crashed");
     }
-    if (named && m->assigned[suspect.p]) {
+    if (named && m->assigned[suspect.p] && pl->parts[suspect.p]->owner == w) {
         uint64_t before = pl->poison;
         failure_count_crash(pl, pl->parts[suspect.p], suspect.offset, 1,
                             "killed");
         if (pl->poison > before) {
+            TRACE("  poison p%d o=%lld\n", suspect.p,
+                  (long long)suspect.offset);
             m->failed[suspect.p][suspect.offset] = true;
             resolve_by_policy(m, suspect.p, suspect.offset);
         }
     }
     parts_store(pl->parts, pl->n_parts);
+    bool starting = w->candidate;
+    w->state = KH_W_STOPPED;
+    w->pid = 0;
+    swap_worker_died(w, "killed"); /* may abandon the swap and free w */
+    resync(r);
+    if (r->kw[k] != w)
+        return; /* gone with its generation */
+    if (starting) {
+        slot_close(r, k); /* cannot happen: a starting death abandons */
+        return;
+    }
     r_connect(r, k);
     for (size_t i = 0; i < pl->n_parts; i++) {
         kh_part *part = pl->parts[i];
@@ -1266,25 +1496,29 @@ static void r_crash(rmodel *r, int k, bool lie) {
     }
 }
 
-/* The swap's hand-over: REVOKE, some answers, rewind, the other worker.
- * The old owner keeps its window: its later answers must be stale. */
+/* The rebalance-free hand-over as a test of the router alone (the real
+ * swap moves partitions in r_tick): REVOKE, some answers, rewind, another
+ * current worker. The old owner keeps its window: its answers are stale. */
 static void r_handover(rmodel *r, int p) {
     model *m = r->m;
     kh_part *part = r->pl.parts[p];
-    if (!part->assigned)
+    if (!part->assigned || r->pl.swap)
         return;
-    int from = (int)(part->owner - r->workers);
-    TRACE("  handover p%d w%d -> w%d\n", p, from, (from + 1) % NW);
+    int from = slot_of(r, part->owner);
+    int to = pick_slot(r, true);
+    if (from < 0 || to < 0 || to == from)
+        return;
+    TRACE("  handover p%d w%d -> w%d\n", p, from, to);
     dispatch_send_partition_event(part, KH_F_REVOKE);
     part_drop_pending(part);
     r_worker_read(r, from);
-    r_results(r, from, (int)rnd(m, 6));
+    if (r->kw[from]->state == KH_W_READY)
+        r_results(r, from, (int)rnd(m, 6));
     fence(m, p, 0);
     part_rewind_all(part, "plugin hand-over");
-    int to = (from + 1) % NW;
-    r->workers[from].n_parts--;
-    r->workers[to].n_parts++;
-    part->owner = &r->workers[to];
+    r->kw[from]->n_parts--;
+    r->kw[to]->n_parts++;
+    part->owner = r->kw[to];
     m->owner[p] = to;
     dispatch_send_partition_event(part, KH_F_ASSIGN);
 }
@@ -1296,9 +1530,11 @@ static void r_revoke(rmodel *r, int p) {
         return;
     part_drop_pending(part);
     dispatch_send_partition_event(part, KH_F_REVOKE);
-    int k = (int)(part->owner - r->workers);
-    r_worker_read(r, k);
-    r_results(r, k, (int)rnd(m, 6));
+    int k = slot_of(r, part->owner);
+    if (k >= 0 && r->kw[k]->state == KH_W_READY) {
+        r_worker_read(r, k);
+        r_results(r, k, (int)rnd(m, 6));
+    }
     commit(m, p, "committed on revoke");
     fence(m, p, 0);
     part->owner->n_parts--;
@@ -1311,6 +1547,7 @@ static void r_revoke(rmodel *r, int p) {
         m->failed[p][o] = false;
 }
 
+/* pipeline.c on_assigned: the least loaded current worker. */
 static void r_assign(rmodel *r, int p) {
     model *m = r->m;
     if (m->assigned[p])
@@ -1321,46 +1558,102 @@ static void r_assign(rmodel *r, int p) {
     m->paused[p] = false;
     m->stored[p] = -1;
     m->pos[p] = m->committed[p] >= 0 ? m->committed[p] : 0;
-    int k = (int)rnd(m, NW);
-    m->owner[p] = k;
-    part->owner = &r->workers[k];
-    part->owner->n_parts++;
+    kh_worker *best = &r->pl.workers[0];
+    for (int i = 1; i < r->pl.n_workers; i++)
+        if (r->pl.workers[i].n_parts < best->n_parts)
+            best = &r->pl.workers[i];
+    best->n_parts++;
+    part->owner = best;
+    m->owner[p] = slot_of(r, best);
     part->crash_offset = -1;
     part->crash_count = 0;
     part->isolate_through = -1;
     part->fail_offset = -1;
-    dispatch_send_partition_event(part, KH_F_ASSIGN);
+    if (best->state != KH_W_READY)
+        part_pause(part, KH_PAUSE_WORKER, true);
+    else
+        dispatch_send_partition_event(part, KH_F_ASSIGN);
+}
+
+/* ---- the swap (swap.c, real): reload, READY, tick ---- */
+
+static void r_reload(rmodel *r) {
+    if (r->pl.swap)
+        return;
+    const kh_pipeline *to = r->pl.cfg == &r->cfg ? &r->cfg2 : &r->cfg;
+    TRACE("  reload\n");
+    swap_begin(&r->pl, to, NULL, NULL, false);
+    resync(r);
+}
+
+/* A new-generation worker finished init. */
+static void r_ready_next(rmodel *r) {
+    for (int k = 0; k < NS; k++) {
+        kh_worker *w = r->kw[k];
+        if (!w || w->state != KH_W_STARTING)
+            continue;
+        TRACE("  w%d ready (new generation)\n", k);
+        kh_buf *b = &r->wend[k].out;
+        size_t start = tr_frame_begin(b, KH_F_READY);
+        tr_put_str(b, "fault");
+        tr_put_str(b, "model");
+        tr_frame_end(b, start);
+        while (buf_pending(b))
+            CHECK(conn_flush(&r->wend[k]) >= 0, "worker end cannot write");
+        dispatch_read(w);
+        return;
+    }
+}
+
+static void r_tick(rmodel *r) {
+    swap_tick(&r->pl, kh_now_ms());
+    resync(r);
+    dispatch_pump(&r->pl);
 }
 
 static void r_step(rmodel *r) {
     model *m = r->m;
     m->step++;
     m->n_events++;
+    for (int k = 0; k < NS; k++)
+        if (r->kw[k] && r->kw[k]->state == KH_W_KILLED)
+            r_crash(r, k, false);
     uint32_t x = rnd(m, 1000);
-    int k = (int)rnd(m, NW);
+    int k = pick_slot(r, false);
     int p = (int)rnd(m, (uint32_t)m->np);
-    if (x < 120)
+    if (x < 110)
         ev_produce(m);
-    else if (x < 320)
+    else if (x < 300)
         ev_fetch(m);
-    else if (x < 520)
+    else if (x < 480)
         r_pump(r);
-    else if (x < 720)
-        r_results(r, k, 1 + (int)rnd(m, 8));
-    else if (x < 810)
-        r_ack_deferred(r, k);
-    else if (x < 830)
-        r_crash(r, k, false);
-    else if (x < 840)
-        r_crash(r, k, true);
-    else if (x < 850)
-        r_forge(r, k);
-    else if (x < 880)
+    else if (x < 660) {
+        if (k >= 0)
+            r_results(r, k, 1 + (int)rnd(m, 8));
+    } else if (x < 740) {
+        if (k >= 0)
+            r_ack_deferred(r, k);
+    } else if (x < 760) {
+        if (k >= 0)
+            r_crash(r, k, false);
+    } else if (x < 770) {
+        if (k >= 0)
+            r_crash(r, k, true);
+    } else if (x < 780) {
+        if (k >= 0)
+            r_forge(r, k);
+    } else if (x < 810)
         r_handover(r, p);
-    else if (x < 900)
+    else if (x < 825)
         r_revoke(r, p);
-    else if (x < 960)
+    else if (x < 870)
         r_assign(r, p);
+    else if (x < 885)
+        r_reload(r);
+    else if (x < 930)
+        r_ready_next(r);
+    else if (x < 980)
+        r_tick(r);
     else
         parts_retry_seeks(r->pl.parts, r->pl.n_parts);
     parts_store(r->pl.parts, r->pl.n_parts);
@@ -1373,18 +1666,25 @@ static void r_settle(rmodel *r) {
         r_assign(r, p);
     for (int round = 0; round < 4000; round++) {
         m->step++;
+        for (int k = 0; k < NS; k++)
+            if (r->kw[k] && r->kw[k]->state == KH_W_KILLED)
+                r_crash(r, k, false);
+        r_ready_next(r);
+        r_tick(r);
         parts_retry_seeks(r->pl.parts, r->pl.n_parts);
         for (int i = 0; i < 12; i++)
             ev_fetch(m);
         r_pump(r);
-        for (int k = 0; k < NW; k++) {
+        for (int k = 0; k < NS; k++) {
+            if (!r->kw[k] || r->kw[k]->state != KH_W_READY)
+                continue;
             while (m->w[k].n_inflight)
                 r_results(r, k, 64);
             while (m->w[k].n_deferred)
                 r_ack_deferred(r, k);
         }
         parts_store(r->pl.parts, r->pl.n_parts);
-        bool done = true;
+        bool done = !r->pl.swap;
         for (int p = 0; p < m->np; p++)
             done = done && resume_at(m, p) == m->log_end[p];
         if (done)
@@ -1396,6 +1696,7 @@ static void r_settle(rmodel *r) {
               "%lld, end of log %lld (first unresolved %lld)",
               p, (long long)m->stored[p], (long long)m->committed[p],
               (long long)m->log_end[p], (long long)m->first_unresolved[p]);
+    CHECK(!r->pl.swap, "a swap never finished");
 }
 
 static void r_run(uint64_t seed, uint64_t *events) {
@@ -1403,6 +1704,7 @@ static void r_run(uint64_t seed, uint64_t *events) {
     model *m = calloc(1, sizeof *m);
     cr_assert(r && m);
     M = m;
+    RM = r;
     r->m = m;
     m->seed = seed;
     m->rng = seed * 0x9E3779B97F4A7C15ull + 7;
@@ -1412,21 +1714,42 @@ static void r_run(uint64_t seed, uint64_t *events) {
                                  .set_paused = port_set_paused,
                                  .seek = port_seek,
                                  .store = port_store};
+    r->dir = tu_tmpdir_model();
+    char *plugin, *snapdir;
+    cr_assert_neq(asprintf(&plugin, "%s/p.so", r->dir), -1);
+    cr_assert_neq(asprintf(&snapdir, "%s/snap", r->dir), -1);
+    FILE *f = fopen(plugin, "w");
+    cr_assert_not_null(f);
+    fputs("not really a plugin: the swap only copies it", f);
+    fclose(f);
+    cr_assert_eq(mkdir(snapdir, 0700), 0);
     r->cfg = (kh_pipeline){.name = "router",
+                           .plugin_path = plugin,
+                           .workers = NW,
                            .max_attempts = MAX_ATTEMPTS,
                            .poison_after = 2,
-                           .on_failure = KH_ON_FAILURE_SKIP};
+                           .on_failure = KH_ON_FAILURE_SKIP,
+                           .shutdown_timeout_ms = 1,
+                           .max_restarts = 1000,
+                           .reload_max_crashes = (int)rnd(m, 3),
+                           .reload_probation_ms = 1 + (int)rnd(m, 3),
+                           .reload_canary = pct(m, 50)};
+    r->cfg2 = r->cfg;
     r->host.hooks.should_stop = never_stop;
+    r->host.snapshot_dir = snapdir;
     r->pl.host = &r->host;
     r->pl.cfg = &r->cfg;
-    r->pl.workers = r->workers;
+    r->pl.snapshot = strdup(plugin);
+    r->pl.workers = calloc(NW, sizeof *r->pl.workers);
+    cr_assert_not_null(r->pl.workers);
     r->pl.n_workers = NW;
     kh_part *parts[NP_MAX];
     r->pl.parts = parts;
     for (int k = 0; k < NW; k++) {
-        r->workers[k].pl = &r->pl;
-        r->workers[k].cfg = &r->cfg;
-        r->workers[k].index = k;
+        r->kw[k] = &r->pl.workers[k];
+        r->kw[k]->pl = &r->pl;
+        r->kw[k]->cfg = &r->cfg;
+        r->kw[k]->index = k;
         r_connect(r, k);
     }
     for (int p = 0; p < m->np; p++) {
@@ -1441,16 +1764,25 @@ static void r_run(uint64_t seed, uint64_t *events) {
         r_step(r);
     r_settle(r);
     *events += m->n_events;
-    for (int k = 0; k < NW; k++) {
-        conn_close(&r->workers[k].conn);
-        conn_close(&r->wend[k]);
-    }
+    swap_free(&r->pl);
+    for (int k = 0; k < NS; k++)
+        if (r->kw[k])
+            slot_close(r, k);
+    free(r->pl.workers);
+    free(r->pl.next);
     for (int p = 0; p < m->np; p++)
         part_free(parts[p]);
     buf_free(&r->strings);
     free(r->hdrs);
     CHECK(live_msgs == 0, "%ld message object(s) leaked", live_msgs);
+    unlink(r->pl.snapshot);
+    free(r->pl.snapshot);
+    tu_rmdir_model(r->dir);
+    free(r->dir);
+    free(plugin);
+    free(snapdir);
     M = NULL;
+    RM = NULL;
     free(m);
     free(r);
 }
@@ -1461,9 +1793,13 @@ Test(model, router_and_failure_policy_under_random_scripts, .timeout = 240) {
     signal(SIGABRT, on_abort);
     signal(SIGPIPE, SIG_IGN);
     tracing = env_u64("KHOST_MODEL_TRACE", 0) != 0;
-    klog_set_level(KLOG_ERROR);
+    /* KHOST_MODEL_TRACE=2 also shows the host's own log lines. */
+    klog_set_level(tracing > 0 && env_u64("KHOST_MODEL_TRACE", 0) > 1
+                       ? KLOG_DEBUG
+                       : KLOG_ERROR);
     saved_stderr = dup(2);
-    int devnull = open("/dev/null", O_WRONLY);
+    int devnull =
+        env_u64("KHOST_MODEL_TRACE", 0) > 1 ? -1 : open("/dev/null", O_WRONLY);
     if (devnull >= 0) {
         dup2(devnull, 2);
         close(devnull);
