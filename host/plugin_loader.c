@@ -238,6 +238,7 @@ fail:
 
 /* The fd on which a probe child writes its one line. */
 #define KH_PROBE_RESULT_FD 3
+#define KH_SELF_EXE_MIN_FD 64
 /* The longest a probe wait sleeps before looking at its children again:
  * a child's exit is seen by waitpid, not always by its pipe (a plugin may
  * fork, and the grandchild keep the pipe open). */
@@ -258,6 +259,15 @@ const char *kh_self_exe(void) {
     static char path[64];
     if (!path[0]) {
         int fd = open("/proc/self/exe", O_PATH | O_CLOEXEC);
+        /* Above every fd a child is given (a worker's channel is 3, its
+         * status page 4, a probe's result 3): opened first thing, it would
+         * get 3 itself, and a child's dup2 onto 3 would replace the very
+         * file it is about to exec ("Exec format error"). */
+        if (fd >= 0 && fd < KH_SELF_EXE_MIN_FD) {
+            int high = fcntl(fd, F_DUPFD_CLOEXEC, KH_SELF_EXE_MIN_FD);
+            close(fd);
+            fd = high;
+        }
         if (fd >= 0)
             snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
         else

@@ -266,6 +266,10 @@ void th_host_start(th_host *h, const char *dir, const char *name,
         int fd = open(h->log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
         dup2(fd, 1);
         dup2(fd, 2);
+        /* Only stdin, stdout and stderr, as under systemd or a shell: a
+         * host that happens to find fds 3 and 4 taken (the test runner's)
+         * hides bugs about the fds it gives its children. */
+        close_range(3, ~0U, 0);
         tu_execv(KHOST_BUILD_DIR "/khost",
                  (char *[]){"khost", "run", "-c", h->cfg_path, NULL});
         _exit(127);
