@@ -1770,6 +1770,7 @@ static void r_run(uint64_t seed, uint64_t *events) {
             slot_close(r, k);
     free(r->pl.workers);
     free(r->pl.next);
+    free(r->pl.restarts); /* a cutover's new restart window */
     for (int p = 0; p < m->np; p++)
         part_free(parts[p]);
     buf_free(&r->strings);
