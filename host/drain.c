@@ -26,9 +26,11 @@
 #include <poll.h>
 #include <stdlib.h>
 
-/* The wait itself. Workers of reap[0..n_reap) are reaped here as they
- * exit (they are being stopped); any other exit is left to the
- * supervisor's handler in the loop, so a crash is still a crash. */
+/* The wait itself. Workers of reap[0..n_reap) (every worker of both
+ * generations with REAP_ALL) are reaped here as they exit (they are being
+ * stopped); any other exit is left to the supervisor's handler in the
+ * loop, so a crash is still a crash. */
+#define REAP_ALL (-1)
 static void drain_until(kh_pipeline_rt *pl,
                         bool (*reached)(kh_pipeline_rt *, void *), void *ud,
                         kh_worker *reap, int n_reap, int64_t deadline_ms) {
@@ -38,6 +40,9 @@ static void drain_until(kh_pipeline_rt *pl,
          * hangs now must still be killed on time (and named: its ledger
          * entry still exists). A killed worker stops counting as busy. */
         supervisor_check_hangs(pl, kh_now_ms());
+        if (n_reap == REAP_ALL)
+            for (int i = 0; i < pl_n_all_workers(pl); i++)
+                supervisor_reap(pl_worker(pl, i));
         for (int i = 0; i < n_reap; i++)
             supervisor_reap(&reap[i]);
         int64_t left = deadline_ms - kh_now_ms();
@@ -135,6 +140,22 @@ static bool workers_gone(kh_pipeline_rt *pl, void *ud) {
         if (g->ws[i].pid)
             return false;
     return true;
+}
+
+static bool all_gone(kh_pipeline_rt *pl, void *ud) {
+    (void)ud;
+    for (int i = 0; i < pl_n_all_workers(pl); i++)
+        if (pl_worker(pl, i)->pid)
+            return false;
+    return true;
+}
+
+void drain_stop_pipeline(kh_pipeline_rt *pl, int64_t deadline_ms) {
+    for (int i = 0; i < pl_n_all_workers(pl); i++)
+        supervisor_shutdown(pl_worker(pl, i));
+    drain_until(pl, all_gone, NULL, NULL, REAP_ALL, deadline_ms);
+    for (int i = 0; i < pl_n_all_workers(pl); i++)
+        supervisor_kill_and_reap(pl_worker(pl, i), "did not stop in time");
 }
 
 void drain_stop_workers(kh_pipeline_rt *pl, kh_worker *ws, int n,

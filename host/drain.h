@@ -25,5 +25,9 @@ void drain_end(kh_pipeline_rt *pl);
  * they send on the way out; at the deadline the rest are killed. */
 void drain_stop_workers(kh_pipeline_rt *pl, kh_worker *ws, int n,
                         int64_t deadline_ms);
+/* The same for every worker of both generations at once (the shutdown:
+ * a canary's new workers run tick and terminate too, and their acks
+ * count). */
+void drain_stop_pipeline(kh_pipeline_rt *pl, int64_t deadline_ms);
 
 #endif

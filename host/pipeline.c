@@ -225,7 +225,10 @@ void pipeline_stop(kh_pipeline_rt *pl) {
     if (!pl->rk)
         return;
     pl->stopping = true;
-    swap_abort(pl, "the pipeline is stopping");
+    /* A swap in progress is not undone first: handing a canary partition
+     * back would drain and rewind it, and its deferred acks, which come
+     * from the new worker's tick and terminate, would be lost. Both
+     * generations stop together below; the swap is dropped after. */
     int64_t deadline = kh_now_ms() + pl->cfg->shutdown_timeout_ms;
     for (size_t p = 0; p < pl->n_parts; p++) {
         kh_part *part = pl->parts[p];
@@ -245,12 +248,13 @@ void pipeline_stop(kh_pipeline_rt *pl) {
     }
     int64_t stop_by =
         deadline > kh_now_ms() + 1000 ? deadline : kh_now_ms() + 1000;
-    drain_stop_workers(pl, pl->workers, pl->n_workers, stop_by);
+    drain_stop_pipeline(pl, stop_by);
     parts_store(pl->parts, pl->n_parts);
     /* The commit and the group leave get what is left, at least 1 s. */
     int64_t left = deadline - kh_now_ms();
     int bound = left > 1000 ? (int)left : 1000;
     kafka_commit_sync(pl, NULL, 0, bound);
+    swap_discard(pl);
     left = deadline - kh_now_ms();
     kafka_pipeline_close(pl, left > 1000 ? (int)left : 1000);
     failure_pipeline_stop(pl, 0);

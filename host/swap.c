@@ -322,8 +322,8 @@ void swap_worker_ready(kh_worker *w) {
 void swap_worker_died(kh_worker *w, const char *how) {
     kh_pipeline_rt *pl = w->pl;
     kh_swap *r = pl->swap;
-    if (!r)
-        return;
+    if (!r || pl->stopping)
+        return; /* a stopping pipeline drops its swap (swap_discard) */
     if (w->candidate) {
         char why[700];
         snprintf(why, sizeof why, "new worker %d %s%s%s", w->index, how,
@@ -403,4 +403,23 @@ bool swap_references(const kh_pipeline_rt *pl, const kh_pipeline *lo,
     const kh_swap *r = pl->swap;
     return r && ((r->cfg >= lo && r->cfg < hi) ||
                  (r->prev_cfg >= lo && r->prev_cfg < hi));
+}
+
+void swap_discard(kh_pipeline_rt *pl) {
+    if (!pl->swap && !pl->next)
+        return;
+    if (pl->next) {
+        klog_info("pipeline=%s: the plugin swap in progress is dropped: the "
+                  "pipeline stopped",
+                  pl->cfg->name);
+        /* Partitions still on the new generation are being released. */
+        for (size_t i = 0; i < pl->n_parts; i++) {
+            kh_part *part = pl->parts[i];
+            if (part->owner >= pl->next && part->owner < pl->next + pl->n_next)
+                part->owner = NULL;
+        }
+        drain_stop_workers(pl, pl->next, pl->n_next, kh_now_ms());
+        supervisor_drop_next(pl);
+    }
+    swap_free(pl);
 }

@@ -24,6 +24,9 @@ void swap_abort(kh_pipeline_rt *pl, const char *why);
 /* End a probation early (a newer reload replaces it). */
 void swap_end_probation(kh_pipeline_rt *pl);
 void swap_free(kh_pipeline_rt *pl);
+/* A stopping pipeline (its workers of both generations stopped already):
+ * drop the swap and the new generation without moving anything back. */
+void swap_discard(kh_pipeline_rt *pl);
 /* Does pl's swap point into the pipelines [lo, hi) of a configuration? */
 bool swap_references(const kh_pipeline_rt *pl, const kh_pipeline *lo,
                      const kh_pipeline *hi);

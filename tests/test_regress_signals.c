@@ -530,26 +530,23 @@ Test(regress_signals, sigterm_in_swap_probation_keeps_terminate_acks,
     sigterm_in_probation("all", "false");
 }
 
-/* Canary: one partition on the new plugin, one on the old. The stop hands
- * the canary back first (swap_abort), and on_revoke's acks count. */
+/* Canary: one partition on the new plugin, one on the old. The stop
+ * REVOKEs each partition to its owner of either generation, and
+ * on_revoke's acks count. */
 Test(regress_signals, sigterm_in_canary_probation_keeps_revoke_acks,
      .timeout = 180) {
     sigterm_in_probation("canary", "true");
 }
 
-/* Disabled: fails on main (867e48f). With acks given from tick/terminate,
- * a SIGTERM during a canary's probation loses the canary partition's last
- * deferred batch. pipeline_stop's swap_abort hands the partition back to
- * the old generation first: REVOKE, a drain that the deferred messages
- * hold for min(shutdown_timeout_ms, 5 s) (nothing asks the worker to
- * tick), a rewind to the acked offset; only then are the new workers
- * stopped (supervisor_drop_next with a deadline of now: SHUTDOWN, then
- * SIGKILL for any not gone yet). The acks their tick/terminate send are
- * "ignored ... revoked or rewound", nothing is committed for the
- * partition, and the whole batch is redelivered. Without a canary the
- * same acks count (sigterm_in_swap_probation_keeps_terminate_acks), as
- * they do in a plain stop (test_regress_acks). Enable with the fix. */
+/* Acks given from tick/terminate, a SIGTERM during a canary's probation.
+ * It failed before 'Shutdown stops both generations' (6bdc43d and
+ * earlier): pipeline_stop's swap_abort handed the canary partition back to
+ * the old generation first (REVOKE, a drain the deferred messages held
+ * for min(shutdown_timeout_ms, 5 s), a rewind to the acked offset), and
+ * only then stopped the new workers, whose tick/terminate acks were then
+ * "ignored ... revoked or rewound": nothing was committed for the
+ * partition. Now both generations stop together and the acks count. */
 Test(regress_signals, sigterm_in_canary_probation_keeps_terminate_acks,
-     .timeout = 180, .disabled = true) {
+     .timeout = 180) {
     sigterm_in_probation("canary", "false");
 }
