@@ -92,8 +92,14 @@ void part_release(kh_part *part) {
                   "the next owner starts after the acked offset",
                   part->pipeline, part->topic, part->partition,
                   (long long)part->off.acked, left);
-    part->assigned = false;
     part_drop_pending(part);
+    /* librdkafka keeps a partition's pause across assignments: resumed
+     * now, while still assigned, or a later assignment of it would never
+     * fetch although the host thinks it unpaused (seen in chaos: a revoke
+     * while its worker restarted left it stuck for good). */
+    if (part->pause)
+        part->port->set_paused(part->port->ud, part, false);
+    part->assigned = false;
     forget_assignment(part);
 }
 

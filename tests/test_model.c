@@ -53,7 +53,8 @@
  * owes no seek; a rewind that ignores an owed seek; a failed seek that
  * forgets what it owed; fetches from the old position taken while a seek
  * is owed; no next_offset check; a successful seek that does not move
- * next_offset.
+ * next_offset; a revoke that leaves the consumer paused (librdkafka keeps
+ * a partition's pause across assignments; the simulated consumer does too).
  */
 #define _GNU_SOURCE
 #include "dispatch.h"
@@ -656,7 +657,6 @@ static void ev_revoke(model *m, int p) {
     fence(m, p, 0);
     part_release(part);
     m->assigned[p] = false;
-    m->paused[p] = false;
     m->owed_min[p] = -1;
     /* A new assignment forgets failures (the next owner meets them). */
     for (int64_t o = 0; o < LOG_MAX; o++)
@@ -670,7 +670,6 @@ static void ev_assign(model *m, int p) {
     TRACE("  assign p%d from %lld\n", p, (long long)m->committed[p]);
     part_assign(part);
     m->assigned[p] = true;
-    m->paused[p] = false;
     m->stored[p] = -1;
     m->pos[p] = m->committed[p] >= 0 ? m->committed[p] : 0;
     m->owner[p] = (int)rnd(m, NW);
@@ -1541,7 +1540,6 @@ static void r_revoke(rmodel *r, int p) {
     part->owner = NULL;
     part_release(part);
     m->assigned[p] = false;
-    m->paused[p] = false;
     m->owed_min[p] = -1;
     for (int64_t o = 0; o < LOG_MAX; o++)
         m->failed[p][o] = false;
@@ -1555,7 +1553,6 @@ static void r_assign(rmodel *r, int p) {
     kh_part *part = r->pl.parts[p];
     part_assign(part);
     m->assigned[p] = true;
-    m->paused[p] = false;
     m->stored[p] = -1;
     m->pos[p] = m->committed[p] >= 0 ? m->committed[p] : 0;
     kh_worker *best = &r->pl.workers[0];
