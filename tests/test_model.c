@@ -886,16 +886,21 @@ static uint64_t env_u64(const char *name, uint64_t dflt) {
     return v && *v ? strtoull(v, NULL, 10) : dflt;
 }
 
-Test(model, partition_core_under_random_scripts, .timeout = 240) {
+/* Run n scripts from the first seed with the host's log kept out of the
+ * output (the modules log every rewind and failed seek, thousands per
+ * second here; failures go to the real stderr), then print the figures.
+ * KHOST_MODEL_TRACE=1 prints each event, =2 the host's log lines too. */
+static void run_many(const char *what, const char *count_env, uint64_t dflt,
+                     void (*run)(uint64_t seed, uint64_t *events)) {
     uint64_t first = env_u64("KHOST_MODEL_SEED", 1);
-    uint64_t n = env_u64("KHOST_MODEL_SCRIPTS", 50000);
+    uint64_t n = env_u64(count_env, dflt);
+    uint64_t trace = env_u64("KHOST_MODEL_TRACE", 0);
     signal(SIGABRT, on_abort);
-    tracing = env_u64("KHOST_MODEL_TRACE", 0) != 0;
-    /* The module logs every rewind and failed seek: thousands per second
-     * here. Keep them out of the output; failures go to the real stderr. */
-    klog_set_level(KLOG_ERROR);
+    signal(SIGPIPE, SIG_IGN);
+    tracing = trace != 0;
+    klog_set_level(trace > 1 ? KLOG_DEBUG : KLOG_ERROR);
     saved_stderr = dup(2);
-    int devnull = open("/dev/null", O_WRONLY);
+    int devnull = trace > 1 ? -1 : open("/dev/null", O_WRONLY);
     if (devnull >= 0) {
         dup2(devnull, 2);
         close(devnull);
@@ -904,14 +909,18 @@ Test(model, partition_core_under_random_scripts, .timeout = 240) {
     clock_gettime(CLOCK_MONOTONIC, &t0);
     uint64_t events = 0;
     for (uint64_t s = first; s < first + n; s++)
-        run_script(s, &events);
+        run(s, &events);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (double)(t1.tv_sec - t0.tv_sec) +
                   (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     dprintf(saved_stderr,
-            "test_model: %" PRIu64 " scripts (seeds %" PRIu64 "..%" PRIu64
+            "test_model%s: %" PRIu64 " scripts (seeds %" PRIu64 "..%" PRIu64
             "), %" PRIu64 " events, %.1f s\n",
-            n, first, first + n - 1, events, secs);
+            what, n, first, first + n - 1, events, secs);
+}
+
+Test(model, partition_core_under_random_scripts, .timeout = 240) {
+    run_many("", "KHOST_MODEL_SCRIPTS", 50000, run_script);
 }
 
 /* ---- I2: a stuck partition says why (part_check_stall) ---- */
@@ -1786,32 +1795,5 @@ static void r_run(uint64_t seed, uint64_t *events) {
 }
 
 Test(model, router_and_failure_policy_under_random_scripts, .timeout = 240) {
-    uint64_t first = env_u64("KHOST_MODEL_SEED", 1);
-    uint64_t n = env_u64("KHOST_MODEL_ROUTER_SCRIPTS", 5000);
-    signal(SIGABRT, on_abort);
-    signal(SIGPIPE, SIG_IGN);
-    tracing = env_u64("KHOST_MODEL_TRACE", 0) != 0;
-    /* KHOST_MODEL_TRACE=2 also shows the host's own log lines. */
-    klog_set_level(tracing > 0 && env_u64("KHOST_MODEL_TRACE", 0) > 1
-                       ? KLOG_DEBUG
-                       : KLOG_ERROR);
-    saved_stderr = dup(2);
-    int devnull =
-        env_u64("KHOST_MODEL_TRACE", 0) > 1 ? -1 : open("/dev/null", O_WRONLY);
-    if (devnull >= 0) {
-        dup2(devnull, 2);
-        close(devnull);
-    }
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    uint64_t events = 0;
-    for (uint64_t s = first; s < first + n; s++)
-        r_run(s, &events);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double secs = (double)(t1.tv_sec - t0.tv_sec) +
-                  (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-    dprintf(saved_stderr,
-            "test_model (router): %" PRIu64 " scripts (seeds %" PRIu64
-            "..%" PRIu64 "), %" PRIu64 " events, %.1f s\n",
-            n, first, first + n - 1, events, secs);
+    run_many(" (router)", "KHOST_MODEL_ROUTER_SCRIPTS", 5000, r_run);
 }

@@ -49,18 +49,6 @@ static void kill_leftovers(void) {
 
 TestSuite(regress_reload, .fini = kill_leftovers);
 
-/* Copy src over dst in place (open O_TRUNC and write), as `cp` does. */
-static void cp_over(const char *src, const char *dst) {
-    size_t len;
-    char *bytes = tu_read_file(src, &len);
-    cr_assert_not_null(bytes, "%s", src);
-    FILE *f = fopen(dst, "w");
-    cr_assert_not_null(f, "%s", dst);
-    cr_assert_eq(fwrite(bytes, 1, len, f), len);
-    cr_assert_eq(fclose(f), 0);
-    free(bytes);
-}
-
 /* What the ledger and the committed offset say at one moment. */
 typedef struct sample {
     int64_t committed; /* -1: none yet */
@@ -130,7 +118,7 @@ Test(regress_reload, swap_during_retry_backoff_loses_nothing, .timeout = 180) {
     char *so, *rec, *ini;
     cr_assert_neq(asprintf(&so, "%s/plugin.so", dir), -1);
     cr_assert_neq(asprintf(&rec, "%s/p.jsonl", dir), -1);
-    cp_over(FAULT, so);
+    tu_cp_over(FAULT, so);
     cr_assert_neq(asprintf(&ini,
                            "[host]\nbrokers = %s\n"
                            "[kafka]\nsession.timeout.ms = 6000\n"
@@ -151,7 +139,7 @@ Test(regress_reload, swap_during_retry_backoff_loses_nothing, .timeout = 180) {
               th_log(&h));
     th_sleep_ms(1500);
     /* A hot-reload swap in the middle of it: same bytes, new file. */
-    cp_over(FAULT, so);
+    tu_cp_over(FAULT, so);
     cr_assert_eq(kill(h.pid, SIGHUP), 0);
     cr_assert(th_wait_log(&h, "plugin reload", 1, 60000), "%s", th_log(&h));
     cr_assert(th_wait_log(&h, "reloaded: plugin", 1, 60000), "%s", th_log(&h));

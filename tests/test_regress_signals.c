@@ -419,18 +419,6 @@ Test(regress_signals, unrestartable_worker_fails_its_pipeline, .timeout = 180) {
 #define SW_PARTS 2
 #define SW_PER 200 /* per partition, before the swap and again after it */
 
-/* Copy src over dst in place (open O_TRUNC and write), as `cp` does. */
-static void cp_over(const char *src, const char *dst) {
-    size_t len;
-    char *bytes = tu_read_file(src, &len);
-    cr_assert_not_null(bytes, "%s", src);
-    FILE *f = fopen(dst, "w");
-    cr_assert_not_null(f, "%s", dst);
-    cr_assert_eq(fwrite(bytes, 1, len, f), len);
-    cr_assert_eq(fclose(f), 0);
-    free(bytes);
-}
-
 /* Every message DEFERRED (defer_all), and the tick a minute away: the
  * acks come from on_revoke (ack_on_revoke = true), or else only when the
  * workers stop (terminate runs the last tick). Either way, every ack the
@@ -451,7 +439,7 @@ static void sigterm_in_probation(const char *strategy,
     char *so, *rec, *ini;
     cr_assert_neq(asprintf(&so, "%s/plugin.so", dir), -1);
     cr_assert_neq(asprintf(&rec, "%s/p.jsonl", dir), -1);
-    cp_over(FAULT, so);
+    tu_cp_over(FAULT, so);
     cr_assert_neq(asprintf(&ini,
                            "[host]\nbrokers = %s\n"
                            "[kafka]\nsession.timeout.ms = 6000\n"
@@ -474,7 +462,7 @@ static void sigterm_in_probation(const char *strategy,
               "not every message was handled:\n%s", th_log(&h));
 
     /* A swap: same bytes, a new file. */
-    cp_over(FAULT, so);
+    tu_cp_over(FAULT, so);
     cr_assert_eq(kill(h.pid, SIGHUP), 0);
     bool canary = !strcmp(strategy, "canary");
     cr_assert(th_wait_log(&h, canary ? "now runs plugin" : "reloaded: plugin",

@@ -44,18 +44,6 @@ static void kill_leftovers(void) {
 
 TestSuite(regress_swap, .fini = kill_leftovers);
 
-/* Copy src over dst in place (open O_TRUNC and write), as `cp` does. */
-static void cp_over(const char *src, const char *dst) {
-    size_t len;
-    char *bytes = tu_read_file(src, &len);
-    cr_assert_not_null(bytes, "%s", src);
-    FILE *f = fopen(dst, "w");
-    cr_assert_not_null(f, "%s", dst);
-    cr_assert_eq(fwrite(bytes, 1, len, f), len);
-    cr_assert_eq(fclose(f), 0);
-    free(bytes);
-}
-
 static void start_host(th_cluster *c, th_host *h, char **dir, char **so,
                        const char *topic, int parts, const char *extra,
                        const char *plugin_config) {
@@ -64,7 +52,7 @@ static void start_host(th_cluster *c, th_host *h, char **dir, char **so,
     *dir = tu_tmpdir();
     snprintf(current_dir, sizeof current_dir, "%s", *dir);
     cr_assert_neq(asprintf(so, "%s/plugin.so", *dir), -1);
-    cp_over(FAULT, *so);
+    tu_cp_over(FAULT, *so);
     char *ini;
     cr_assert_neq(asprintf(&ini,
                            "[host]\nbrokers = %s\n"
@@ -108,7 +96,7 @@ Test(regress_swap, cutover_of_many_hung_partitions_is_bounded_in_all,
               th_log(&h));
     th_produce(&c, "sw1", 8, 1, -1, -1, NULL);
     th_sleep_ms(2000); /* dispatched: every worker is in its call */
-    cp_over(FAULT, so);
+    tu_cp_over(FAULT, so);
     int64_t t0 = th_now_ms();
     cr_assert_eq(kill(h.pid, SIGHUP), 0);
     cr_assert(th_wait_log(&h, "reloaded: plugin", 1, 120000), "%s", th_log(&h));
@@ -135,7 +123,7 @@ Test(regress_swap, canary_probation_longer_than_30s_passes, .timeout = 240) {
     cr_assert(th_wait_log(&h, "rebalance #1: assigned 2", 1, 60000), "%s",
               th_log(&h));
     th_produce(&c, "sw2", 2, 50, -1, -1, NULL);
-    cp_over(FAULT, so);
+    tu_cp_over(FAULT, so);
     cr_assert_eq(kill(h.pid, SIGHUP), 0);
     cr_assert(th_wait_log(&h, "canary: sw2 partition=", 1, 60000), "%s",
               th_log(&h));
@@ -159,7 +147,7 @@ Test(regress_swap, partition_log_lines_after_a_swap_name_the_pipeline,
                "retry_on = RETRY-ME\nmisbehave_attempts = 1");
     cr_assert(th_wait_log(&h, "rebalance #1: assigned 1", 1, 60000), "%s",
               th_log(&h));
-    cp_over(FAULT, so);
+    tu_cp_over(FAULT, so);
     cr_assert_eq(kill(h.pid, SIGHUP), 0);
     /* No probation: the old config is freed right after the cutover. */
     cr_assert(th_wait_log(&h, "reloaded: plugin", 1, 60000), "%s", th_log(&h));

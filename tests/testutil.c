@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "testutil.h"
 
+#include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -187,3 +188,14 @@ const char *__asan_default_options(void) {
     return "detect_leaks=0";
 }
 #endif
+
+void tu_cp_over(const char *src, const char *dst) {
+    size_t len;
+    char *bytes = tu_read_file(src, &len);
+    cr_assert_not_null(bytes, "%s", src);
+    FILE *f = fopen(dst, "w");
+    cr_assert_not_null(f, "%s", dst);
+    cr_assert_eq(fwrite(bytes, 1, len, f), len);
+    cr_assert_eq(fclose(f), 0);
+    free(bytes);
+}

@@ -31,6 +31,9 @@ void tu_rmdir(const char *dir);
 char *tu_write_file(const char *dir, const char *name, const char *text);
 /* Read a whole file; NULL when missing. *len may be NULL. */
 char *tu_read_file(const char *path, size_t *len);
+/* Copy src over dst in place (open with O_TRUNC and write, as `cp` does:
+ * same inode, so a watcher sees a write, not a rename). Asserts. */
+void tu_cp_over(const char *src, const char *dst);
 
 /* Number of occurrences of needle in haystack. */
 int tu_count(const char *haystack, const char *needle);
