@@ -11,6 +11,7 @@
 #include "dispatch.h"
 #include "failure.h"
 #include "host.h"
+#include "jitter.h"
 #include "log.h"
 #include "pipeline.h"
 #include "supervisor.h"
@@ -146,7 +147,7 @@ static int64_t retry_delay_ms(const kh_pipeline *cfg, uint32_t attempt) {
         delay *= 2;
     if (delay > cfg->retry_backoff_max_ms)
         delay = cfg->retry_backoff_max_ms;
-    return delay * (75 + rand() % 51) / 100;
+    return kh_jitter(delay);
 }
 
 static void stop_partition_after(kh_worker *w, kh_part *part, uint64_t seq,

@@ -308,6 +308,52 @@ static void host_shutdown(kh_host *host) {
         pipeline_stop(host->pipelines[i]);
 }
 
+/* Remove the files of a snapshot folder, then the folder. */
+static void remove_dir_files(const char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char *p = NULL;
+        if (asprintf(&p, "%s/%s", dir, e->d_name) >= 0)
+            unlink(p);
+        free(p);
+    }
+    if (d)
+        closedir(d);
+    rmdir(dir);
+}
+
+/* A host killed with SIGKILL cannot remove its snapshot folder; the next
+ * host to start under the same base does. A folder is stale when it is
+ * named like ours (khost-PID-XXXXXX), is owned by our user, and PID is
+ * gone. A reused PID only keeps a stale folder a little longer. */
+static void remove_stale_snapshots(const char *base) {
+    DIR *d = opendir(base);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        int pid = 0, n = 0;
+        if (sscanf(e->d_name, "khost-%d-%*6[A-Za-z0-9]%n", &pid, &n) != 1 ||
+            n == 0 || e->d_name[n] != '\0' || pid <= 0 || pid == getpid())
+            continue;
+        char *path = NULL;
+        struct stat st;
+        if (asprintf(&path, "%s/%s", base, e->d_name) < 0)
+            continue;
+        if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode) &&
+            st.st_uid == geteuid() && kill(pid, 0) != 0 && errno == ESRCH) {
+            remove_dir_files(path);
+            klog_info("removed the plugin snapshot folder %s of a host that "
+                      "is gone (pid %d)",
+                      path, pid);
+        }
+        free(path);
+    }
+    if (d)
+        closedir(d);
+}
+
 /* Plugin snapshots live in a private folder: $RUNTIME_DIRECTORY under
  * systemd, else $TMPDIR or /tmp. */
 static int make_snapshot_dir(kh_host *host) {
@@ -316,6 +362,7 @@ static int make_snapshot_dir(kh_host *host) {
         base = getenv("TMPDIR");
     if (!base || !*base)
         base = "/tmp";
+    remove_stale_snapshots(base);
     if (asprintf(&host->snapshot_dir, "%s/khost-%d-XXXXXX", base,
                  (int)getpid()) < 0 ||
         !mkdtemp(host->snapshot_dir)) {
@@ -332,19 +379,7 @@ static int make_snapshot_dir(kh_host *host) {
 static void remove_snapshot_dir(kh_host *host) {
     if (!host->snapshot_dir)
         return;
-    DIR *d = opendir(host->snapshot_dir);
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-        if (e->d_name[0] == '.')
-            continue;
-        char *p = NULL;
-        if (asprintf(&p, "%s/%s", host->snapshot_dir, e->d_name) >= 0)
-            unlink(p);
-        free(p);
-    }
-    if (d)
-        closedir(d);
-    rmdir(host->snapshot_dir);
+    remove_dir_files(host->snapshot_dir);
     free(host->snapshot_dir);
     host->snapshot_dir = NULL;
 }

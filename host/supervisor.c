@@ -13,11 +13,22 @@
  * max_restarts within max_seconds marks the pipeline failed. The backoff
  * is capped at KH_BACKOFF_MAX_MS so that a worker crashing on every start
  * still reaches that limit (30 restarts in 5 s) instead of crawling on.
+ *
+ * A worker that dies before READY (its plugin's init failed, crashed or
+ * overran init_timeout_ms) is a failed start, not a crash: whatever the
+ * plugin connects to in init is likely down, so its restarts back off
+ * much further (KH_INIT_BACKOFF_*: 100 ms doubling to 30 s) and the count
+ * resets only when a worker of it becomes READY. They still count towards
+ * max_restarts within max_seconds.
+ *
+ * Every delay is jittered by +-25% (jitter.c, seeded per process), so
+ * that workers and hosts that failed together do not retry in lockstep.
  */
 #define _GNU_SOURCE
 #include "supervisor.h"
 #include "hardening.h"
 #include "host.h"
+#include "jitter.h"
 #include "log.h"
 #include "pipeline.h"
 #include "plugin_loader.h"
@@ -37,6 +48,8 @@
 
 #define KH_BACKOFF_BASE_MS 10
 #define KH_BACKOFF_MAX_MS 100
+#define KH_INIT_BACKOFF_BASE_MS 100
+#define KH_INIT_BACKOFF_MAX_MS 30000
 #define KH_STATUS_PAGE 4096
 
 extern char **environ;
@@ -227,23 +240,34 @@ static int on_restart_timer(sd_event_source *s, uint64_t usec, void *userdata) {
     return 0;
 }
 
-static void schedule_restart(kh_worker *w) {
-    int shift = w->consecutive_crashes < 8 ? w->consecutive_crashes : 8;
-    int64_t delay = (int64_t)KH_BACKOFF_BASE_MS << shift;
-    if (delay > KH_BACKOFF_MAX_MS)
-        delay = KH_BACKOFF_MAX_MS;
-    /* Jitter of +-25% keeps workers that died together from restarting in
+/* base << n, capped, then +-25%. */
+static int64_t backoff_ms(int64_t base, int64_t cap, int n) {
+    int shift = n < 16 ? n : 16;
+    int64_t delay = base << shift;
+    if (delay > cap)
+        delay = cap;
+    return kh_jitter(delay);
+}
+
+static void schedule_restart(kh_worker *w, bool failed_start) {
+    /* Jitter keeps workers that died together from restarting in
      * lockstep. */
-    delay = delay * (75 + rand() % 51) / 100;
-    w->consecutive_crashes++;
+    int64_t delay;
+    if (failed_start)
+        delay = backoff_ms(KH_INIT_BACKOFF_BASE_MS, KH_INIT_BACKOFF_MAX_MS,
+                           w->failed_starts++);
+    else
+        delay = backoff_ms(KH_BACKOFF_BASE_MS, KH_BACKOFF_MAX_MS,
+                           w->consecutive_crashes++);
     transition(w, KH_WE_RETRY);
     uint64_t now;
     sd_event_now(w->pl->host->ev, CLOCK_MONOTONIC, &now);
     sd_event_add_time(w->pl->host->ev, &w->restart_timer, CLOCK_MONOTONIC,
                       now + (uint64_t)delay * 1000, 1000, on_restart_timer, w);
-    klog_info("pipeline=%s worker=%d restarting in %lld ms (restart %llu)",
+    klog_info("pipeline=%s worker=%d restarting in %lld ms (restart %llu%s)",
               w->pl->cfg->name, w->index, (long long)delay,
-              (unsigned long long)w->pl->restarts_total);
+              (unsigned long long)w->pl->restarts_total,
+              failed_start ? ", after a failed start" : "");
 }
 
 static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
@@ -283,10 +307,17 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
         return 0;
     }
     pl->crashes++;
+    /* Dead before READY: init failed, crashed or overran its timeout. */
+    bool failed_start = !w->served;
     if (si->si_code == CLD_EXITED && si->si_status == KH_EXIT_INIT_FAILED)
         klog_error("pipeline=%s worker=%d pid=%d plugin failed to start: %s",
                    pl->cfg->name, w->index, (int)pid,
                    w->init_error[0] ? w->init_error : "(no reason given)");
+    else if (failed_start)
+        klog_error("pipeline=%s worker=%d pid=%d plugin failed to start: %s "
+                   "before init finished%s%s",
+                   pl->cfg->name, w->index, (int)pid, how,
+                   w->kill_reason[0] ? "; " : "", w->kill_reason);
     else {
         char limits[128];
         hardening_describe_limits(w->cfg, limits, sizeof limits);
@@ -315,7 +346,7 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
         return 0;
     }
     pl->restarts_total++;
-    schedule_restart(w);
+    schedule_restart(w, failed_start);
     pl->supervisor_events->died(w, how); /* a probation counts crashes */
     return 0;
 }
@@ -394,7 +425,8 @@ int supervisor_spawn(kh_worker *w) {
     snprintf(host_pid, sizeof host_pid, "%d", (int)getpid());
     snprintf(tag, sizeof tag, "worker %s/%d", pl->cfg->name, w->index);
     /* "-v" lets the worker's own debug lines through, as the host's. */
-    char *argv[8 + KH_HARDENING_MAX_ARGS] = {"khost"};
+    /* argv[0] names the process in ps until it sets its own title. */
+    char *argv[8 + KH_HARDENING_MAX_ARGS] = {"khost-worker"};
     int argc = 1;
     if (klog_level() >= KLOG_DEBUG)
         argv[argc++] = "-v";
@@ -432,6 +464,7 @@ int supervisor_spawn(kh_worker *w) {
     }
     w->pid = pid;
     w->spawned_ms = kh_now_ms();
+    w->served = false;
     w->inflight = 0;
     w->kill_reason[0] = '\0';
     w->init_error[0] = '\0';
@@ -469,7 +502,7 @@ error:
         munmap(w->status, KH_STATUS_PAGE);
         w->status = NULL;
     }
-    schedule_restart(w);
+    schedule_restart(w, true);
     return -1;
 }
 
@@ -497,6 +530,8 @@ void supervisor_worker_ready(kh_worker *w, const char *name,
                              const char *version) {
     kh_pipeline_rt *pl = w->pl;
     transition(w, KH_WE_READY);
+    w->served = true;
+    w->failed_starts = 0;
     snprintf(w->plugin_version, sizeof w->plugin_version, "%s", version);
     snprintf(w->plugin_name, sizeof w->plugin_name, "%s", name);
     klog_info("pipeline=%s %sworker=%d pid=%d ready: plugin %s %s",

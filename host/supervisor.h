@@ -45,7 +45,9 @@ struct kh_worker {
     size_t inflight;            /* messages sent without a result */
     int n_parts;                /* partitions owned */
     unsigned rr;                /* round-robin start among owned parts */
-    int consecutive_crashes;
+    int consecutive_crashes;    /* crashes after READY, for the backoff */
+    int failed_starts;          /* deaths before READY since the last READY */
+    bool served;                /* this process answered READY */
     int64_t spawned_ms;
     char kill_reason[160]; /* why the host killed it, for the crash log */
     char plugin_name[128];

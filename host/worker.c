@@ -829,6 +829,40 @@ static void __attribute__((noreturn)) usage_error(const char *why) {
     exit(2);
 }
 
+/* Show "khost-worker PIPELINE/N" in ps and top instead of the name of
+ * the fd the host exec'd us from. The comm (top, ps -o comm) holds 15
+ * bytes: "khost-worker". The command line (ps aux) gets the whole title,
+ * written over the argument strings, which the kernel keeps in one block.
+ * Called once
+ * the arguments are parsed: nothing points into them afterwards. */
+static void set_process_title(const char *tag, int argc, char **argv) {
+    char title[160];
+    snprintf(title, sizeof title, "khost-%s", tag);
+    prctl(PR_SET_NAME, "khost-worker", 0, 0, 0);
+    /* argv here starts at "worker": the block begins at the process's
+     * argv[0]. Rewrite only when the strings are laid out as exec left
+     * them, one after the other. */
+    char *start = program_invocation_name;
+    if (!start || argc < 1 || argv[0] < start)
+        return;
+    char *end = argv[argc - 1] + strlen(argv[argc - 1]) + 1;
+    char *p = start;
+    int k = 0;
+    while (p < end) {
+        if (k < argc && p == argv[k])
+            k++;
+        p += strlen(p) + 1;
+    }
+    if (p != end || k != argc)
+        return;
+    size_t room = (size_t)(end - start);
+    size_t len = strlen(title);
+    if (len >= room)
+        len = room - 1;
+    memcpy(start, title, len);
+    memset(start + len, 0, room - len);
+}
+
 int worker_main(int argc, char **argv) {
     long host_pid = -1;
     const char *tag = "worker";
@@ -869,6 +903,7 @@ int worker_main(int argc, char **argv) {
     signal(SIGINT, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
     klog_set_tag(tag);
+    set_process_title(tag, argc, argv);
     /* Limits and identity before anything of the plugin's is loaded. */
     char hard_err[512];
     bool hardened =
