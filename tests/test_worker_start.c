@@ -53,6 +53,23 @@ static char *new_dir(void) {
     return dir;
 }
 
+/* A passing test's end: both hosts freed (killed if still running). */
+static void end_test(char *dir) {
+    th_host_free(&h);
+    th_host_free(&h2);
+    memset(&h, 0, sizeof h);
+    memset(&h2, 0, sizeof h2);
+    tu_rmdir(dir);
+    free(dir);
+    current_dir[0] = '\0';
+}
+
+/* Stop a host with SIGTERM: it must exit 0. */
+static void stop_clean(th_host *host) {
+    cr_assert_eq(th_host_stop(host, SIGTERM, LOG_WAIT_MS), 0, "%s",
+                 th_log(host));
+}
+
 /* A host on the embedded mock cluster (no assignment needed: workers
  * start with the pipeline). */
 static void start_host(th_host *host, const char *dir, const char *name,
@@ -139,12 +156,8 @@ Test(worker_start, failed_init_backs_off_exponentially, .timeout = 120) {
                           i + 2, gap, i + 1, restarts[i].delay_ms, th_log(&h));
         }
     }
-    cr_assert_eq(th_host_stop(&h, SIGTERM, LOG_WAIT_MS), 0, "%s", th_log(&h));
-    th_host_free(&h);
-    memset(&h, 0, sizeof h);
-    tu_rmdir(dir);
-    free(dir);
-    current_dir[0] = '\0';
+    stop_clean(&h);
+    end_test(dir);
 }
 
 Test(worker_start, init_timeout_is_a_failed_start, .timeout = 120) {
@@ -166,12 +179,8 @@ Test(worker_start, init_timeout_is_a_failed_start, .timeout = 120) {
               r[0].delay_ms);
     cr_assert(r[1].delay_ms >= 150 && r[1].delay_ms <= 250, "%ld",
               r[1].delay_ms);
-    cr_assert_eq(th_host_stop(&h, SIGTERM, LOG_WAIT_MS), 0, "%s", th_log(&h));
-    th_host_free(&h);
-    memset(&h, 0, sizeof h);
-    tu_rmdir(dir);
-    free(dir);
-    current_dir[0] = '\0';
+    stop_clean(&h);
+    end_test(dir);
 }
 
 Test(worker_start, hosts_draw_different_jitter, .timeout = 120) {
@@ -195,15 +204,9 @@ Test(worker_start, hosts_draw_different_jitter, .timeout = 120) {
      * what an unseeded generator gives. */
     cr_assert_lt(same, 4, "two hosts drew the same jitter:\n%s\n---\n%s",
                  th_log(&h), th_log(&h2));
-    th_host_stop(&h, SIGTERM, LOG_WAIT_MS);
-    th_host_stop(&h2, SIGTERM, LOG_WAIT_MS);
-    th_host_free(&h);
-    th_host_free(&h2);
-    memset(&h, 0, sizeof h);
-    memset(&h2, 0, sizeof h2);
-    tu_rmdir(dir);
-    free(dir);
-    current_dir[0] = '\0';
+    stop_clean(&h);
+    stop_clean(&h2);
+    end_test(dir);
 }
 
 static char *read_proc(pid_t pid, const char *what, size_t *len) {
@@ -238,12 +241,8 @@ Test(worker_start, worker_has_a_readable_process_name, .timeout = 120) {
     cr_assert_str_eq(cmdline, "khost-worker named/0");
     free(comm);
     free(cmdline);
-    cr_assert_eq(th_host_stop(&h, SIGTERM, LOG_WAIT_MS), 0, "%s", th_log(&h));
-    th_host_free(&h);
-    memset(&h, 0, sizeof h);
-    tu_rmdir(dir);
-    free(dir);
-    current_dir[0] = '\0';
+    stop_clean(&h);
+    end_test(dir);
 }
 
 /* The name of the single khost-PID-* folder under base made by pid. */
@@ -302,11 +301,5 @@ Test(worker_start, stale_snapshot_of_a_killed_host_is_removed, .timeout = 120) {
     free(stale);
     free(live);
     free(base);
-    th_host_free(&h);
-    th_host_free(&h2);
-    memset(&h, 0, sizeof h);
-    memset(&h2, 0, sizeof h2);
-    tu_rmdir(dir);
-    free(dir);
-    current_dir[0] = '\0';
+    end_test(dir);
 }
