@@ -84,7 +84,12 @@ typedef struct kh_config {
     int mock_brokers;    /* > 0 when brokers is mock / mock:N, else 0 */
     int mock_partitions; /* mock only: partitions per topic, default 4 */
     int mock_seed;       /* mock only: messages seeded per topic, default 0 */
-    int watch;    /* 1: reload when the config or a plugin file changes */
+    int watch; /* 1: reload when the config or a plugin file changes */
+    /* [host] control_socket, resolved against dir; NULL: the default
+     * list of admin.h. Read at start only (a reload does not move the
+     * socket). `run --socket PATH` overrides it with line 0. */
+    char *control_socket;
+    int control_socket_line;
     kh_kv *kafka; /* [kafka]: librdkafka properties for every consumer */
     size_t n_kafka;
     kh_pipeline *pipelines;

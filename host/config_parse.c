@@ -20,10 +20,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 static const char *const host_keys[] = {"brokers", "mock_partitions",
-                                        "mock_seed", "watch"};
+                                        "mock_seed", "watch", "control_socket"};
 
 /* librdkafka properties whose value khost decides; a user setting them
  * would silently break offset handling or pipeline isolation. */
@@ -463,7 +464,57 @@ static void on_host_int_key(parser *p, const struct host_int_key *info,
     free(value);
 }
 
+/* control_socket = PATH: relative to the config file's folder, and short
+ * enough for sockaddr_un's sun_path (the kernel's limit, 107 bytes). */
+static void on_control_socket(parser *p, const char *raw) {
+    kh_config *cfg = p->cfg;
+    if (cfg->control_socket_line) {
+        report(p, p->lineno,
+               "duplicate key 'control_socket' in [host] (first at line %d)",
+               cfg->control_socket_line);
+        return;
+    }
+    cfg->control_socket_line = p->lineno;
+    char *value = expand_env(p, "control_socket", raw);
+    if (!value)
+        return;
+    char *path = NULL;
+    if (!*value || value[strlen(value) - 1] == '/') {
+        report(p, p->lineno,
+               "bad value '%s' for 'control_socket' in [host]: expected the "
+               "path of a socket file",
+               value);
+        free(value);
+        return;
+    }
+    if (value[0] == '/') {
+        path = xstrdup(value);
+    } else {
+        const char *dir = cfg->dir;
+        size_t dl = strlen(dir);
+        bool slash = dl > 0 && dir[dl - 1] == '/';
+        if (asprintf(&path, "%s%s%s", dir, slash ? "" : "/", value) < 0)
+            out_of_memory();
+    }
+    size_t max = sizeof(((struct sockaddr_un *)0)->sun_path) - 1;
+    if (strlen(path) > max) {
+        report(p, p->lineno,
+               "bad value '%s' for 'control_socket' in [host]: %s is %zu "
+               "bytes, a unix socket path holds at most %zu",
+               value, path, strlen(path), max);
+        free(path);
+    } else {
+        free(cfg->control_socket);
+        cfg->control_socket = path;
+    }
+    free(value);
+}
+
 static void on_host_key(parser *p, const char *key, const char *raw) {
+    if (strcmp(key, "control_socket") == 0) {
+        on_control_socket(p, raw);
+        return;
+    }
     if (strcmp(key, "watch") == 0) {
         char *value = expand_env(p, key, raw);
         if (!value)

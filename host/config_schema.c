@@ -140,6 +140,7 @@ void config_free(kh_config *cfg) {
     free(cfg->path);
     free(cfg->dir);
     free(cfg->brokers);
+    free(cfg->control_socket);
     kv_free(cfg->kafka, cfg->n_kafka);
     for (size_t i = 0; i < cfg->n_pipelines; i++)
         free_pipeline(&cfg->pipelines[i]);
