@@ -8,7 +8,6 @@
 #define _GNU_SOURCE
 #include "admin.h"
 
-#include "admin.h"
 #include "host.h"
 #include "log.h"
 #include "reload.h"
@@ -25,25 +24,72 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-char *admin_socket_path(const char *config_path) {
+#define KH_RUN_DIR "/run/khost"
+
+static void add_path(kh_admin_paths *out, char *path, const char *why) {
+    if (!path)
+        return;
+    for (size_t i = 0; i < out->n; i++) {
+        if (!strcmp(out->path[i], path)) {
+            free(path); /* e.g. RUNTIME_DIRECTORY=/run/khost */
+            return;
+        }
+    }
+    out->path[out->n] = path;
+    out->why[out->n++] = why;
+}
+
+/* systemd sets RUNTIME_DIRECTORY to a colon-separated list when
+ * RuntimeDirectory= names several folders; the socket is in the first. */
+static char *runtime_dir_socket(void) {
+    const char *rt = getenv("RUNTIME_DIRECTORY");
+    size_t n = rt ? strcspn(rt, ":") : 0;
+    char *out = NULL;
+    if (n == 0 || asprintf(&out, "%.*s/khost.sock", (int)n, rt) < 0)
+        return NULL;
+    return out;
+}
+
+/* /tmp/khost-UID-HASH.sock: FNV-1a of the config file's real path, a
+ * short, stable name for "the host of this config file". */
+static char *per_user_socket(const char *config_path) {
     char real[PATH_MAX];
     if (!realpath(config_path, real))
         return NULL;
-    char *out = NULL;
-    const char *rt = getenv("RUNTIME_DIRECTORY");
-    if (rt && *rt) {
-        if (asprintf(&out, "%s/khost.sock", rt) < 0)
-            return NULL;
-        return out;
-    }
-    /* FNV-1a: a short, stable name for "the host of this config file". */
     uint64_t h = 1469598103934665603ULL;
     for (const char *p = real; *p; p++)
         h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    char *out = NULL;
     if (asprintf(&out, "/tmp/khost-%u-%016llx.sock", (unsigned)getuid(),
                  (unsigned long long)h) < 0)
         return NULL;
     return out;
+}
+
+void admin_socket_paths(kh_admin_paths *out, const char *explicit_path,
+                        const char *explicit_why, const char *config_path,
+                        bool for_host) {
+    memset(out, 0, sizeof *out);
+    if (explicit_path)
+        add_path(out, strdup(explicit_path), explicit_why);
+    add_path(out, runtime_dir_socket(), "$RUNTIME_DIRECTORY");
+    /* The host does not create /run/khost (systemd's RuntimeDirectory= or
+     * the package does), and uses it only when it may create a socket
+     * there; a client always tries it. */
+    if (!for_host || access(KH_RUN_DIR, W_OK | X_OK) == 0)
+        add_path(out, strdup(KH_RUN_DIR "/khost.sock"), KH_RUN_DIR);
+    if (config_path) {
+        char *p = per_user_socket(config_path);
+        if (!p)
+            out->per_user_errno = errno;
+        add_path(out, p, "the per-user default");
+    }
+}
+
+void admin_paths_free(kh_admin_paths *paths) {
+    for (size_t i = 0; i < paths->n; i++)
+        free(paths->path[i]);
+    memset(paths, 0, sizeof *paths);
 }
 
 static void reply(int fd, const char *line) {
@@ -185,90 +231,158 @@ void admin_watch(kh_host *host) {
               host->cfg->path);
 }
 
-int admin_start(kh_host *host, char *err, size_t errlen) {
-    host->admin_path = admin_socket_path(host->cfg->path);
-    if (!host->admin_path) {
-        snprintf(err, errlen, "cannot resolve %s: %s", host->cfg->path,
-                 strerror(errno));
-        return -1;
-    }
+/* Bind and listen on host->admin_path, unless a live host answers there
+ * (never steal its socket) or the path is not a socket (never delete what
+ * is not ours). Remembers the socket file's device and inode, so that
+ * admin_check_socket and admin_stop know whether the path still names it.
+ */
+static int admin_bind(kh_host *host, char *err, size_t errlen) {
+    const char *path = host->admin_path;
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    if (strlen(host->admin_path) >= sizeof addr.sun_path) {
-        snprintf(err, errlen, "socket path too long: %s", host->admin_path);
+    if (strlen(path) >= sizeof addr.sun_path) {
+        snprintf(err, errlen, "socket path too long (at most %zu bytes): %s",
+                 sizeof addr.sun_path - 1, path);
         return -1;
     }
-    strcpy(addr.sun_path, host->admin_path);
+    strcpy(addr.sun_path, path);
+    /* A socket left by a host that died is stale; one that answers is a
+     * live host, which we must not steal. Closing at once costs that host
+     * no wait: it reads the end of the connection. */
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (probe >= 0) {
+        int rc = connect(probe, (struct sockaddr *)&addr, sizeof addr);
+        int e = errno;
+        close(probe);
+        if (rc == 0 || e == EAGAIN) {
+            snprintf(err, errlen, "another khost already answers at %s", path);
+            return -1;
+        }
+    }
+    struct stat st;
+    if (lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+        snprintf(err, errlen, "%s exists and is not a socket", path);
+        return -1;
+    }
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) {
         snprintf(err, errlen, "socket: %s", strerror(errno));
         return -1;
     }
-    /* A socket left by a host that died is stale; one that answers is a
-     * live host on the same config file, which we must not steal. */
-    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) == 0) {
-        snprintf(err, errlen, "another khost already serves %s at %s",
-                 host->cfg->path, host->admin_path);
-        close(fd);
-        free(host->admin_path);
-        host->admin_path = NULL;
-        return -1;
-    }
-    unlink(host->admin_path);
+    unlink(path);
     mode_t old = umask(0177); /* the socket is created 0600 */
     int rc = bind(fd, (struct sockaddr *)&addr, sizeof addr);
     umask(old);
-    if (rc != 0 || listen(fd, 8) != 0) {
-        snprintf(err, errlen, "%s: %s", host->admin_path, strerror(errno));
+    if (rc != 0 || listen(fd, 8) != 0 || stat(path, &st) != 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
         close(fd);
-        free(host->admin_path);
-        host->admin_path = NULL;
         return -1;
     }
+    host->admin_dev = st.st_dev;
+    host->admin_ino = st.st_ino;
     host->admin_fd = fd;
     sd_event_add_io(host->ev, &host->admin_src, fd, EPOLLIN, on_admin, host);
-    klog_info("control socket %s (khost reload -c %s)", host->admin_path,
-              host->cfg->path);
     return 0;
 }
 
-void admin_stop(kh_host *host) {
-    unwatch(host);
+/* Does the path still name the socket we bound? */
+static bool admin_path_is_ours(kh_host *host) {
+    struct stat st;
+    return host->admin_fd >= 0 && host->admin_path &&
+           stat(host->admin_path, &st) == 0 && S_ISSOCK(st.st_mode) &&
+           st.st_dev == host->admin_dev && st.st_ino == host->admin_ino;
+}
+
+static void admin_close(kh_host *host) {
     host->admin_src = sd_event_source_disable_unref(host->admin_src);
     if (host->admin_fd >= 0) {
         close(host->admin_fd);
         host->admin_fd = -1;
     }
-    if (host->admin_path) {
-        unlink(host->admin_path);
-        free(host->admin_path);
-        host->admin_path = NULL;
-    }
 }
 
-int admin_request(const char *config_path, const char *command, char *out,
-                  size_t len) {
-    char *path = admin_socket_path(config_path);
-    if (!path) {
-        snprintf(out, len, "%s: %s", config_path, strerror(errno));
+int admin_start(kh_host *host, char *err, size_t errlen) {
+    const kh_config *cfg = host->cfg;
+    kh_admin_paths paths;
+    admin_socket_paths(&paths, cfg->control_socket,
+                       cfg->control_socket_line ? "control_socket" : "--socket",
+                       cfg->path, true);
+    if (paths.n == 0) {
+        snprintf(err, errlen, "cannot resolve %s: %s", cfg->path,
+                 strerror(paths.per_user_errno));
         return -1;
     }
+    const char *why = paths.why[0];
+    host->admin_path = paths.path[0];
+    paths.path[0] = NULL;
+    for (size_t i = 1; i < paths.n; i++)
+        free(paths.path[i]);
+    /* The path stays chosen even when it cannot be bound now: SIGHUP
+     * tries it again (admin_check_socket). */
+    if (admin_bind(host, err, errlen) != 0)
+        return -1;
+    if (!strcmp(why, "control_socket"))
+        klog_info("control socket %s (control_socket in %s)", host->admin_path,
+                  cfg->path);
+    else
+        klog_info("control socket %s (%s)", host->admin_path, why);
+    return 0;
+}
+
+void admin_check_socket(kh_host *host) {
+    if (!host->admin_path || admin_path_is_ours(host))
+        return;
+    if (host->admin_fd >= 0) {
+        struct stat st;
+        bool gone = stat(host->admin_path, &st) != 0;
+        klog_warn("control socket %s %s: binding it again", host->admin_path,
+                  gone ? "was deleted" : "now names another file");
+        admin_close(host);
+    }
+    char err[512];
+    if (admin_bind(host, err, sizeof err) != 0)
+        klog_warn("control socket unavailable (khost reload will not work; "
+                  "SIGHUP still does): %s",
+                  err);
+    else
+        klog_info("control socket %s bound again", host->admin_path);
+}
+
+void admin_stop(kh_host *host) {
+    unwatch(host);
+    /* Unlink only our own socket: after a deletion the path may be
+     * another host's by now. */
+    if (admin_path_is_ours(host))
+        unlink(host->admin_path);
+    admin_close(host);
+    free(host->admin_path);
+    host->admin_path = NULL;
+}
+
+/* One request on one path: 0 with the reply, or -1 with errno set when
+ * nothing answers there. */
+static int request_one(const char *path, const char *command, char *out,
+                       size_t len) {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
-        snprintf(out, len, "no khost is running %s (control socket %s: %s)",
-                 config_path, path, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        free(path);
+    if (strlen(path) >= sizeof addr.sun_path) {
+        errno = ENAMETOOLONG;
         return -1;
     }
-    free(path);
+    strcpy(addr.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
     char line[80];
     snprintf(line, sizeof line, "%s\n", command);
     if (send(fd, line, strlen(line), MSG_NOSIGNAL) < 0) {
-        snprintf(out, len, "send: %s", strerror(errno));
+        int e = errno;
         close(fd);
+        errno = e;
         return -1;
     }
     /* A reload may take as long as the plugin swaps' first steps. */
@@ -283,4 +397,27 @@ int admin_request(const char *config_path, const char *command, char *out,
     out[used] = '\0';
     close(fd);
     return 0;
+}
+
+int admin_request(const kh_admin_paths *paths, const char *command, char *out,
+                  size_t len) {
+    char tried[2048] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < paths->n; i++) {
+        if (request_one(paths->path[i], command, out, len) == 0)
+            return 0;
+        int n = snprintf(tried + used, sizeof tried - used, "%s%s: %s",
+                         used ? ", " : "", paths->path[i], strerror(errno));
+        if (n > 0)
+            used = used + (size_t)n < sizeof tried ? used + (size_t)n
+                                                   : sizeof tried - 1;
+    }
+    if (paths->per_user_errno) {
+        int n = snprintf(tried + used, sizeof tried - used,
+                         "%sno per-user path: %s", used ? ", " : "",
+                         strerror(paths->per_user_errno));
+        (void)n;
+    }
+    snprintf(out, len, "no khost answers (tried %s)", tried);
+    return -1;
 }

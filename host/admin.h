@@ -2,21 +2,29 @@
  * admin: the host's control socket and its client.
  *
  * A running host listens on a unix socket (mode 0600, so only its user
- * can steer it). The path follows from the config file, so the client
- * needs only `-c FILE`: $RUNTIME_DIRECTORY/khost.sock under systemd, else
- * /tmp/khost-UID-HASH.sock, HASH being of the config file's real path.
+ * can steer it). Host and client find the path from the same list, best
+ * first (admin_socket_paths): `--socket PATH`, `[host] control_socket`,
+ * $RUNTIME_DIRECTORY/khost.sock (its first entry), /run/khost/khost.sock,
+ * then /tmp/khost-UID-HASH.sock, HASH being of the config file's real
+ * path. The host binds the first; the client uses the first that answers.
  * One request per connection: a command line in, one reply line out.
  */
 #ifndef KHOST_ADMIN_H
 #define KHOST_ADMIN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef struct kh_host kh_host;
 
 /* ---- in the host ---- */
-/* The control socket (mode 0600) that `khost reload -c FILE` talks to. */
+/* Bind the control socket (mode 0600) at the first path of the list and
+ * log it with the reason. Refuses a path where a live host answers (the
+ * path stays chosen: admin_check_socket tries it again). */
 int admin_start(kh_host *host, char *err, size_t errlen);
+/* On SIGHUP: when the path no longer names the socket we bound (deleted,
+ * replaced), or we have none yet, bind it again and log it. */
+void admin_check_socket(kh_host *host);
 void admin_stop(kh_host *host);
 /* [host] watch = true: (re)arm inotify on the folders of the config file
  * and the plugins; a change schedules a reload after a quiet period. */
@@ -24,12 +32,26 @@ void admin_watch(kh_host *host);
 
 /* ---- the client ---- */
 
-/* malloc'd socket path for a config file, NULL if it does not exist. */
-char *admin_socket_path(const char *config_path);
+typedef struct kh_admin_paths {
+    size_t n;
+    char *path[4];      /* malloc'd, best first, no duplicates */
+    const char *why[4]; /* "--socket", "control_socket", ... */
+    int per_user_errno; /* config_path given but not resolvable */
+} kh_admin_paths;
 
-/* Send `command` ("reload", "status") to the host running config_path.
- * Returns 0 and the reply in `reply`, or -1 with a reason in `reply`. */
-int admin_request(const char *config_path, const char *command, char *reply,
+/* The list: explicit_path (why: explicit_why) when not NULL, then
+ * $RUNTIME_DIRECTORY/khost.sock, /run/khost/khost.sock (for_host: only
+ * when that folder exists and is writable; it is never created), then the
+ * per-user path of config_path when config_path is not NULL. */
+void admin_socket_paths(kh_admin_paths *out, const char *explicit_path,
+                        const char *explicit_why, const char *config_path,
+                        bool for_host);
+void admin_paths_free(kh_admin_paths *paths);
+
+/* Send `command` ("reload", "status") to the first path that answers.
+ * Returns 0 and the reply in `reply`, or -1 and "no khost answers (tried
+ * PATH: REASON, ...)" in `reply`. */
+int admin_request(const kh_admin_paths *paths, const char *command, char *reply,
                   size_t len);
 
 #endif

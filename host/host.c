@@ -133,6 +133,8 @@ static void run_pending_reload(kh_host *host) {
               host->reload_requested ? "SIGHUP received"
                                      : "watched file changed",
               host->cfg->path);
+    if (host->reload_requested)
+        admin_check_socket(host); /* a deleted control socket: bind again */
     host->reload_requested = false;
     host->watch_due_ms = 0;
     char msg[512];

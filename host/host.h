@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <systemd/sd-event.h>
 
 /* What the modules below the host may ask of it, passed down as hooks so
@@ -32,6 +33,8 @@ struct kh_host {
     size_t n_retired;
     int admin_fd; /* control socket, -1 when none */
     char *admin_path;
+    dev_t admin_dev; /* the socket file bound at admin_path (admin.c) */
+    ino_t admin_ino;
     sd_event_source *admin_src;
     kh_pipeline_rt **pipelines;
     size_t n_pipelines;

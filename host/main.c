@@ -15,6 +15,7 @@
 #include "worker.h"
 
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,9 +35,16 @@ static void usage(FILE *out) {
           "supervised worker processes, one consumer group per pipeline.\n"
           "\n"
           "Commands:\n"
-          "  run -c FILE             consume with the pipelines in FILE until\n"
+          "  run -c FILE [--socket PATH]\n"
+          "                          consume with the pipelines in FILE until\n"
           "                          SIGTERM/SIGINT (a second signal exits at "
           "once)\n"
+          "  status [-c FILE] [--socket PATH]\n"
+          "                          one line per pipeline of the running "
+          "khost\n"
+          "  reload [-c FILE] [--socket PATH]\n"
+          "                          check FILE, then make the running khost\n"
+          "                          re-read it (as SIGHUP does)\n"
           "  check-config -c FILE    validate FILE and load every plugin it "
           "names\n"
           "                          (ABI check only, init is not called; no "
@@ -57,37 +65,118 @@ static void usage(FILE *out) {
           "     on_exhausted = exit, or Kafka could not be set up)\n"
           "  2  bad usage, invalid configuration or invalid plugin\n"
           "\n"
+          "Control socket (status, reload): --socket PATH, else [host]\n"
+          "control_socket of FILE, $RUNTIME_DIRECTORY/khost.sock,\n"
+          "/run/khost/khost.sock, /tmp/khost-UID-HASH.sock of FILE; the host\n"
+          "binds the first it may, the commands use the first that answers.\n"
+          "COMMAND --help shows a command's options.\n"
+          "\n"
           "Configuration: see etc/example.ini and host/config.md.\n",
           out);
 }
 
-/* Parse "-c FILE" for run and check-config. */
-static const char *config_arg(int argc, char **argv, const char *cmd) {
+/* The options of the commands that take -c FILE and --socket PATH, one
+ * row per command, so that a new control command is one more row. */
+enum { NEED_CONFIG, NEED_CONFIG_OR_SOCKET, NEED_NOTHING };
+typedef struct cmd_spec {
+    const char *name;
+    bool socket; /* accepts --socket PATH */
+    int need;
+    const char *usage; /* after "khost NAME " */
+    const char *help;  /* printed by NAME --help after the usage line */
+} cmd_spec;
+
+static const cmd_spec cmd_specs[] = {
+    {"run", true, NEED_CONFIG, "-c FILE [--socket PATH]",
+     "Consume with the pipelines in FILE until SIGTERM/SIGINT.\n"
+     "  -c, --config FILE   the configuration\n"
+     "  --socket PATH       the control socket (else [host] control_socket,\n"
+     "                      $RUNTIME_DIRECTORY/khost.sock, "
+     "/run/khost/khost.sock\n"
+     "                      when that folder is writable, or\n"
+     "                      /tmp/khost-UID-HASH.sock)\n"},
+    {"check-config", false, NEED_CONFIG, "-c FILE",
+     "Validate FILE and load every plugin it names (no Kafka).\n"
+     "  -c, --config FILE   the configuration\n"},
+    {"status", true, NEED_NOTHING, "[-c FILE] [--socket PATH]",
+     "One line per pipeline of the running khost.\n"
+     "  -c, --config FILE   find the host of FILE: its control_socket, then\n"
+     "                      $RUNTIME_DIRECTORY/khost.sock, "
+     "/run/khost/khost.sock\n"
+     "                      and the per-user path of FILE (the first that\n"
+     "                      answers); without -c, only the middle two\n"
+     "  --socket PATH       talk to this socket only\n"},
+    {"reload", true, NEED_CONFIG_OR_SOCKET, "[-c FILE] [--socket PATH]",
+     "Make the running khost re-read its file (as SIGHUP does) and print\n"
+     "the outcome; exit status 2 when the new file is rejected. Needs -c\n"
+     "FILE, --socket PATH or both.\n"
+     "  -c, --config FILE   check FILE first, then find its host as status "
+     "does\n"
+     "  --socket PATH       talk to this socket only; without -c the file is\n"
+     "                      not checked here (the host still checks it)\n"},
+};
+
+static const cmd_spec *find_spec(const char *name) {
+    for (size_t i = 0; i < sizeof cmd_specs / sizeof cmd_specs[0]; i++)
+        if (!strcmp(cmd_specs[i].name, name))
+            return &cmd_specs[i];
+    return NULL;
+}
+
+typedef struct cmd_opts {
+    const char *config; /* -c FILE, NULL when not given */
+    const char *socket; /* --socket PATH, NULL when not given */
+} cmd_opts;
+
+/* Parse argv (argv[0] is the command) by its row in cmd_specs; bad usage
+ * is one error line and the usage line, exit status 2. */
+static cmd_opts parse_cmd(int argc, char **argv, const char *cmd) {
+    const cmd_spec *spec = find_spec(cmd);
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
+        {"socket", required_argument, NULL, 's'},
         {"help", no_argument, NULL, 'h'},
         {0, 0, 0, 0},
     };
-    const char *path = NULL;
+    cmd_opts o = {0};
+    char bad[300] = "";
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+    opterr = 0; /* our own one line below, not getopt's */
+    while (!*bad && (c = getopt_long(argc, argv, ":c:h", opts, NULL)) != -1) {
+        const char *arg = argv[optind - 1];
         if (c == 'c') {
-            path = optarg;
+            o.config = optarg;
+        } else if (c == 's' && spec->socket) {
+            o.socket = optarg;
+            if (!*optarg)
+                snprintf(bad, sizeof bad, "--socket needs a path");
         } else if (c == 'h') {
-            printf("usage: khost %s -c FILE\n", cmd);
+            printf("usage: khost %s %s\n%s", cmd, spec->usage, spec->help);
             exit(EXIT_OK);
+        } else if (c == 's') {
+            snprintf(bad, sizeof bad, "unknown option '--socket'");
+        } else if (c == ':') {
+            snprintf(bad, sizeof bad, "option '%s' needs an argument", arg);
+        } else if (optopt && optopt != 's') {
+            snprintf(bad, sizeof bad, "unknown option '-%c'", optopt);
         } else {
-            fprintf(stderr, "usage: khost %s -c FILE\n", cmd);
-            exit(EXIT_INVALID);
+            snprintf(bad, sizeof bad, "unknown option '%s'", arg);
         }
     }
-    if (!path || optind < argc) {
-        fprintf(stderr, "khost %s: %s\nusage: khost %s -c FILE\n", cmd,
-                path ? "unexpected argument" : "-c FILE is required", cmd);
+    if (!*bad && optind < argc)
+        snprintf(bad, sizeof bad, "unexpected argument '%s'", argv[optind]);
+    else if (!*bad && spec->need == NEED_CONFIG && !o.config)
+        snprintf(bad, sizeof bad, "-c FILE is required");
+    else if (!*bad && spec->need == NEED_CONFIG_OR_SOCKET && !o.config &&
+             !o.socket)
+        snprintf(bad, sizeof bad, "-c FILE or --socket PATH is required");
+    if (*bad) {
+        fprintf(stderr, "khost %s: %s\nusage: khost %s %s\n", cmd, bad, cmd,
+                spec->usage);
         exit(EXIT_INVALID);
     }
-    return path;
+    return o;
 }
 
 static void print_errors(const kh_errors *errs) {
@@ -96,7 +185,7 @@ static void print_errors(const kh_errors *errs) {
 }
 
 static int cmd_check_config(int argc, char **argv) {
-    const char *path = config_arg(argc, argv, "check-config");
+    const char *path = parse_cmd(argc, argv, "check-config").config;
     kh_config cfg = {0};
     kh_errors errs = {0};
     config_load(path, &cfg, &errs);
@@ -186,7 +275,8 @@ static int cmd_plugin_info(int argc, char **argv) {
 }
 
 static int cmd_run(int argc, char **argv) {
-    const char *path = config_arg(argc, argv, "run");
+    cmd_opts o = parse_cmd(argc, argv, "run");
+    const char *path = o.config;
     kh_config *cfg = calloc(1, sizeof *cfg);
     kh_errors errs = {0};
     /* A plugin that cannot even load would only crash-loop its workers:
@@ -205,32 +295,51 @@ static int cmd_run(int argc, char **argv) {
         return EXIT_INVALID;
     }
     errors_free(&errs);
+    if (o.socket) { /* overrides control_socket; line 0 says so */
+        free(cfg->control_socket);
+        cfg->control_socket = strdup(o.socket);
+        cfg->control_socket_line = 0;
+    }
     return host_run(cfg); /* takes cfg: a reload replaces it */
 }
 
 /* reload and status talk to the running host through its control
- * socket, found from the same config file. */
+ * socket: --socket PATH alone, else the list the host chose from
+ * (admin_socket_paths), with the control_socket of -c FILE first. */
 static int cmd_control(int argc, char **argv, const char *command) {
-    const char *path = config_arg(argc, argv, argv[0]);
-    if (!strcmp(command, "reload")) {
-        /* Check the file first: a clear error here beats a rejection that
-         * only the host's log explains. */
-        kh_config cfg = {0};
-        kh_errors errs = {0};
-        if (config_load(path, &cfg, &errs) != 0) {
+    cmd_opts o = parse_cmd(argc, argv, command);
+    kh_config cfg = {0};
+    kh_errors errs = {0};
+    if (o.config) {
+        int rc = config_load(o.config, &cfg, &errs);
+        if (rc != 0 && !strcmp(command, "reload")) {
+            /* Check the file first: a clear error here beats a rejection
+             * that only the host's log explains. */
             print_errors(&errs);
-            fprintf(stderr, "%s: invalid, %zu error%s; not reloading\n", path,
-                    errs.count, errs.count == 1 ? "" : "s");
+            fprintf(stderr, "%s: invalid, %zu error%s; not reloading\n",
+                    o.config, errs.count, errs.count == 1 ? "" : "s");
             errors_free(&errs);
             config_free(&cfg);
             return EXIT_INVALID;
         }
-        config_print_warnings(&cfg, stderr);
+        if (rc == 0 && !strcmp(command, "reload"))
+            config_print_warnings(&cfg, stderr);
         errors_free(&errs);
-        config_free(&cfg);
     }
+    /* status finds the host even of a file that no longer parses: the
+     * control_socket line counts when it parsed itself. */
+    kh_admin_paths paths;
+    if (o.socket)
+        paths = (kh_admin_paths){
+            .n = 1, .path = {strdup(o.socket)}, .why = {"--socket"}};
+    else
+        admin_socket_paths(&paths, cfg.control_socket, "control_socket",
+                           o.config, false);
+    config_free(&cfg);
     char reply[8192];
-    if (admin_request(path, command, reply, sizeof reply) != 0) {
+    int rc = admin_request(&paths, command, reply, sizeof reply);
+    admin_paths_free(&paths);
+    if (rc != 0) {
         fprintf(stderr, "khost %s: %s\n", command, reply);
         return EXIT_RUNTIME;
     }
