@@ -23,6 +23,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -357,19 +358,25 @@ static void remove_stale_snapshots(const char *base) {
 }
 
 /* Plugin snapshots live in a private folder: $RUNTIME_DIRECTORY under
- * systemd, else $TMPDIR or /tmp. */
+ * systemd (its first entry: several are colon separated), else $TMPDIR or
+ * /tmp. */
 static int make_snapshot_dir(kh_host *host) {
     const char *base = getenv("RUNTIME_DIRECTORY");
-    if (!base || !*base)
+    int len = base ? (int)strcspn(base, ":") : 0;
+    if (!len) {
         base = getenv("TMPDIR");
-    if (!base || !*base)
-        base = "/tmp";
-    remove_stale_snapshots(base);
-    if (asprintf(&host->snapshot_dir, "%s/khost-%d-XXXXXX", base,
+        if (!base || !*base)
+            base = "/tmp";
+        len = (int)strlen(base);
+    }
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%.*s", len, base);
+    remove_stale_snapshots(dir);
+    if (asprintf(&host->snapshot_dir, "%s/khost-%d-XXXXXX", dir,
                  (int)getpid()) < 0 ||
         !mkdtemp(host->snapshot_dir)) {
         klog_error("cannot create a folder for plugin snapshots under %s: %s",
-                   base, strerror(errno));
+                   dir, strerror(errno));
         return -1;
     }
     /* Traversable, not listable: workers that run as another user (user =)
