@@ -253,6 +253,11 @@ const char *th_header(const th_msg *m, const char *name) {
 
 void th_host_start(th_host *h, const char *dir, const char *name,
                    const char *ini) {
+    th_host_start_args(h, dir, name, ini, NULL);
+}
+
+void th_host_start_args(th_host *h, const char *dir, const char *name,
+                        const char *ini, const char *const *extra) {
     memset(h, 0, sizeof *h);
     h->dir = strdup(dir);
     char file[256];
@@ -270,8 +275,12 @@ void th_host_start(th_host *h, const char *dir, const char *name,
          * host that happens to find fds 3 and 4 taken (the test runner's)
          * hides bugs about the fds it gives its children. */
         close_range(3, ~0U, 0);
-        tu_execv(KHOST_BUILD_DIR "/khost",
-                 (char *[]){"khost", "run", "-c", h->cfg_path, NULL});
+        char *argv[16] = {"khost", "run", "-c", h->cfg_path};
+        size_t n = 4;
+        for (; extra && *extra && n + 1 < sizeof argv / sizeof argv[0]; extra++)
+            argv[n++] = (char *)*extra;
+        argv[n] = NULL;
+        tu_execv(KHOST_BUILD_DIR "/khost", argv);
         _exit(127);
     }
     h->pid = pid;

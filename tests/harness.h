@@ -64,6 +64,11 @@ typedef struct th_host {
  * dir/name.log. */
 void th_host_start(th_host *h, const char *dir, const char *name,
                    const char *ini);
+/* The same with more arguments after `run -c FILE` (NULL-terminated, at
+ * most 11), e.g. {"--socket", path, NULL}. The host inherits the test's
+ * environment (setenv before, to give it RUNTIME_DIRECTORY). */
+void th_host_start_args(th_host *h, const char *dir, const char *name,
+                        const char *ini, const char *const *extra);
 /* Send sig and wait up to timeout_ms; returns exit status (128+signal
  * when killed), -1 when it did not exit (then it is SIGKILLed). */
 int th_host_stop(th_host *h, int sig, int timeout_ms);
