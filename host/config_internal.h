@@ -148,6 +148,7 @@ typedef struct parser {
     size_t pipe;   /* index into cfg->pipelines for SEC_PIPELINE* */
 
     int host_line, kafka_line, brokers_line;
+    int log_level_line, log_format_line; /* 0 when unset */
     int host_int_line[2]; /* lines of host_int_keys, 0 when unset */
     pipeline_state *ps;   /* parallel to cfg->pipelines */
 

@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include "config_internal.h"
+#include "log.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -23,8 +24,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-static const char *const host_keys[] = {"brokers", "mock_partitions",
-                                        "mock_seed", "watch", "control_socket"};
+static const char *const host_keys[] = {
+    "brokers", "control_socket", "log_format", "log_level",
+    "mock_partitions", "mock_seed", "watch"};
 
 /* librdkafka properties whose value khost decides; a user setting them
  * would silently break offset handling or pipeline isolation. */
@@ -510,9 +512,48 @@ static void on_control_socket(parser *p, const char *raw) {
     free(value);
 }
 
+/* log_level = error|warn|info|debug, log_format = text|json. */
+static void on_host_log_key(parser *p, const char *key, const char *raw) {
+    bool level = strcmp(key, "log_level") == 0;
+    int *line = level ? &p->log_level_line : &p->log_format_line;
+    if (*line) {
+        report(p, p->lineno, "duplicate key '%s' in [host] (first at line %d)",
+               key, *line);
+        return;
+    }
+    *line = p->lineno;
+    char *value = expand_env(p, key, raw);
+    if (!value)
+        return;
+    if (level) {
+        int l = klog_level_parse(value);
+        if (l < 0)
+            report(p, p->lineno,
+                   "bad value '%s' for 'log_level' in [host]: expected "
+                   "error, warn, info or debug",
+                   value);
+        else
+            p->cfg->log_level = l;
+    } else if (strcmp(value, "text") == 0) {
+        p->cfg->log_format = KLOG_TEXT;
+    } else if (strcmp(value, "json") == 0) {
+        p->cfg->log_format = KLOG_JSON;
+    } else {
+        report(p, p->lineno,
+               "bad value '%s' for 'log_format' in [host]: expected text or "
+               "json",
+               value);
+    }
+    free(value);
+}
+
 static void on_host_key(parser *p, const char *key, const char *raw) {
     if (strcmp(key, "control_socket") == 0) {
         on_control_socket(p, raw);
+        return;
+    }
+    if (strcmp(key, "log_level") == 0 || strcmp(key, "log_format") == 0) {
+        on_host_log_key(p, key, raw);
         return;
     }
     if (strcmp(key, "watch") == 0) {

@@ -55,7 +55,9 @@ static void usage(FILE *out) {
           "(--help)\n"
           "\n"
           "Options:\n"
-          "  -v, --verbose           debug logging\n"
+          "  -v, --verbose           debug logging, whatever log_level says "
+          "(also\n"
+          "                          after the command: khost run -c F -v)\n"
           "  -h, --help              show this help\n"
           "  -V, --version           show the khost and plugin ABI versions\n"
           "\n"
@@ -136,6 +138,7 @@ static cmd_opts parse_cmd(int argc, char **argv, const char *cmd) {
         {"config", required_argument, NULL, 'c'},
         {"socket", required_argument, NULL, 's'},
         {"help", no_argument, NULL, 'h'},
+        {"verbose", no_argument, NULL, 'v'},
         {0, 0, 0, 0},
     };
     cmd_opts o = {0};
@@ -143,10 +146,12 @@ static cmd_opts parse_cmd(int argc, char **argv, const char *cmd) {
     int c;
     optind = 1;
     opterr = 0; /* our own one line below, not getopt's */
-    while (!*bad && (c = getopt_long(argc, argv, ":c:h", opts, NULL)) != -1) {
+    while (!*bad && (c = getopt_long(argc, argv, ":c:hv", opts, NULL)) != -1) {
         const char *arg = argv[optind - 1];
         if (c == 'c') {
             o.config = optarg;
+        } else if (c == 'v') {
+            klog_set_verbose(true);
         } else if (c == 's' && spec->socket) {
             o.socket = optarg;
             if (!*optarg)
@@ -362,7 +367,7 @@ int main(int argc, char **argv) {
                    KHOST_ABI_MAJOR, KHOST_ABI_MINOR);
             return EXIT_OK;
         } else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
-            klog_set_level(KLOG_DEBUG);
+            klog_set_verbose(true);
         } else {
             fprintf(stderr, "khost: unknown option '%s'\n", a);
             usage(stderr);

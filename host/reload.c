@@ -134,6 +134,27 @@ static int reject(kh_config *next, kh_errors *errs, char *msg, size_t len,
     return -1;
 }
 
+/* [host] log_level applies in place. The line about it is logged at info
+ * while the more verbose of the two levels is in effect, so it shows if
+ * either shows info. Workers started from now on inherit the new level;
+ * running ones keep theirs. */
+static void apply_log_level(const kh_config *cur, const kh_config *next) {
+    int was = cur->log_level ? cur->log_level : KLOG_INFO;
+    int now = next->log_level ? next->log_level : KLOG_INFO;
+    if (was == now)
+        return;
+    const char *forced =
+        klog_verbose() && now != KLOG_DEBUG ? " (-v keeps debug)" : "";
+    if (now < was)
+        klog_info("reload: log_level %s -> %s%s", klog_level_str(was),
+                  klog_level_str(now), forced);
+    klog_set_level(now);
+    klog_export();
+    if (now > was)
+        klog_info("reload: log_level %s -> %s%s", klog_level_str(was),
+                  klog_level_str(now), forced);
+}
+
 int reload_apply(kh_host *host, char *msg, size_t len) {
     if (host->shutting_down) {
         snprintf(msg, len, "rejected: khost is shutting down");
@@ -158,7 +179,8 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
         return reject(next, &errs, msg, len, "a plugin cannot be loaded");
     if (strcmp(cur->brokers, next->brokers) ||
         cur->mock_partitions != next->mock_partitions ||
-        cur->mock_seed != next->mock_seed)
+        cur->mock_seed != next->mock_seed ||
+        cur->log_format != next->log_format)
         return reject(next, &errs, msg, len,
                       "[host] changed, which needs a restart of khost");
 
@@ -244,6 +266,7 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
         realloc(host->retired, (host->n_retired + 1) * sizeof *host->retired);
     host->retired[host->n_retired++] = (kh_config *)cur;
     host->cfg = next;
+    apply_log_level(cur, next);
     sweep_configs(host);
     snprintf(msg, len,
              "applied%s: %d pipeline(s) unchanged or updated in place, %d "
