@@ -18,6 +18,7 @@
 #define _GNU_SOURCE
 #include "failure.h"
 #include "host.h"
+#include "kafka_log.h"
 #include "log.h"
 #include "pipeline.h"
 
@@ -82,6 +83,30 @@ static bool producer_property(const char *key) {
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rm,
                         void *opaque);
 
+/* Served by rd_kafka_poll in failure_poll, on the loop's thread. */
+static void dlq_on_error(rd_kafka_t *rk, int err, const char *reason,
+                         void *opaque) {
+    kh_pipeline_rt *pl = opaque;
+    char who[192];
+    snprintf(who, sizeof who, "pipeline=%s dead-letter producer",
+             pl->cfg->name);
+    if (kafka_conn_error(rk, who, pl->host->bootstraps, err, reason,
+                         kh_now_ms()))
+        return;
+    klog_warn("%s: %s: %s", who, rd_kafka_err2name((rd_kafka_resp_err_t)err),
+              reason);
+}
+
+/* librdkafka's threads: the pipeline from the handle's name
+ * ("khost-NAME-dlq#producer-2"), as in kafka.c. */
+static void dlq_on_log(const rd_kafka_t *rk, int level, const char *fac,
+                       const char *buf) {
+    char name[160], who[200];
+    kafka_log_pipeline(rk, "-dlq", name, sizeof name);
+    snprintf(who, sizeof who, "pipeline=%s dead-letter producer", name);
+    kafka_log_line(who, level, fac, buf);
+}
+
 int failure_pipeline_start(kh_pipeline_rt *pl, char *err, size_t errlen) {
     const kh_pipeline *cfg = pl->cfg;
     if (cfg->on_failure != KH_ON_FAILURE_DLQ)
@@ -110,6 +135,8 @@ int failure_pipeline_start(kh_pipeline_rt *pl, char *err, size_t errlen) {
                                   errstr, sizeof errstr))
                 goto error;
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    rd_kafka_conf_set_error_cb(conf, dlq_on_error);
+    rd_kafka_conf_set_log_cb(conf, dlq_on_log);
     rd_kafka_conf_set_opaque(conf, pl);
     pl->dlq = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
     if (!pl->dlq) {
@@ -152,6 +179,7 @@ void failure_pipeline_stop(kh_pipeline_rt *pl, int timeout_ms) {
     rd_kafka_purge(pl->dlq, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
     rd_kafka_poll(pl->dlq, 0); /* delivery reports free their jobs */
     rd_kafka_destroy(pl->dlq);
+    kafka_conn_forget(pl->dlq);
     pl->dlq = NULL;
     /* Writes whose report never came: their offsets were not committed. */
     while (pl->dlq_live)
@@ -210,9 +238,10 @@ static void release_part_if_clear(kh_part *part) {
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rm,
                         void *opaque) {
-    (void)rk;
     kh_pipeline_rt *pl = opaque;
     kh_dlq_job *job = rm->_private;
+    if (!rm->err && rk)
+        kafka_conn_ok(rk, kh_now_ms());
     kh_part *part = job->part;
     /* A pipeline stopping (shutdown, or removed by a reload) retries
      * nothing: the job goes, its offset uncommitted. */
@@ -262,6 +291,7 @@ void failure_poll(kh_pipeline_rt *pl) {
         return;
     rd_kafka_poll(pl->dlq, 0);
     int64_t now = kh_now_ms();
+    kafka_conn_tick(pl->dlq, now);
     kh_dlq_job **link = &pl->dlq_retry;
     while (*link) {
         kh_dlq_job *job = *link;

@@ -15,6 +15,7 @@
 #include "dispatch.h"
 #include "failure.h"
 #include "kafka.h"
+#include "kafka_log.h"
 #include "log.h"
 #include "pipeline.h"
 #include "plugin_loader.h"
@@ -226,6 +227,12 @@ static int on_report(sd_event_source *s, uint64_t usec, void *ud) {
     return 0;
 }
 
+static void seed_on_log(const rd_kafka_t *rk, int level, const char *fac,
+                        const char *buf) {
+    (void)rk;
+    kafka_log_line("mock seeding:", level, fac, buf);
+}
+
 /* Produce `count` messages into every topic of the config, spread over
  * its partitions, so the demo and quick trials have data to consume. */
 static int seed_topics(kh_host *host) {
@@ -235,6 +242,7 @@ static int seed_topics(kh_host *host) {
     rd_kafka_conf_set(conf, "bootstrap.servers", host->bootstraps, errstr,
                       sizeof errstr);
     rd_kafka_conf_set(conf, "linger.ms", "5", errstr, sizeof errstr);
+    rd_kafka_conf_set_log_cb(conf, seed_on_log);
     rd_kafka_t *rk =
         rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
     if (!rk) {
@@ -425,6 +433,11 @@ int host_run(kh_config *cfg) {
                     .hooks = {.should_stop = host_check_signals,
                               .request_exit = host_request_exit}};
     int rc = 1;
+    /* [host] log_level and log_format, before any thread exists; workers
+     * inherit them through the environment (-v still forces debug). */
+    klog_set_level(cfg->log_level ? cfg->log_level : KLOG_INFO);
+    klog_set_format(cfg->log_format);
+    klog_export();
 
     /* Block before librdkafka starts threads, so that they inherit the
      * mask: signals then only reach our signalfd, and SIGCHLD stays

@@ -18,6 +18,7 @@
 #define _GNU_SOURCE
 #include "kafka.h"
 #include "host.h"
+#include "kafka_log.h"
 #include "log.h"
 #include "pipeline.h"
 
@@ -225,6 +226,7 @@ static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                   pl->cfg->name, rd_kafka_err2str(err));
         return;
     }
+    kafka_conn_ok(rk, kh_now_ms());
     if (offsets)
         log_committed(pl, offsets, "auto");
 }
@@ -232,7 +234,11 @@ static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 static void on_error(rd_kafka_t *rk, int err, const char *reason,
                      void *opaque) {
     kh_pipeline_rt *pl = opaque;
-    (void)rk;
+    char who[192];
+    snprintf(who, sizeof who, "pipeline=%s kafka", pl->cfg->name);
+    if (kafka_conn_error(rk, who, pl->host->bootstraps, err, reason,
+                         kh_now_ms()))
+        return;
     klog_warn("pipeline=%s kafka: %s: %s", pl->cfg->name,
               rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
 }
@@ -243,14 +249,10 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason,
  * client.id), never through the opaque. */
 static void on_log(const rd_kafka_t *rk, int level, const char *fac,
                    const char *buf) {
-    const char *name = rd_kafka_name(rk);
-    if (!strncmp(name, "khost-", 6))
-        name += 6;
-    int len = (int)strcspn(name, "#");
-    klog(level <= 3   ? KLOG_ERROR
-         : level <= 4 ? KLOG_WARN
-                      : KLOG_DEBUG,
-         "pipeline=%.*s librdkafka %s: %s", len, name, fac, buf);
+    char name[160], who[192];
+    kafka_log_pipeline(rk, NULL, name, sizeof name);
+    snprintf(who, sizeof who, "pipeline=%s", name);
+    kafka_log_line(who, level, fac, buf);
 }
 
 static void describe_list(const rd_kafka_topic_partition_list_t *l, char *buf,
@@ -337,6 +339,9 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *l, void *opaque) {
     kh_pipeline_rt *pl = opaque;
     bool cooperative = !strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE");
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS ||
+        err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
+        kafka_conn_ok(rk, kh_now_ms()); /* the coordinator answered */
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         on_assign(pl, l, cooperative);
     } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
@@ -365,11 +370,19 @@ static kh_part *part_of(kh_pipeline_rt *pl, const rd_kafka_message_t *m) {
 void kafka_poll(kh_pipeline_rt *pl) {
     if (!pl->rk)
         return;
+    const rd_kafka_t *rk = pl->rk;
     int budget = KH_POLL_BUDGET;
     rd_kafka_message_t *m;
+    bool fetched = false;
     while (budget-- > 0 && (m = rd_kafka_consumer_poll(pl->rk, 0))) {
         if (m->err) {
-            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            char who[192];
+            snprintf(who, sizeof who, "pipeline=%s kafka", pl->cfg->name);
+            if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                fetched = true;
+            else if (!kafka_conn_error(pl->rk, who, pl->host->bootstraps,
+                                       m->err, rd_kafka_message_errstr(m),
+                                       kh_now_ms()))
                 klog_warn("pipeline=%s consume error%s%s: %s", pl->cfg->name,
                           m->rkt ? " on topic " : "",
                           m->rkt ? rd_kafka_topic_name(m->rkt) : "",
@@ -377,6 +390,7 @@ void kafka_poll(kh_pipeline_rt *pl) {
             rd_kafka_message_destroy(m);
             continue;
         }
+        fetched = true;
         kh_part *part = part_of(pl, m);
         if (!part || pl->stopping) {
             rd_kafka_message_destroy(m);
@@ -384,6 +398,11 @@ void kafka_poll(kh_pipeline_rt *pl) {
         }
         part_accept(part, m);
     }
+    /* Only the key: the handle may be closed by now. */
+    int64_t now = kh_now_ms();
+    if (fetched)
+        kafka_conn_ok(rk, now);
+    kafka_conn_tick(rk, now);
     pl->consumer_events->polled(pl);
     /* The wake pipe only fires when the queue turns non-empty; if the
      * budget ran out, come back on the next loop iteration. */
@@ -626,6 +645,7 @@ void kafka_pipeline_close(kh_pipeline_rt *pl, int timeout_ms) {
     int64_t left = deadline_ms - kh_now_ms();
     destroy_bounded(pl, closed ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE,
                     left > 500 ? left : 500);
+    kafka_conn_forget(pl->rk);
     pl->rk = NULL;
     pl->wake_src = sd_event_source_disable_unref(pl->wake_src);
     pl->defer_src = sd_event_source_disable_unref(pl->defer_src);

@@ -14,12 +14,23 @@
 #include <string.h>
 #include <unistd.h>
 
+/* The handle's own lines (librdkafka's threads) through klog. */
+static void mock_on_log(const rd_kafka_t *rk, int level, const char *fac,
+                        const char *buf) {
+    (void)rk;
+    klog(level <= 3   ? KLOG_ERROR
+         : level <= 4 ? KLOG_WARN
+                      : KLOG_DEBUG,
+         "mock cluster: librdkafka %s: %s", fac, buf);
+}
+
 int mock_cluster_start(kh_mock *mock, int brokers, char *err, size_t errlen) {
     memset(mock, 0, sizeof *mock);
     char errstr[512];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     /* The handle only does bookkeeping for the mock; keep it quiet. */
     rd_kafka_conf_set(conf, "log_level", "3", errstr, sizeof errstr);
+    rd_kafka_conf_set_log_cb(conf, mock_on_log);
     mock->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
     if (!mock->rk) {
         snprintf(err, errlen, "cannot create mock cluster handle: %s", errstr);
