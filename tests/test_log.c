@@ -478,3 +478,28 @@ Test(log, broker_outage_is_reported_once_then_its_end, .timeout = 90) {
     tu_rmdir(dir);
     free(dir);
 }
+
+Test(log, bad_log_keys_are_one_line_errors) {
+    char *dir = tu_tmpdir();
+    char *text = ini("mock", "log_level = loud\nlog_format = xml\nlog_levl = x",
+                     "", dir, "", "");
+    char *path = tu_write_file(dir, "bad.ini", text);
+    tu_result r = tu_run(
+        (char *[]){KHOST_BUILD_DIR "/khost", "check-config", "-c", path, NULL},
+        30000);
+    cr_assert_eq(r.exit_code, 2, "%s", r.err);
+    cr_assert(strstr(r.err, "bad.ini:3: bad value 'loud' for 'log_level' in "
+                            "[host]: expected error, warn, info or debug\n"),
+              "%s", r.err);
+    cr_assert(strstr(r.err, "bad.ini:4: bad value 'xml' for 'log_format' in "
+                            "[host]: expected text or json\n"),
+              "%s", r.err);
+    cr_assert(strstr(r.err, "unknown key 'log_levl' in [host] (did you mean "
+                            "'log_level'?)"),
+              "%s", r.err);
+    tu_result_free(&r);
+    free(path);
+    free(text);
+    tu_rmdir(dir);
+    free(dir);
+}
