@@ -94,8 +94,8 @@ static void produce_all(th_cluster *c) {
     rd_kafka_destroy(rk);
 }
 
-/* Time of day in ms (from the "HH:MM:SS.mmm" prefix) of the first log
- * line holding both a and b; -1 when there is none. */
+/* Time of day in ms (from the "YYYY-MM-DDTHH:MM:SS.mmmZ" prefix) of the
+ * first log line holding both a and b; -1 when there is none. */
 static int64_t line_ms(const char *log, const char *a, const char *b) {
     for (const char *s = log; *s;) {
         const char *end = strchr(s, '\n');
@@ -104,7 +104,7 @@ static int64_t line_ms(const char *log, const char *a, const char *b) {
         const char *ha = strstr(s, a), *hb = b ? strstr(s, b) : s;
         if (ha && ha < end && hb && hb < end) {
             int hh, mm, ss, ms;
-            if (sscanf(s, "%d:%d:%d.%d", &hh, &mm, &ss, &ms) == 4)
+            if (sscanf(s, "%*d-%*d-%*dT%d:%d:%d.%d", &hh, &mm, &ss, &ms) == 4)
                 return ((int64_t)(hh * 60 + mm) * 60 + ss) * 1000 + ms;
         }
         if (!*end)
