@@ -13,9 +13,10 @@
  * every 30 s counts the failures; it ends with one line, either at the
  * first sign that brokers answer after all of them were down (an
  * assignment, a message, a commit, a delivery report: kafka_conn_ok) or
- * after 30 s without a connection failure (librdkafka retries at most
- * reconnect.backoff.max.ms apart, 10 s by default, so a consumer that
- * keeps failing does so well within that).
+ * after 75 s without a connection failure reported. librdkafka retries
+ * at most reconnect.backoff.max.ms apart (10 s by default) but reports an
+ * identical error again only after 30 s, with the count of those it
+ * suppressed ("N identical error(s) suppressed"), which is added here.
  */
 #define _GNU_SOURCE
 #include "kafka_log.h"
@@ -51,7 +52,7 @@ typedef struct conn_state {
     const void *key;
     char who[192];
     int64_t since_ms, last_fail_ms, last_summary_ms;
-    unsigned long long failures;
+    unsigned long long failures, failures_summarized;
     bool all_down;
     struct conn_state *next;
 } conn_state;
@@ -90,6 +91,18 @@ static bool connectivity(int err) {
     }
 }
 
+/* The attempts a report stands for: 1 plus the identical ones librdkafka
+ * suppressed before it. */
+static unsigned long long attempts_of(const char *reason) {
+    const char *tail = strstr(reason, " identical error(s) suppressed");
+    if (!tail)
+        return 1;
+    const char *d = tail;
+    while (d > reason && d[-1] >= '0' && d[-1] <= '9')
+        d--;
+    return d < tail ? 1 + strtoull(d, NULL, 10) : 1;
+}
+
 bool kafka_conn_error(const void *key, const char *who, const char *brokers,
                       int err, const char *reason, int64_t now_ms) {
     if (!connectivity(err))
@@ -113,7 +126,7 @@ bool kafka_conn_error(const void *key, const char *who, const char *brokers,
     if (all_down)
         st->all_down = true;
     else
-        st->failures++;
+        st->failures += attempts_of(reason);
     st->last_fail_ms = now_ms;
     pthread_mutex_unlock(&conn_mu);
     return true;
@@ -131,10 +144,13 @@ void kafka_conn_tick(const void *key, int64_t now_ms) {
     pthread_mutex_lock(&conn_mu);
     conn_state **link = conn_find(key);
     conn_state *st = *link;
-    if (st && now_ms - st->last_fail_ms >= KH_CONN_SUMMARY_MS) {
-        conn_end(link, st->last_fail_ms, ", then none for 30 s");
-    } else if (st && now_ms - st->last_summary_ms >= KH_CONN_SUMMARY_MS) {
+    if (st && now_ms - st->last_fail_ms >= KH_CONN_QUIET_MS) {
+        conn_end(link, st->last_fail_ms, ", then none for 75 s");
+    } else if (st && now_ms - st->last_summary_ms >= KH_CONN_SUMMARY_MS &&
+               st->failures > st->failures_summarized) {
+        /* Only with failures since the last one: "still" must be true. */
         st->last_summary_ms = now_ms;
+        st->failures_summarized = st->failures;
         long long s = (now_ms - st->since_ms) / 1000;
         if (st->all_down)
             klog_warn("%s: still no broker reachable after %lld s (%llu "

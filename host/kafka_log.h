@@ -10,9 +10,12 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-/* A summary every this often while a problem lasts; a problem with no
- * connection failure for this long is over. */
+/* A summary every this often while a problem lasts. */
 #define KH_CONN_SUMMARY_MS 30000
+/* A problem with no connection failure reported for this long is over.
+ * librdkafka reports an identical error again only after 30 s (counting
+ * the ones it suppressed in between), so this must be well past 30 s. */
+#define KH_CONN_QUIET_MS 75000
 
 /* One librdkafka log line as a klog line "WHO librdkafka FAC: text".
  * Runs on librdkafka's threads: uses only klog. Connection failures
@@ -39,7 +42,7 @@ bool kafka_conn_error(const void *key, const char *who, const char *brokers,
  * delivery report): ends a problem in which all brokers were down. */
 void kafka_conn_ok(const void *key, int64_t now_ms);
 /* From each poll: the summary every KH_CONN_SUMMARY_MS, and the end of a
- * problem after KH_CONN_SUMMARY_MS without a connection failure. */
+ * problem after KH_CONN_QUIET_MS without a connection failure. */
 void kafka_conn_tick(const void *key, int64_t now_ms);
 void kafka_conn_forget(const void *key);
 

@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include "harness.h"
+#include "kafka_log.h"
 #include "log.h"
 #include "testutil.h"
 
@@ -210,6 +211,86 @@ Test(log, level_names) {
     cr_assert_eq(klog_level_parse("INFO"), -1);
     cr_assert_eq(klog_level_parse("warning"), -1);
     cr_assert_eq(klog_level_parse(NULL), -1);
+}
+
+/* ---- unit: connectivity problems, with a clock of our own ---- */
+
+/* Run fn with stderr going to a file; returns what it wrote. */
+static char *capture(void (*fn)(void)) {
+    char *dir = tu_tmpdir();
+    char *path = tu_write_file(dir, "err", "");
+    int fd = open(path, O_WRONLY | O_TRUNC);
+    int saved = dup(2);
+    dup2(fd, 2);
+    fn();
+    dup2(saved, 2);
+    close(saved);
+    close(fd);
+    char *text = tu_read_file(path, NULL);
+    free(path);
+    tu_rmdir(dir);
+    free(dir);
+    return text;
+}
+
+static int key_a, key_b;
+
+static void conn_script(void) {
+    const char *who = "pipeline=p kafka";
+    cr_assert_not(kafka_conn_error(&key_a, who, "b:1",
+                                   RD_KAFKA_RESP_ERR__TIMED_OUT, "x", 0),
+                  "not about connectivity: the caller logs it");
+    cr_assert(kafka_conn_error(&key_a, who, "b:1", RD_KAFKA_RESP_ERR__TRANSPORT,
+                               "refused", 1000));
+    cr_assert(kafka_conn_error(&key_a, who, "b:1",
+                               RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN,
+                               "1/1 brokers are down", 1000));
+    cr_assert(kafka_conn_error(&key_a, who, "b:1", RD_KAFKA_RESP_ERR__TRANSPORT,
+                               "refused (after 0ms in state CONNECT, 7 "
+                               "identical error(s) suppressed)",
+                               2000));
+    kafka_conn_tick(&key_a, 20000);  /* nothing yet */
+    kafka_conn_tick(&key_a, 31000);  /* summary: 1 + 8 */
+    kafka_conn_tick(&key_a, 40000);  /* nothing */
+    kafka_conn_ok(&key_a, 45000);    /* all were down: over */
+    kafka_conn_tick(&key_a, 200000); /* nothing left */
+    /* Another handle, one broker of several: ends by quiet only. */
+    const char *who_b = "pipeline=q dead-letter producer";
+    cr_assert(kafka_conn_error(&key_b, who_b, "b:1,b:2",
+                               RD_KAFKA_RESP_ERR__RESOLVE, "no such host", 0));
+    kafka_conn_ok(&key_b, 1000); /* not an end: others answered all along */
+    kafka_conn_tick(&key_b, 30000);
+    kafka_conn_tick(&key_b, 74000);
+    kafka_conn_tick(&key_b, 75000); /* 75 s without a failure: over */
+    kafka_conn_forget(&key_a);
+    kafka_conn_forget(&key_b);
+}
+
+Test(log, broker_problem_once_summary_and_end) {
+    char *out = capture(conn_script);
+    cr_assert_eq(tu_count(out, "\n"), 6, "%s", out);
+    cr_assert_eq(tu_count(out, "pipeline=p kafka: cannot connect to a broker "
+                               "(brokers=b:1): refused; repeats are counted"),
+                 1, "%s", out);
+    cr_assert_eq(tu_count(out, "pipeline=p kafka: still no broker reachable "
+                               "after 30 s (9 connection failures)"),
+                 1, "%s", out);
+    cr_assert_eq(tu_count(out, "pipeline=p kafka: brokers reachable again "
+                               "after 44 s (9 connection failures)"),
+                 1, "%s", out);
+    cr_assert_eq(tu_count(out, "pipeline=q dead-letter producer: cannot "
+                               "connect to a broker (brokers=b:1,b:2): no "
+                               "such host"),
+                 1, "%s", out);
+    cr_assert_eq(tu_count(out, "pipeline=q dead-letter producer: broker "
+                               "connections still failing after 30 s (1 "
+                               "connection failure)"),
+                 1, "%s", out);
+    cr_assert_eq(tu_count(out, "pipeline=q dead-letter producer: brokers "
+                               "reachable again after 0 s (1 connection "
+                               "failure, then none for 75 s)"),
+                 1, "%s", out);
+    free(out);
 }
 
 /* ---- end to end ---- */
