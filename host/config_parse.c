@@ -25,8 +25,8 @@
 #include <unistd.h>
 
 static const char *const host_keys[] = {
-    "brokers", "control_socket", "log_format", "log_level",
-    "mock_partitions", "mock_seed", "watch"};
+    "brokers",         "control_socket", "log_format", "log_level",
+    "mock_partitions", "mock_seed",      "watch"};
 
 /* librdkafka properties whose value khost decides; a user setting them
  * would silently break offset handling or pipeline isolation. */

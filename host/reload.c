@@ -183,6 +183,10 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
         cur->log_format != next->log_format)
         return reject(next, &errs, msg, len,
                       "[host] changed, which needs a restart of khost");
+    if (strcmp(cur->control_socket ? cur->control_socket : "",
+               next->control_socket ? next->control_socket : ""))
+        klog_warn("reload: [host] control_socket changed; the control socket "
+                  "stays where it is until khost restarts");
 
     int kept = 0, swapped = 0, restarted = 0, added = 0, removed = 0;
     int failed_start = 0;
