@@ -287,7 +287,11 @@ static int cmd_run(int argc, char **argv) {
     /* A plugin that cannot even load would only crash-loop its workers:
      * refuse to start, as check-config would. */
     if (config_load(path, cfg, &errs) == 0) {
-        config_print_warnings(cfg, stderr);
+        /* From here on the host logs as the file says: its warnings too
+         * are log lines (JSON with log_format = json). */
+        klog_set_format(cfg->log_format);
+        for (size_t i = 0; i < cfg->warnings.count; i++)
+            klog_warn("%s", cfg->warnings.items[i]);
         plugin_check_all(cfg, &errs);
     }
     if (errs.count) {

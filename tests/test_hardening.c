@@ -520,7 +520,7 @@ Test(hardening, secret_in_readable_file_warns) {
              path);
     cr_assert_str_eq(cfg.warnings.items[0], want);
 
-    /* What check-config and run print. */
+    /* What check-config prints (run logs them as WARN lines). */
     char *out = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&out, &len);
