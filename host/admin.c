@@ -99,12 +99,14 @@ static void reply(int fd, const char *line) {
 }
 
 static void do_status(kh_host *host, int fd) {
-    char line[512];
+    char line[2300];
+    size_t n_failed = 0;
     for (size_t i = 0; i < host->n_pipelines; i++) {
         kh_pipeline_rt *pl = host->pipelines[i];
         int assigned = 0;
         for (size_t p = 0; p < pl->n_parts; p++)
             assigned += pl->parts[p]->assigned;
+        n_failed += pl->failed;
         snprintf(line, sizeof line,
                  "pipeline=%s plugin=%s version=%s workers=%d partitions=%d "
                  "handled=%llu crashes=%llu failed=%llu dead-lettered=%llu "
@@ -117,9 +119,92 @@ static void do_status(kh_host *host, int fd) {
                  (unsigned long long)pl->reloads, pl->failed ? " FAILED" : "");
         reply(fd, line);
     }
+    if (n_failed && n_failed == host->n_pipelines) {
+        snprintf(line, sizeof line,
+                 "host: all %zu pipeline(s) FAILED: nothing is consumed; "
+                 "khost restart NAME or a reload starts them again\n",
+                 n_failed);
+        reply(fd, line);
+    }
+    if (host->reload.gen) {
+        char out[sizeof host->reload.outcome];
+        int rc = reload_outcome(host, out, sizeof out);
+        snprintf(line, sizeof line, "last-reload: %s%s\n",
+                 rc == 1 ? "under way, " : "", out);
+        reply(fd, line);
+    }
     reply(fd, "ok\n");
 }
 
+/* A client waiting for the outcome of the reload it asked for. */
+struct kh_admin_wait {
+    int fd;
+    int64_t deadline_ms;
+    struct kh_admin_wait *next;
+};
+
+/* Answer with the outcome now when it is known, else keep the client
+ * until it is (admin_tick) or its timeout passes. */
+static void answer_or_wait(kh_host *host, int c, int timeout_s) {
+    char out[sizeof host->reload.outcome], line[sizeof out + 16];
+    int rc = reload_outcome(host, out, sizeof out);
+    if (rc != 1) {
+        snprintf(line, sizeof line, "%s: %s\n", rc == 0 ? "ok" : "error", out);
+        reply(c, line);
+        close(c);
+        return;
+    }
+    struct kh_admin_wait *w = calloc(1, sizeof *w);
+    if (!w) {
+        reply(c, "error: out of memory\n");
+        close(c);
+        return;
+    }
+    w->fd = c;
+    w->deadline_ms = kh_now_ms() + timeout_s * 1000LL;
+    w->next = host->admin_waits;
+    host->admin_waits = w;
+}
+
+void admin_tick(kh_host *host, int64_t now_ms) {
+    struct kh_admin_wait **pp = &host->admin_waits;
+    while (*pp) {
+        struct kh_admin_wait *w = *pp;
+        char out[sizeof host->reload.outcome], line[sizeof out + 96];
+        int rc = reload_outcome(host, out, sizeof out);
+        if (rc == 1 && !host->shutting_down && now_ms < w->deadline_ms) {
+            pp = &w->next;
+            continue;
+        }
+        if (rc != 1)
+            snprintf(line, sizeof line, "%s: %s\n", rc == 0 ? "ok" : "error",
+                     out);
+        else if (host->shutting_down)
+            snprintf(line, sizeof line,
+                     "error: khost is shutting down before the reload "
+                     "settled (%s)\n",
+                     out);
+        else
+            snprintf(line, sizeof line,
+                     "error: timeout: the reload is still under way (%s); it "
+                     "goes on: see khost status and the log\n",
+                     out);
+        reply(w->fd, line);
+        close(w->fd);
+        *pp = w->next;
+        free(w);
+    }
+}
+
+/* A client that names its config file (config=PATH, the real path) must
+ * reach the host of that file: a host of another file answers
+ * "elsewhere:", and the client tries the next path of its list. */
+static bool serves(kh_host *host, const char *real) {
+    char mine[PATH_MAX];
+    return !real || !realpath(host->cfg->path, mine) || !strcmp(real, mine);
+}
+
+/* The command line's words: NAME ARG... [config=PATH]. */
 static int on_admin(sd_event_source *s, int fd, uint32_t revents, void *ud) {
     kh_host *host = ud;
     (void)s;
@@ -128,25 +213,49 @@ static int on_admin(sd_event_source *s, int fd, uint32_t revents, void *ud) {
     if (c < 0)
         return 0;
     /* A short, bounded read: a client that says nothing is dropped. */
-    char cmd[64] = "";
+    char cmd[PATH_MAX + 256] = "";
     struct pollfd p = {.fd = c, .events = POLLIN};
     if (poll(&p, 1, 1000) == 1) {
         ssize_t n = recv(c, cmd, sizeof cmd - 1, 0);
         cmd[n > 0 ? n : 0] = '\0';
         cmd[strcspn(cmd, "\r\n")] = '\0';
     }
-    char msg[600], line[640];
-    if (!strcmp(cmd, "reload")) {
+    char *config = strstr(cmd, " config=");
+    if (config) {
+        *config = '\0';
+        config += strlen(" config=");
+    }
+    char msg[2048], line[2100], name[128] = "";
+    int timeout_s = 120;
+    if (!serves(host, config)) {
+        snprintf(line, sizeof line, "elsewhere: this khost runs %s\n",
+                 host->cfg->path);
+        reply(c, line);
+    } else if (!strncmp(cmd, "reload", 6) && (!cmd[6] || cmd[6] == ' ')) {
+        sscanf(cmd + 6, "%d", &timeout_s);
         klog_info("reload requested on the control socket");
         int rc = reload_apply(host, msg, sizeof msg);
-        if (rc == 0)
+        if (rc == 0) {
             admin_watch(host); /* plugin paths may have changed */
-        snprintf(line, sizeof line, "%s: %s\n", rc == 0 ? "ok" : "error", msg);
+            answer_or_wait(host, c, timeout_s);
+            return 0;
+        }
+        snprintf(line, sizeof line, "error: %s\n", msg);
+        reply(c, line);
+    } else if (sscanf(cmd, "restart %127s %d", name, &timeout_s) >= 1) {
+        klog_info("restart of pipeline=%s requested on the control socket",
+                  name);
+        if (reload_restart(host, name, msg, sizeof msg) == 0) {
+            answer_or_wait(host, c, timeout_s);
+            return 0;
+        }
+        snprintf(line, sizeof line, "error: %s\n", msg);
         reply(c, line);
     } else if (!strcmp(cmd, "status")) {
         do_status(host, c);
     } else {
-        reply(c, "error: unknown command (expected reload or status)\n");
+        reply(c, "error: unknown command (expected reload, restart NAME or "
+                 "status)\n");
     }
     close(c);
     return 0;
@@ -348,6 +457,7 @@ void admin_check_socket(kh_host *host) {
 }
 
 void admin_stop(kh_host *host) {
+    admin_tick(host, kh_now_ms()); /* waiting clients get their answer */
     unwatch(host);
     /* Unlink only our own socket: after a deletion the path may be
      * another host's by now. */
@@ -361,7 +471,7 @@ void admin_stop(kh_host *host) {
 /* One request on one path: 0 with the reply, or -1 with errno set when
  * nothing answers there. */
 static int request_one(const char *path, const char *command, char *out,
-                       size_t len) {
+                       size_t len, int wait_ms) {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof addr.sun_path) {
         errno = ENAMETOOLONG;
@@ -377,7 +487,7 @@ static int request_one(const char *path, const char *command, char *out,
         errno = e;
         return -1;
     }
-    char line[80];
+    char line[PATH_MAX + 300];
     snprintf(line, sizeof line, "%s\n", command);
     if (send(fd, line, strlen(line), MSG_NOSIGNAL) < 0) {
         int e = errno;
@@ -385,10 +495,11 @@ static int request_one(const char *path, const char *command, char *out,
         errno = e;
         return -1;
     }
-    /* A reload may take as long as the plugin swaps' first steps. */
+    /* A reload waits for its outcome, bounded by the timeout it names
+     * (the host answers by then, so wait_ms is that plus a margin). */
     size_t used = 0;
     struct pollfd p = {.fd = fd, .events = POLLIN};
-    while (used + 1 < len && poll(&p, 1, 120000) == 1) {
+    while (used + 1 < len && poll(&p, 1, wait_ms) == 1) {
         ssize_t n = recv(fd, out + used, len - used - 1, 0);
         if (n <= 0)
             break;
@@ -400,14 +511,22 @@ static int request_one(const char *path, const char *command, char *out,
 }
 
 int admin_request(const kh_admin_paths *paths, const char *command, char *out,
-                  size_t len) {
+                  size_t len, int wait_ms) {
     char tried[2048] = "";
     size_t used = 0;
     for (size_t i = 0; i < paths->n; i++) {
-        if (request_one(paths->path[i], command, out, len) == 0)
-            return 0;
+        const char *why;
+        if (request_one(paths->path[i], command, out, len, wait_ms) == 0) {
+            /* The host of another config file: not ours, try on. */
+            if (strncmp(out, "elsewhere: ", 11))
+                return 0;
+            out[strcspn(out, "\n")] = '\0';
+            why = out + 11;
+        } else {
+            why = strerror(errno);
+        }
         int n = snprintf(tried + used, sizeof tried - used, "%s%s: %s",
-                         used ? ", " : "", paths->path[i], strerror(errno));
+                         used ? ", " : "", paths->path[i], why);
         if (n > 0)
             used = used + (size_t)n < sizeof tried ? used + (size_t)n
                                                    : sizeof tried - 1;

@@ -14,6 +14,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct kh_host kh_host;
 
@@ -25,7 +26,12 @@ int admin_start(kh_host *host, char *err, size_t errlen);
 /* On SIGHUP: when the path no longer names the socket we bound (deleted,
  * replaced), or we have none yet, bind it again and log it. */
 void admin_check_socket(kh_host *host);
+/* Ends every client still waiting for a reload's outcome on the socket.
+ * Waiting clients are answered from admin_tick. */
 void admin_stop(kh_host *host);
+/* From the host's tick: answer the clients waiting for a reload's outcome
+ * (once it settled, or their timeout passed). */
+void admin_tick(kh_host *host, int64_t now_ms);
 /* [host] watch = true: (re)arm inotify on the folders of the config file
  * and the plugins; a change schedules a reload after a quiet period. */
 void admin_watch(kh_host *host);
@@ -48,10 +54,12 @@ void admin_socket_paths(kh_admin_paths *out, const char *explicit_path,
                         bool for_host);
 void admin_paths_free(kh_admin_paths *paths);
 
-/* Send `command` ("reload", "status") to the first path that answers.
+/* Send `command` (a line: "status", "reload SECONDS", "restart NAME
+ * SECONDS", optionally " config=REALPATH") to the first path that answers
+ * as the host of that config file, waiting up to wait_ms for the reply.
  * Returns 0 and the reply in `reply`, or -1 and "no khost answers (tried
  * PATH: REASON, ...)" in `reply`. */
 int admin_request(const kh_admin_paths *paths, const char *command, char *reply,
-                  size_t len);
+                  size_t len, int wait_ms);
 
 #endif

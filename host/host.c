@@ -131,6 +131,9 @@ static void run_pending_reload(kh_host *host) {
     bool watched = host->watch_due_ms && kh_now_ms() >= host->watch_due_ms;
     if (!host->reload_requested && !watched)
         return;
+    /* One reload at a time: this one begins once the last has settled. */
+    if (reload_busy(host))
+        return;
     klog_info("%s: reloading %s",
               host->reload_requested ? "SIGHUP received"
                                      : "watched file changed",
@@ -195,6 +198,7 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *ud) {
         kafka_poll(pl);
     }
     reload_tick(host, now);
+    admin_tick(host, now);
     run_pending_reload(host);
     sd_event_source_set_time(s, usec + KH_TICK_MS * 1000);
     sd_event_source_set_enabled(s, SD_EVENT_ON);
@@ -510,7 +514,15 @@ int host_run(kh_config *cfg) {
         fflush(NULL);
         _exit(rc);
     }
-    klog_info("khost stopped (exit status %d)", rc);
+    /* An exit status 0 must not hide a pipeline that was dead. */
+    char failed[512] = "";
+    for (size_t i = 0; i < host.n_pipelines; i++) {
+        size_t used = strlen(failed);
+        if (host.pipelines[i]->failed)
+            snprintf(failed + used, sizeof failed - used,
+                     "; pipeline %s FAILED", host.pipelines[i]->cfg->name);
+    }
+    klog_info("khost stopped (exit status %d)%s", rc, failed);
 
 out:
     if (rc != 0 && !host.shutting_down && host.ev)

@@ -25,8 +25,23 @@ typedef struct kh_host_hooks {
     void (*request_exit)(kh_host *host, int code);
 } kh_host_hooks;
 
+/* The latest reload (or `khost restart`) and what became of it. Owned by
+ * reload.c. */
+typedef struct kh_reload_state {
+    uint64_t gen;       /* reloads begun; pipelines carry the last one's */
+    bool pending;       /* a step of `gen` is still under way */
+    int64_t started_ms; /* kh_now_ms when `gen` began */
+    int rc;             /* when settled: 0 applied, -1 failed */
+    char applied[512];  /* what gen did, as its first line said */
+    char failed[1024];  /* pipelines that could not even be started */
+    char outcome[2048]; /* when settled: the whole answer, one line */
+} kh_reload_state;
+
 struct kh_host {
     kh_host_hooks hooks;
+    kh_reload_state reload;
+    struct kh_admin_wait *admin_waits; /* clients waiting for the reload
+                                          outcome (admin.c) */
     sd_event *ev;
     kh_config *cfg;      /* the current configuration (owned) */
     kh_config **retired; /* earlier ones still referenced (reload.c) */

@@ -15,6 +15,7 @@
 #include "worker.h"
 
 #include <getopt.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,52 +30,58 @@ enum {
 };
 
 static void usage(FILE *out) {
-    fputs("usage: khost [-v|--verbose] COMMAND [ARGS]\n"
-          "\n"
-          "khost runs Kafka message handlers written as C plugins (.so) in\n"
-          "supervised worker processes, one consumer group per pipeline.\n"
-          "\n"
-          "Commands:\n"
-          "  run -c FILE [--socket PATH]\n"
-          "                          consume with the pipelines in FILE until\n"
-          "                          SIGTERM/SIGINT (a second signal exits at "
-          "once)\n"
-          "  status [-c FILE] [--socket PATH]\n"
-          "                          one line per pipeline of the running "
-          "khost\n"
-          "  reload [-c FILE] [--socket PATH]\n"
-          "                          check FILE, then make the running khost\n"
-          "                          re-read it (as SIGHUP does)\n"
-          "  check-config -c FILE    validate FILE and load every plugin it "
-          "names\n"
-          "                          (ABI check only, init is not called; no "
-          "Kafka)\n"
-          "  plugin-info FILE.so     show a plugin's name, version, ABI and "
-          "callbacks\n"
-          "  mock-cluster [OPTIONS]  run a standalone mock Kafka cluster "
-          "(--help)\n"
-          "\n"
-          "Options:\n"
-          "  -v, --verbose           debug logging, whatever log_level says "
-          "(also\n"
-          "                          after the command: khost run -c F -v)\n"
-          "  -h, --help              show this help\n"
-          "  -V, --version           show the khost and plugin ABI versions\n"
-          "\n"
-          "Exit status:\n"
-          "  0  success (run: clean shutdown)\n"
-          "  1  runtime failure (run: a pipeline exhausted its restarts with\n"
-          "     on_exhausted = exit, or Kafka could not be set up)\n"
-          "  2  bad usage, invalid configuration or invalid plugin\n"
-          "\n"
-          "Control socket (status, reload): --socket PATH, else [host]\n"
-          "control_socket of FILE, $RUNTIME_DIRECTORY/khost.sock,\n"
-          "/run/khost/khost.sock, /tmp/khost-UID-HASH.sock of FILE; the host\n"
-          "binds the first it may, the commands use the first that answers.\n"
-          "COMMAND --help shows a command's options.\n"
-          "\n"
-          "Configuration: see etc/example.ini and host/config.md.\n",
-          out);
+    fputs(
+        "usage: khost [-v|--verbose] COMMAND [ARGS]\n"
+        "\n"
+        "khost runs Kafka message handlers written as C plugins (.so) in\n"
+        "supervised worker processes, one consumer group per pipeline.\n"
+        "\n"
+        "Commands:\n"
+        "  run -c FILE [--socket PATH]\n"
+        "                          consume with the pipelines in FILE until\n"
+        "                          SIGTERM/SIGINT (a second signal exits at "
+        "once)\n"
+        "  status [-c FILE] [--socket PATH]\n"
+        "                          one line per pipeline of the running "
+        "khost\n"
+        "  reload [-c FILE] [--socket PATH] [--timeout SECONDS]\n"
+        "                          check FILE, make the running khost re-read\n"
+        "                          it (as SIGHUP does), wait for the outcome\n"
+        "  restart PIPELINE [-c FILE] [--socket PATH] [--timeout SECONDS]\n"
+        "                          stop and start one pipeline (revives a\n"
+        "                          FAILED one), wait for its workers\n"
+        "  check-config -c FILE    validate FILE and load every plugin it "
+        "names\n"
+        "                          (ABI check only, init is not called; no "
+        "Kafka)\n"
+        "  plugin-info FILE.so     show a plugin's name, version, ABI and "
+        "callbacks\n"
+        "  mock-cluster [OPTIONS]  run a standalone mock Kafka cluster "
+        "(--help)\n"
+        "\n"
+        "Options:\n"
+        "  -v, --verbose           debug logging, whatever log_level says "
+        "(also\n"
+        "                          after the command: khost run -c F -v)\n"
+        "  -h, --help              show this help\n"
+        "  -V, --version           show the khost and plugin ABI versions\n"
+        "\n"
+        "Exit status:\n"
+        "  0  success (run: clean shutdown)\n"
+        "  1  runtime failure (run: a pipeline exhausted its restarts with\n"
+        "     on_exhausted = exit, or Kafka could not be set up)\n"
+        "  2  bad usage, invalid configuration or invalid plugin\n"
+        "  reload and restart: 0 applied, 1 failed, timed out or no host\n"
+        "  answers, 2 rejected (reload --help)\n"
+        "\n"
+        "Control socket (status, reload, restart): --socket PATH, else [host]\n"
+        "control_socket of FILE, $RUNTIME_DIRECTORY/khost.sock,\n"
+        "/run/khost/khost.sock, /tmp/khost-UID-HASH.sock of FILE; the host\n"
+        "binds the first it may, the commands use the first that answers.\n"
+        "COMMAND --help shows a command's options.\n"
+        "\n"
+        "Configuration: see etc/example.ini and host/config.md.\n",
+        out);
 }
 
 /* The options of the commands that take -c FILE and --socket PATH, one
@@ -82,14 +89,16 @@ static void usage(FILE *out) {
 enum { NEED_CONFIG, NEED_CONFIG_OR_SOCKET, NEED_NOTHING };
 typedef struct cmd_spec {
     const char *name;
-    bool socket; /* accepts --socket PATH */
+    bool socket;   /* accepts --socket PATH */
+    bool waits;    /* accepts --timeout SECONDS (waits for an outcome) */
+    bool pipeline; /* takes one argument: a pipeline's name */
     int need;
     const char *usage; /* after "khost NAME " */
     const char *help;  /* printed by NAME --help after the usage line */
 } cmd_spec;
 
 static const cmd_spec cmd_specs[] = {
-    {"run", true, NEED_CONFIG, "-c FILE [--socket PATH]",
+    {"run", true, false, false, NEED_CONFIG, "-c FILE [--socket PATH]",
      "Consume with the pipelines in FILE until SIGTERM/SIGINT.\n"
      "  -c, --config FILE   the configuration\n"
      "  --socket PATH       the control socket (else [host] control_socket,\n"
@@ -97,10 +106,10 @@ static const cmd_spec cmd_specs[] = {
      "/run/khost/khost.sock\n"
      "                      when that folder is writable, or\n"
      "                      /tmp/khost-UID-HASH.sock)\n"},
-    {"check-config", false, NEED_CONFIG, "-c FILE",
+    {"check-config", false, false, false, NEED_CONFIG, "-c FILE",
      "Validate FILE and load every plugin it names (no Kafka).\n"
      "  -c, --config FILE   the configuration\n"},
-    {"status", true, NEED_NOTHING, "[-c FILE] [--socket PATH]",
+    {"status", true, false, false, NEED_NOTHING, "[-c FILE] [--socket PATH]",
      "One line per pipeline of the running khost.\n"
      "  -c, --config FILE   find the host of FILE: its control_socket, then\n"
      "                      $RUNTIME_DIRECTORY/khost.sock, "
@@ -108,14 +117,33 @@ static const cmd_spec cmd_specs[] = {
      "                      and the per-user path of FILE (the first that\n"
      "                      answers); without -c, only the middle two\n"
      "  --socket PATH       talk to this socket only\n"},
-    {"reload", true, NEED_CONFIG_OR_SOCKET, "[-c FILE] [--socket PATH]",
-     "Make the running khost re-read its file (as SIGHUP does) and print\n"
-     "the outcome; exit status 2 when the new file is rejected. Needs -c\n"
-     "FILE, --socket PATH or both.\n"
+    {"reload", true, true, false, NEED_CONFIG_OR_SOCKET,
+     "[-c FILE] [--socket PATH] [--timeout SECONDS]",
+     "Make the running khost re-read its file (as SIGHUP does), wait until\n"
+     "the outcome is known (every plugin swap's new workers ready, or the\n"
+     "swap abandoned; every pipeline started or restarted with its workers\n"
+     "ready, or one failed to start) and print it. A FAILED pipeline is\n"
+     "restarted by any reload. Needs -c FILE, --socket PATH or both.\n"
      "  -c, --config FILE   check FILE first, then find its host as status "
      "does\n"
      "  --socket PATH       talk to this socket only; without -c the file is\n"
-     "                      not checked here (the host still checks it)\n"},
+     "                      not checked here (the host still checks it)\n"
+     "  --timeout SECONDS   wait at most this long (default 120); the reload\n"
+     "                      goes on in the host after a timeout\n"
+     "Exit status: 0 applied; 1 failed (abandoned, rolled back or not\n"
+     "started: the reason is printed), timed out, busy with another reload,\n"
+     "or no host answers; 2 the new file was rejected (the old one runs).\n"},
+    {"restart", true, true, true, NEED_NOTHING,
+     "PIPELINE [-c FILE] [--socket PATH] [--timeout SECONDS]",
+     "Stop PIPELINE (drain, commit, leave its group) and start it again from\n"
+     "the running configuration, then wait until its workers are ready. It\n"
+     "revives a FAILED pipeline; a running one restarts too (a rebalance).\n"
+     "  -c, --config FILE   find the host of FILE as status does\n"
+     "  --socket PATH       talk to this socket only\n"
+     "  --timeout SECONDS   wait at most this long (default 120)\n"
+     "Exit status: 0 its workers are ready; 1 a worker failed to start (the\n"
+     "pipeline keeps retrying), timed out, busy, or no host answers; 2 no\n"
+     "such pipeline.\n"},
 };
 
 static const cmd_spec *find_spec(const char *name) {
@@ -126,8 +154,10 @@ static const cmd_spec *find_spec(const char *name) {
 }
 
 typedef struct cmd_opts {
-    const char *config; /* -c FILE, NULL when not given */
-    const char *socket; /* --socket PATH, NULL when not given */
+    const char *config;   /* -c FILE, NULL when not given */
+    const char *socket;   /* --socket PATH, NULL when not given */
+    int timeout_s;        /* --timeout SECONDS, default 120 */
+    const char *pipeline; /* restart's argument */
 } cmd_opts;
 
 /* Parse argv (argv[0] is the command) by its row in cmd_specs; bad usage
@@ -139,9 +169,10 @@ static cmd_opts parse_cmd(int argc, char **argv, const char *cmd) {
         {"socket", required_argument, NULL, 's'},
         {"help", no_argument, NULL, 'h'},
         {"verbose", no_argument, NULL, 'v'},
+        {"timeout", required_argument, NULL, 't'},
         {0, 0, 0, 0},
     };
-    cmd_opts o = {0};
+    cmd_opts o = {.timeout_s = 120};
     char bad[300] = "";
     int c;
     optind = 1;
@@ -156,11 +187,21 @@ static cmd_opts parse_cmd(int argc, char **argv, const char *cmd) {
             o.socket = optarg;
             if (!*optarg)
                 snprintf(bad, sizeof bad, "--socket needs a path");
+        } else if (c == 't' && spec->waits) {
+            char *end;
+            long t = strtol(optarg, &end, 10);
+            if (*end || end == optarg || t < 1 || t > 86400)
+                snprintf(bad, sizeof bad,
+                         "bad value '%s' for --timeout: expected seconds in "
+                         "1..86400",
+                         optarg);
+            o.timeout_s = (int)t;
         } else if (c == 'h') {
             printf("usage: khost %s %s\n%s", cmd, spec->usage, spec->help);
             exit(EXIT_OK);
-        } else if (c == 's') {
-            snprintf(bad, sizeof bad, "unknown option '--socket'");
+        } else if (c == 's' || c == 't') {
+            snprintf(bad, sizeof bad, "unknown option '--%s'",
+                     c == 's' ? "socket" : "timeout");
         } else if (c == ':') {
             snprintf(bad, sizeof bad, "option '%s' needs an argument", arg);
         } else if (optopt && optopt != 's') {
@@ -169,7 +210,11 @@ static cmd_opts parse_cmd(int argc, char **argv, const char *cmd) {
             snprintf(bad, sizeof bad, "unknown option '%s'", arg);
         }
     }
-    if (!*bad && optind < argc)
+    if (!*bad && spec->pipeline && optind < argc)
+        o.pipeline = argv[optind++];
+    if (!*bad && spec->pipeline && !o.pipeline)
+        snprintf(bad, sizeof bad, "the pipeline's name is required");
+    else if (!*bad && optind < argc)
         snprintf(bad, sizeof bad, "unexpected argument '%s'", argv[optind]);
     else if (!*bad && spec->need == NEED_CONFIG && !o.config)
         snprintf(bad, sizeof bad, "-c FILE is required");
@@ -345,8 +390,21 @@ static int cmd_control(int argc, char **argv, const char *command) {
         admin_socket_paths(&paths, cfg.control_socket, "control_socket",
                            o.config, false);
     config_free(&cfg);
+    /* The request line: the command, its argument and timeout, and the
+     * real path of -c FILE so that only the host of that file answers. */
+    char request[PATH_MAX + 256], real[PATH_MAX];
+    int n = snprintf(request, sizeof request, "%s", command);
+    if (o.pipeline)
+        n += snprintf(request + n, sizeof request - (size_t)n, " %s",
+                      o.pipeline);
+    if (find_spec(command)->waits)
+        n += snprintf(request + n, sizeof request - (size_t)n, " %d",
+                      o.timeout_s);
+    if (o.config && realpath(o.config, real))
+        snprintf(request + n, sizeof request - (size_t)n, " config=%s", real);
     char reply[8192];
-    int rc = admin_request(&paths, command, reply, sizeof reply);
+    int rc = admin_request(&paths, request, reply, sizeof reply,
+                           (o.timeout_s + 30) * 1000);
     admin_paths_free(&paths);
     if (rc != 0) {
         fprintf(stderr, "khost %s: %s\n", command, reply);
@@ -391,7 +449,8 @@ int main(int argc, char **argv) {
         return cmd_check_config(sub_argc, sub_argv);
     if (!strcmp(cmd, "plugin-info"))
         return cmd_plugin_info(sub_argc, sub_argv);
-    if (!strcmp(cmd, "reload") || !strcmp(cmd, "status"))
+    if (!strcmp(cmd, "reload") || !strcmp(cmd, "status") ||
+        !strcmp(cmd, "restart"))
         return cmd_control(sub_argc, sub_argv, cmd);
     if (!strcmp(cmd, "mock-cluster"))
         return mock_cluster_main(sub_argc, sub_argv);

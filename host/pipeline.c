@@ -95,6 +95,17 @@ static void on_ready(kh_worker *w) {
         dispatch_send_partition_event(part, KH_F_ASSIGN);
         part_pause(part, KH_PAUSE_WORKER, false);
     }
+    if (pl->start_outcome == KH_OUTCOME_PENDING) {
+        int ready = 0;
+        for (int i = 0; i < pl->n_workers; i++)
+            ready += pl->workers[i].served;
+        if (ready == pl->n_workers) {
+            pl->start_outcome = KH_OUTCOME_OK;
+            snprintf(pl->start_why, sizeof pl->start_why,
+                     "%d worker(s) ready: plugin %s %s", ready, pl->plugin_name,
+                     pl->plugin_version);
+        }
+    }
     dispatch_pump(pl);
 }
 
@@ -118,7 +129,18 @@ static void on_crashed(kh_worker *w, const kh_crash *c) {
 }
 
 static void on_died(kh_worker *w, const char *how) {
-    swap_worker_died(w, how);
+    kh_pipeline_rt *pl = w->pl;
+    /* A start still waiting for its workers fails at the first worker
+     * that dies before READY: the one asking learns why now, while the
+     * supervisor goes on retrying with its backoff. */
+    if (!w->candidate && !w->served &&
+        pl->start_outcome == KH_OUTCOME_PENDING) {
+        pl->start_outcome = KH_OUTCOME_FAILED;
+        snprintf(pl->start_why, sizeof pl->start_why,
+                 "worker=%d failed to start: %.480s (still retrying)", w->index,
+                 w->init_error[0] ? w->init_error : how);
+    }
+    swap_worker_died(w, how); /* may free a candidate w */
 }
 
 /* The restart limit was exceeded: the pipeline stops consuming, loudly. */
@@ -133,6 +155,13 @@ static void on_exhausted(kh_pipeline_rt *pl) {
     for (size_t i = 0; i < pl->n_parts; i++)
         if (pl->parts[i]->assigned)
             part_pause(pl->parts[i], KH_PAUSE_FAILED, true);
+    if (pl->start_outcome == KH_OUTCOME_PENDING ||
+        pl->start_outcome == KH_OUTCOME_FAILED) {
+        pl->start_outcome = KH_OUTCOME_FAILED;
+        snprintf(pl->start_why, sizeof pl->start_why,
+                 "FAILED: more than %d worker restarts within %d s",
+                 pl->cfg->max_restarts, pl->cfg->max_seconds);
+    }
     if (pl->cfg->on_exhausted == KH_ON_EXHAUSTED_EXIT)
         pl->host->hooks.request_exit(pl->host, 1);
 }
@@ -201,6 +230,7 @@ kh_pipeline_rt *pipeline_start(kh_host *host, const kh_config *root,
     klog_info("pipeline=%s: group=%s, %zu topic(s), %d worker(s), plugin %s",
               cfg->name, cfg->group, cfg->n_topics, cfg->workers,
               cfg->plugin_path);
+    pl->start_outcome = KH_OUTCOME_PENDING;
     return pl;
 fail:
     pl->stopping = true;

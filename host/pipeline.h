@@ -22,6 +22,18 @@
 
 typedef struct kh_host kh_host;
 
+/* Where a step an operator asked for stands: a pipeline's start (its
+ * workers' first READY, pipeline.c) or a plugin swap (its new workers'
+ * READY, swap.c). A reload waits until none of its steps is pending. */
+typedef enum kh_outcome {
+    KH_OUTCOME_NONE = 0,
+    KH_OUTCOME_PENDING,
+    KH_OUTCOME_OK,
+    KH_OUTCOME_FAILED,
+} kh_outcome;
+
+enum { KH_STEP_SWAP = 1, KH_STEP_START = 2 };
+
 struct kh_pipeline_rt {
     kh_host *host;
     const kh_consumer_events *consumer_events;
@@ -61,6 +73,17 @@ struct kh_pipeline_rt {
     char plugin_name[128];
     char plugin_version[64];
     uint64_t reported_handled;
+    /* Written by pipeline.c only: every worker READY since the start, or
+     * why not (the first failed start, or FAILED). */
+    kh_outcome start_outcome;
+    char start_why[600];
+    /* Written by swap.c only: the last plugin swap a reload began. */
+    kh_outcome swap_outcome;
+    char swap_why[600];
+    /* Written by reload.c only: the reload that last touched it, and
+     * how (KH_STEP_*). */
+    uint64_t reload_gen;
+    int reload_steps;
 };
 
 /* Every worker of both generations: pl_worker(pl, i), i < pl_n_all_workers. */

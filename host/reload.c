@@ -9,6 +9,16 @@
  *   topics, group, Kafka props   the pipeline restarts (a rebalance)
  *   added / removed              started / drained and stopped
  *
+ * A FAILED pipeline (restart limit exceeded) is restarted by any reload,
+ * changed or not: a reload is the operator saying "try again". `khost
+ * restart NAME` restarts one pipeline the same way (reload_restart).
+ *
+ * The outcome: a reload is settled when each of its steps is (every
+ * pipeline it started has all workers READY, or one died before READY;
+ * every plugin swap it began reached its cutover, or was abandoned). Until
+ * then host->reload.pending holds and no other reload begins; the control
+ * socket's client waits (admin.c) and reload_outcome gives the answer.
+ *
  * Configurations replaced by a reload are kept (host->retired) while a
  * pipeline or a swap still points into them, and freed when nothing does.
  * Calls pipeline (start, stop, free) and swap (begin, abort); nothing
@@ -104,19 +114,144 @@ static void sweep_configs(kh_host *host) {
     host->n_retired = keep;
 }
 
+static const kh_pipeline *find_new(const kh_config *c, const char *name) {
+    for (size_t i = 0; i < c->n_pipelines; i++)
+        if (!strcmp(c->pipelines[i].name, name))
+            return &c->pipelines[i];
+    return NULL;
+}
+
 void reload_tick(kh_host *host, int64_t now_ms) {
     bool released = false;
     for (size_t i = 0; i < host->n_pipelines; i++)
         released |= swap_tick(host->pipelines[i], now_ms);
     if (released)
         sweep_configs(host);
+    if (host->reload.pending) {
+        char msg[sizeof host->reload.outcome];
+        reload_outcome(host, msg, sizeof msg); /* settles and logs it */
+    }
 }
 
-static const kh_pipeline *find_new(const kh_config *c, const char *name) {
-    for (size_t i = 0; i < c->n_pipelines; i++)
-        if (!strcmp(c->pipelines[i].name, name))
-            return &c->pipelines[i];
-    return NULL;
+bool reload_busy(const kh_host *host) {
+    return host->reload.pending;
+}
+
+static void add_failure(kh_reload_state *st, const char *name,
+                        const char *why) {
+    size_t used = strlen(st->failed);
+    snprintf(st->failed + used, sizeof st->failed - used, "%spipeline=%s: %s",
+             used ? "; " : "", name, why);
+}
+
+int reload_outcome(kh_host *host, char *msg, size_t len) {
+    kh_reload_state *st = &host->reload;
+    if (!st->pending) {
+        snprintf(msg, len, "%s", st->outcome);
+        return st->rc;
+    }
+    char failed[sizeof st->failed];
+    snprintf(failed, sizeof failed, "%s", st->failed);
+    char ok[1024] = "";
+    for (size_t i = 0; i < host->n_pipelines; i++) {
+        kh_pipeline_rt *pl = host->pipelines[i];
+        if (pl->reload_gen != st->gen)
+            continue;
+        const kh_outcome outs[2] = {
+            pl->reload_steps & KH_STEP_SWAP ? pl->swap_outcome
+                                            : KH_OUTCOME_NONE,
+            pl->reload_steps & KH_STEP_START ? pl->start_outcome
+                                             : KH_OUTCOME_NONE};
+        const char *whys[2] = {pl->swap_why, pl->start_why};
+        for (int k = 0; k < 2; k++) {
+            if (outs[k] == KH_OUTCOME_PENDING) {
+                snprintf(msg, len, "pending: pipeline=%s", pl->cfg->name);
+                return 1;
+            }
+            char *dst = outs[k] == KH_OUTCOME_FAILED ? failed : ok;
+            size_t cap =
+                outs[k] == KH_OUTCOME_FAILED ? sizeof failed : sizeof ok;
+            size_t used = strlen(dst);
+            if (outs[k] == KH_OUTCOME_FAILED || outs[k] == KH_OUTCOME_OK)
+                snprintf(dst + used, cap - used, "%spipeline=%s: %s",
+                         used ? "; " : "", pl->cfg->name, whys[k]);
+        }
+    }
+    st->pending = false;
+    st->rc = failed[0] ? -1 : 0;
+    if (failed[0])
+        snprintf(st->outcome, sizeof st->outcome, "failed: %s (%s)", failed,
+                 st->applied);
+    else
+        snprintf(st->outcome, sizeof st->outcome, "applied: %s%s%s",
+                 st->applied, ok[0] ? "; " : "", ok);
+    if (st->rc)
+        klog_error("reload %s", st->outcome);
+    else
+        klog_info("reload %s", st->outcome);
+    snprintf(msg, len, "%s", st->outcome);
+    return st->rc;
+}
+
+/* A new reload's bookkeeping. */
+static void begin(kh_host *host) {
+    kh_reload_state *st = &host->reload;
+    st->gen++;
+    st->pending = true;
+    st->started_ms = kh_now_ms();
+    st->applied[0] = st->failed[0] = st->outcome[0] = '\0';
+}
+
+/* Stop, free and start one pipeline again (restarted, or revived). The
+ * new runtime, or NULL when it could not start (then why is noted). */
+static kh_pipeline_rt *restart_pipeline(kh_host *host, kh_pipeline_rt *pl,
+                                        const kh_config *root,
+                                        const kh_pipeline *np) {
+    pipeline_stop(pl);
+    pipeline_free(pl);
+    kh_pipeline_rt *fresh = pipeline_start(host, root, np);
+    if (fresh) {
+        fresh->reload_gen = host->reload.gen;
+        fresh->reload_steps = KH_STEP_START;
+    } else {
+        add_failure(&host->reload, np->name,
+                    "could not be started (see the log)");
+    }
+    return fresh;
+}
+
+int reload_restart(kh_host *host, const char *name, char *msg, size_t len) {
+    if (host->shutting_down || host->stop_requested) {
+        snprintf(msg, len, "rejected: khost is shutting down");
+        return -1;
+    }
+    if (host->reload.pending) {
+        snprintf(msg, len, "busy: a reload is still under way");
+        return -1;
+    }
+    for (size_t i = 0; i < host->n_pipelines; i++) {
+        kh_pipeline_rt *pl = host->pipelines[i];
+        if (strcmp(pl->cfg->name, name))
+            continue;
+        const kh_pipeline *np = find_new(host->cfg, name);
+        begin(host);
+        klog_info("restart: pipeline=%s%s: stopping and starting it again "
+                  "(a rebalance is expected)",
+                  name, pl->failed ? " (FAILED)" : "");
+        snprintf(host->reload.applied, sizeof host->reload.applied,
+                 "pipeline %s restarted", name);
+        host->pipelines[i] = restart_pipeline(host, pl, host->cfg, np);
+        if (!host->pipelines[i]) {
+            memmove(host->pipelines + i, host->pipelines + i + 1,
+                    (host->n_pipelines - i - 1) * sizeof *host->pipelines);
+            host->n_pipelines--;
+        }
+        sweep_configs(host);
+        snprintf(msg, len, "%s", host->reload.applied);
+        return 0;
+    }
+    snprintf(msg, len, "rejected: no pipeline named '%s'", name);
+    return -2;
 }
 
 static int reject(kh_config *next, kh_errors *errs, char *msg, size_t len,
@@ -160,6 +295,10 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
         snprintf(msg, len, "rejected: khost is shutting down");
         return -1;
     }
+    if (host->reload.pending) {
+        snprintf(msg, len, "busy: a reload is still under way");
+        return -1;
+    }
     const kh_config *cur = host->cfg;
     kh_config *next = calloc(1, sizeof *next);
     kh_errors errs = {0};
@@ -188,28 +327,28 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
         klog_warn("reload: [host] control_socket changed; the control socket "
                   "stays where it is until khost restarts");
 
+    begin(host);
     int kept = 0, swapped = 0, restarted = 0, added = 0, removed = 0;
-    int failed_start = 0;
     kh_pipeline_rt **list = calloc(next->n_pipelines + 1, sizeof *list);
     size_t n = 0;
     for (size_t i = 0; i < host->n_pipelines; i++) {
         kh_pipeline_rt *pl = host->pipelines[i];
         const kh_pipeline *np = find_new(next, pl->cfg->name);
-        if (!np || !kafka_same(pl->root, pl->cfg, next, np)) {
+        if (!np || !kafka_same(pl->root, pl->cfg, next, np) || pl->failed) {
             klog_info("reload: pipeline=%s %s", pl->cfg->name,
-                      np ? "changed topics, group or Kafka settings: "
-                           "restarting it (a rebalance is expected)"
-                         : "removed: draining and stopping it");
-            pipeline_stop(pl);
-            pipeline_free(pl);
+                      !np          ? "removed: draining and stopping it"
+                      : pl->failed ? "is FAILED: restarting it (a rebalance is "
+                                     "expected)"
+                                   : "changed topics, group or Kafka settings: "
+                                     "restarting it (a rebalance is expected)");
             if (np) {
-                kh_pipeline_rt *fresh = pipeline_start(host, next, np);
+                kh_pipeline_rt *fresh = restart_pipeline(host, pl, next, np);
                 if (fresh)
                     list[n++] = fresh;
-                else
-                    failed_start++;
                 restarted++;
             } else {
+                pipeline_stop(pl);
+                pipeline_free(pl);
                 removed++;
             }
             continue;
@@ -221,6 +360,8 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
             /* One in probation ends: the fresh swap replaces it. */
             swap_end_probation(pl);
             pl->root = next;
+            pl->reload_gen = host->reload.gen;
+            pl->reload_steps = KH_STEP_SWAP;
             swap_begin(pl, np, NULL, NULL, false);
             swapped++;
         } else {
@@ -256,10 +397,14 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
             }
         klog_info("reload: pipeline=%s added: starting it", np->name);
         kh_pipeline_rt *fresh = pipeline_start(host, next, np);
-        if (fresh)
+        if (fresh) {
+            fresh->reload_gen = host->reload.gen;
+            fresh->reload_steps = KH_STEP_START;
             list[n++] = fresh;
-        else
-            failed_start++;
+        } else {
+            add_failure(&host->reload, np->name,
+                        "could not be started (see the log)");
+        }
         added++;
     }
     free(host->pipelines);
@@ -272,14 +417,12 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
     host->cfg = next;
     apply_log_level(cur, next);
     sweep_configs(host);
-    snprintf(msg, len,
-             "applied%s: %d pipeline(s) unchanged or updated in place, %d "
-             "plugin swap(s) started, %d restarted, %d added, %d removed%s",
-             failed_start ? " WITH ERRORS" : "", kept, swapped, restarted,
-             added, removed,
-             failed_start ? "; some pipelines failed to start (see the log) "
-                            "and are not running"
-                          : "");
-    klog_info("reload %s", msg);
+    snprintf(host->reload.applied, sizeof host->reload.applied,
+             "%d pipeline(s) unchanged or updated in place, %d plugin "
+             "swap(s), %d restarted, %d added, %d removed",
+             kept, swapped, restarted, added, removed);
+    klog_info("reload accepted: %s; waiting for the new workers",
+              host->reload.applied);
+    snprintf(msg, len, "accepted: %s", host->reload.applied);
     return 0;
 }

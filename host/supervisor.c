@@ -326,8 +326,8 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
                    limits[0] ? " (" : "", limits, limits[0] ? ")" : "", suspect,
                    w->kill_reason[0] ? "; " : "", w->kill_reason);
     }
-    w->kill_reason[0] = '\0';
-    w->init_error[0] = '\0';
+    /* kill_reason and init_error stay readable by the handlers of the
+     * events below; the next spawn clears them. */
 
     /* Its partitions go back to their acked watermarks (failure policy,
      * up in the pipeline). */

@@ -29,6 +29,7 @@
 #include "supervisor.h"
 
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +61,21 @@ typedef struct kh_swap {
 } kh_swap;
 
 static void finish_cutover(kh_pipeline_rt *pl);
+
+/* The outcome of the swap a reload began (pl->swap_outcome, written here
+ * only). A rollback is not a reload's: it leaves the outcome alone. */
+__attribute__((format(printf, 3, 4))) static void
+set_outcome(kh_pipeline_rt *pl, kh_outcome o, const char *fmt, ...) {
+    kh_swap *r = pl->swap;
+    if ((r && r->is_rollback) || pl->swap_outcome != KH_OUTCOME_PENDING)
+        return;
+    pl->swap_outcome = o;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(pl->swap_why, sizeof pl->swap_why, fmt, ap);
+    va_end(ap);
+}
+
 static void hand_over(kh_pipeline_rt *pl, kh_part **parts, size_t n,
                       kh_worker *ws, int n_ws, const char *why);
 static size_t owned_by(kh_pipeline_rt *pl, kh_worker *ws, int n_ws,
@@ -101,6 +117,9 @@ void swap_abort(kh_pipeline_rt *pl, const char *why) {
                    "running plugin (%s) keeps every partition",
                    pl->cfg->name, r->is_rollback ? "rollback" : "reload", why,
                    pl->plugin_version);
+        set_outcome(pl, KH_OUTCOME_FAILED,
+                    "plugin swap abandoned: %s; plugin %s keeps running", why,
+                    pl->plugin_version);
         /* A canary's partition goes back before its workers go. */
         kh_part **back;
         size_t n = owned_by(pl, pl->next, pl->n_next, &back);
@@ -136,6 +155,10 @@ void swap_begin(kh_pipeline_rt *pl, const kh_pipeline *cfg, char *snapshot,
         abort();
     r->cfg = cfg;
     r->is_rollback = is_rollback;
+    if (!is_rollback) {
+        pl->swap_outcome = KH_OUTCOME_PENDING;
+        pl->swap_why[0] = '\0';
+    }
     char err[1024];
     if (snapshot) {
         r->snapshot = snapshot;
@@ -146,6 +169,9 @@ void swap_begin(kh_pipeline_rt *pl, const kh_pipeline *cfg, char *snapshot,
                                       err, sizeof err);
         if (!r->snapshot) {
             klog_error("pipeline=%s: reload ABANDONED: %s", pl->cfg->name, err);
+            pl->swap_outcome = KH_OUTCOME_FAILED;
+            snprintf(pl->swap_why, sizeof pl->swap_why,
+                     "plugin swap abandoned: %.500s", err);
             free(r);
             return;
         }
@@ -223,6 +249,11 @@ static void cutover(kh_pipeline_rt *pl) {
     kh_swap *r = pl->swap;
     for (int i = 0; i < pl->n_next; i++)
         pl->next[i].candidate = false; /* live now: crashes count */
+    /* Applied: every new worker passed init. A later rollback in
+     * probation is the log's and status's to tell. */
+    set_outcome(pl, KH_OUTCOME_OK, "plugin %s %s ready on %d new worker(s)%s",
+                pl->next[0].plugin_name, pl->next[0].plugin_version, pl->n_next,
+                pl->cfg->reload_canary ? ", canary partition first" : "");
     if (pl->cfg->reload_canary && !r->is_rollback && !r->canary) {
         for (size_t i = 0; i < pl->n_parts; i++) {
             kh_part *part = pl->parts[i];
@@ -408,6 +439,8 @@ bool swap_references(const kh_pipeline_rt *pl, const kh_pipeline *lo,
 void swap_discard(kh_pipeline_rt *pl) {
     if (!pl->swap && !pl->next)
         return;
+    set_outcome(pl, KH_OUTCOME_FAILED,
+                "plugin swap dropped: the pipeline stopped");
     if (pl->next) {
         klog_info("pipeline=%s: the plugin swap in progress is dropped: the "
                   "pipeline stopped",

@@ -164,7 +164,9 @@ Test(reload, v1_to_v2_under_production_no_loss_no_rebalance, .timeout = 120) {
     tu_result r = reload_cmd(&h);
     cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
     cr_assert(strstr(r.out, "ok: applied"), "%s", r.out);
-    cr_assert(strstr(r.out, "1 plugin swap(s) started"), "%s", r.out);
+    cr_assert(strstr(r.out, "1 plugin swap(s)"), "%s", r.out);
+    /* It answers once the new workers are ready. */
+    cr_assert(strstr(r.out, "pipeline=p: plugin fxr v2 ready on"), "%s", r.out);
     tu_result_free(&r);
     cr_assert(th_wait_log(&h, "reloaded: plugin v1 -> v2", 1, 30000), "%s",
               th_log(&h));
@@ -204,7 +206,12 @@ Test(reload, v2_init_failure_keeps_v1, .timeout = 120) {
     cr_assert_neq(asprintf(&so, "%s/plugin.so", dir), -1);
     install(FX("fxr_v2_badinit"), so, false);
     tu_result r = reload_cmd(&h);
-    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    /* The reload says it failed, and why: after the abandoned swap. */
+    cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.out, "error: failed: pipeline=p: plugin swap "
+                            "abandoned: new worker"),
+              "%s", r.out);
+    cr_assert(strstr(r.out, "refuses to start"), "%s", r.out);
     tu_result_free(&r);
     cr_assert(th_wait_log(&h, "reload ABANDONED before cutover", 1, 30000),
               "%s", th_log(&h));
