@@ -417,8 +417,7 @@ static void host_free(kh_host *host) {
     sd_event_unref(host->ev);
     if (host->has_mock)
         mock_cluster_stop(&host->mock);
-    if (host->has_mock)
-        free(host->bootstraps);
+    free(host->bootstraps);
     remove_snapshot_dir(host);
     admin_stop(host);
     for (size_t i = 0; i < host->n_retired; i++) {
@@ -466,7 +465,9 @@ int host_run(kh_config *cfg) {
         if (start_mock(&host) != 0)
             goto out;
     } else {
-        host.bootstraps = cfg->brokers;
+        /* A copy: a reload frees the configuration it replaces, and
+         * pipelines it restarts later still connect with this. */
+        host.bootstraps = strdup(cfg->brokers);
     }
 
     host.pipelines =

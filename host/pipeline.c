@@ -145,6 +145,8 @@ static void on_died(kh_worker *w, const char *how) {
 
 /* The restart limit was exceeded: the pipeline stops consuming, loudly. */
 static void on_exhausted(kh_pipeline_rt *pl) {
+    if (pl->failed)
+        return; /* another worker's death after the limit: said already */
     pl->failed = true;
     klog_error("pipeline=%s FAILED: more than %d worker restarts within %d s; "
                "its partitions stay paused and nothing past the acked "

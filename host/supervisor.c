@@ -287,8 +287,11 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
     pid_t pid = w->pid;
     bool orderly = w->state == KH_W_STOPPING && si->si_code == CLD_EXITED &&
                    si->si_status == 0;
-    /* Read what it managed to send before dying: acks count. */
-    if (w->state == KH_W_READY || w->state == KH_W_STOPPING)
+    /* Read what it managed to send before dying: acks count, and a
+     * starting worker's INIT_FAILED says why (its exit may be seen before
+     * its channel is). */
+    if (w->state == KH_W_READY || w->state == KH_W_STOPPING ||
+        w->state == KH_W_STARTING)
         pl->supervisor_events->read(w);
     release_process(w);
     transition(w, KH_WE_EXITED);
