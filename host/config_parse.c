@@ -4,7 +4,8 @@
  * through ini_parse_stream's reader, which gives us the line number of
  * every pair, section headers as events (even for sections without keys),
  * and one report per malformed line instead of only the first. Sections,
- * keys, ${VAR} expansion and secrets checks live here.
+ * keys, ${VAR} and ${VAR:-default} expansion and secrets checks live
+ * here.
  */
 #define _GNU_SOURCE
 #include "config_internal.h"
@@ -79,7 +80,8 @@ static bool is_env_name(const char *s, size_t n) {
     return true;
 }
 
-/* Expands every ${VAR}. Reports each problem and returns NULL if any. */
+/* Expands every ${VAR} and ${VAR:-default}. Reports each problem and
+ * returns NULL if any. */
 static char *expand_env(parser *p, const char *key, const char *value) {
     sbuf out = {0};
     bool ok = true;
@@ -99,6 +101,14 @@ static char *expand_env(parser *p, const char *key, const char *value) {
             break;
         }
         size_t n = (size_t)(close - name);
+        /* ${VAR:-default}: the default (literal, up to the first '}')
+         * when VAR is unset or empty, as in the shell. */
+        const char *def = NULL;
+        const char *sep = memmem(name, n, ":-", 2);
+        if (sep) {
+            def = sep + 2;
+            n = (size_t)(sep - name);
+        }
         if (!is_env_name(name, n)) {
             report(p, p->lineno,
                    "invalid environment variable name '%.*s' in value of "
@@ -108,7 +118,9 @@ static char *expand_env(parser *p, const char *key, const char *value) {
         } else {
             char *var = xstrndup(name, n);
             const char *env = getenv(var);
-            if (!env) {
+            if (def && (!env || !*env)) {
+                sb_add(&out, def, (size_t)(close - def));
+            } else if (!env) {
                 report(p, p->lineno, "environment variable %s is not set", var);
                 ok = false;
             } else {
@@ -316,11 +328,27 @@ static bool is_secret_key(const char *key) {
     return false;
 }
 
+/* True when a value takes something from the environment and writes no
+ * default of its own: ${VAR} or ${VAR:-}, not ${VAR:-hunter2}. */
+static bool from_env_only(const char *raw) {
+    const char *s = strstr(raw, "${");
+    if (!s)
+        return false;
+    for (; s; s = strstr(s + 2, "${")) {
+        const char *close = strchr(s, '}');
+        const char *sep = strstr(s, ":-");
+        if (sep && (!close || sep < close) && sep[2] != '}' && sep[2])
+            return false;
+    }
+    return true;
+}
+
 /* A credential written into a file that others may read is a leak
  * waiting to happen: warn, but leave the file valid. A value with a
- * ${VAR} in it counts as coming from the environment. */
+ * ${VAR} in it counts as coming from the environment, unless it also
+ * writes out a default (${VAR:-value}). */
 static void check_secret(parser *p, const char *key, const char *raw) {
-    if (!(p->file_mode & (S_IRGRP | S_IROTH)) || !*raw || strstr(raw, "${") ||
+    if (!(p->file_mode & (S_IRGRP | S_IROTH)) || !*raw || from_env_only(raw) ||
         !is_secret_key(key))
         return;
     report_warning(

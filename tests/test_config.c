@@ -438,6 +438,83 @@ Test(config, env_unset_and_malformed) {
     unload(l);
 }
 
+Test(config, env_default) {
+    unsetenv("KH_T_UNSET");
+    setenv("KH_T_EMPTY", "", 1);
+    setenv("KH_T_SET", "b9:9092", 1);
+    loaded *l = load_text("[host]\nbrokers = ${KH_T_SET:-localhost:9092}\n"
+                          "[pipeline.p]\ntopics = ${KH_T_UNSET:-t1}, t2\n"
+                          "group = g-${KH_T_EMPTY:-dev}\n"
+                          "plugin = p.so\n"
+                          "[pipeline.p.config]\n"
+                          "none = ${KH_T_UNSET:-}\n"
+                          "twice = ${KH_T_UNSET:-a}/${KH_T_SET:-b}\n"
+                          "literal = ${KH_T_UNSET:-${KH_T_SET}}\n"
+                          "dash = ${KH_T_UNSET:--x:-y}\n");
+    assert_ok(l);
+    kh_pipeline *p = &l->cfg.pipelines[0];
+    cr_assert_str_eq(l->cfg.brokers, "b9:9092");
+    cr_assert_eq(p->n_topics, 2);
+    cr_assert_str_eq(p->topics[0], "t1");
+    /* empty counts as unset, as with the shell's :- */
+    cr_assert_str_eq(p->group, "g-dev");
+    cr_assert_str_eq(config_kv_get(p->config, p->n_config, "none"), "");
+    cr_assert_str_eq(config_kv_get(p->config, p->n_config, "twice"),
+                     "a/b9:9092");
+    /* the default is literal and ends at the first '}' */
+    cr_assert_str_eq(config_kv_get(p->config, p->n_config, "literal"),
+                     "${KH_T_SET}");
+    cr_assert_str_eq(config_kv_get(p->config, p->n_config, "dash"), "-x:-y");
+    unload(l);
+}
+
+Test(config, env_default_errors) {
+    unsetenv("KH_T_UNSET");
+    loaded *l = load_text(VALID_HOST VALID_PIPELINE    /* 1-6 */
+                          "[pipeline.orders.config]\n" /* 7 */
+                          "a = ${:-x}\n"               /* 8 */
+                          "b = ${KH-T:-x}\n"           /* 9 */
+                          "c = ${KH_T_UNSET:x}\n"      /* 10 */
+                          "d = ${KH_T_UNSET:-x\n"      /* 11 */
+                          "e = ${KH_T_UNSET}\n");      /* 12 */
+    assert_errors(l, 5);
+    assert_error(l, 8, "invalid environment variable name '' in value of 'a'");
+    assert_error(l, 9,
+                 "invalid environment variable name 'KH-T' in value of 'b'");
+    assert_error(l, 10,
+                 "invalid environment variable name 'KH_T_UNSET:x' in value "
+                 "of 'c'");
+    assert_error(l, 11, "unterminated '${' in value of 'd'");
+    assert_error(l, 12, "environment variable KH_T_UNSET is not set");
+    unload(l);
+}
+
+/* A secret given as a default is written in the file all the same. */
+Test(config, env_default_secret_warns) {
+    unsetenv("KH_T_UNSET");
+    char *dir = tu_tmpdir();
+    char *path = tu_write_file(dir, "k.ini",
+                               VALID_HOST VALID_PIPELINE /* 1-6 */
+                               "[pipeline.orders.config]\n"
+                               "db_password = ${KH_T_UNSET:-hunter2}\n" /* 8 */
+                               "api_token = ${KH_T_UNSET:-}\n"          /* 9 */
+                               "secret = ${KH_T_UNSET}\n");             /* 10 */
+    cr_assert_eq(chmod(path, 0644), 0);
+    setenv("KH_T_UNSET", "", 1); /* line 10 may expand */
+    loaded *l = load_path(dir, path);
+    assert_ok(l);
+    cr_assert_eq(l->cfg.warnings.count, 1, "%zu warnings",
+                 l->cfg.warnings.count);
+    char *want = NULL;
+    cr_assert(asprintf(&want,
+                       "%s:8: 'db_password' is written in a file readable by "
+                       "others (mode 0644); use ${VAR} or chmod 600",
+                       path) > 0);
+    cr_assert_str_eq(l->cfg.warnings.items[0], want);
+    free(want);
+    unload(l);
+}
+
 /* ---------------------------------------------------------------------- */
 /* Collecting errors */
 
