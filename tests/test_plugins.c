@@ -1278,6 +1278,17 @@ Test(fault, plain_message_acks_and_is_recorded) {
     fault_run_cleanup(&r);
 }
 
+/* An empty record, as etc/demo.ini's ${KHOST_DEMO_RECORD:-} gives
+ * without the variable, is no recording, not an error. */
+Test(fault, empty_record_records_nothing) {
+    const char *kv[] = {"record", "", NULL};
+    plugin p;
+    plugin_open(&p, "fault", kv);
+    khost_message m = text_msg(1, "quiet");
+    cr_assert_eq(p.d->handle(p.state, &m), KHOST_ACK);
+    plugin_close(&p);
+}
+
 Test(fault, binary_value_marker_after_nul) {
     const char *kv[] = {"fail_on", "MARK", NULL};
     plugin p;
