@@ -372,6 +372,17 @@ Test(config, brokers_host_list_errors) {
     unload(l);
 }
 
+/* As shipped: without KHOST_DEMO_RECORD (which only .ci/demo sets). */
+Test(config, demo_ini_is_valid_without_its_variable) {
+    unsetenv("KHOST_DEMO_RECORD");
+    char *path = join_path(KHOST_SOURCE_DIR, "etc/demo.ini");
+    loaded *l = load_path(NULL, path);
+    assert_ok(l);
+    kh_pipeline *p = &l->cfg.pipelines[0];
+    cr_assert_str_eq(config_kv_get(p->config, p->n_config, "record"), "");
+    unload(l);
+}
+
 /* ---------------------------------------------------------------------- */
 /* Environment */
 
