@@ -35,8 +35,13 @@ typedef struct kh_pipeline {
     char **topics;
     size_t n_topics;
     char *group;
-    char *plugin;      /* as written in the file */
-    char *plugin_path; /* resolved: relative to the config file's folder */
+    char *plugin; /* as written in the file */
+    /* Resolved: as written when absolute; a relative one against the
+     * config file's folder, else against config_plugin_dir, the first
+     * that exists. Found in neither: the config folder's, and
+     * plugin_tried names the other path, for the loader's error. */
+    char *plugin_path;
+    char *plugin_tried; /* NULL unless the plugin was found nowhere */
     int plugin_line;
     int workers;              /* default 1, 1..256 */
     int max_restarts;         /* default 30 */
@@ -102,6 +107,12 @@ typedef struct kh_config {
      * config_free. Print them with config_print_warnings. */
     kh_errors warnings;
 } kh_config;
+
+/* The installed plugin folder, where a relative `plugin =` not found
+ * next to the config file is looked for: KHOST_PLUGIN_DIR, i.e.
+ * ${CMAKE_INSTALL_PREFIX}/lib/khost/plugins, fixed at build time. Only
+ * tests point it elsewhere. */
+extern const char *config_plugin_dir;
 
 /* Parse and validate `path`. Returns 0 when valid; otherwise a negative
  * value, with every problem appended to errs (cfg is then still safe to

@@ -707,6 +707,23 @@ static void set_topics(parser *p, kh_pipeline *pl, const char *value) {
     pl->n_topics = n;
 }
 
+#ifndef KHOST_PLUGIN_DIR
+#error "KHOST_PLUGIN_DIR (the installed plugin folder) is set by CMake"
+#endif
+const char *config_plugin_dir = KHOST_PLUGIN_DIR;
+
+static char *path_in(const char *dir, const char *name) {
+    size_t dl = strlen(dir);
+    bool slash = dl > 0 && dir[dl - 1] == '/';
+    char *s = NULL;
+    if (asprintf(&s, "%s%s%s", dir, slash ? "" : "/", name) < 0)
+        out_of_memory();
+    return s;
+}
+
+/* A relative plugin: next to the config file, else in the installed
+ * plugin folder, the first that exists. Existence is all that is checked
+ * here; whether it loads is the loader's business. */
 static void set_plugin(parser *p, kh_pipeline *pl, char *value) {
     pl->plugin = value;
     pl->plugin_line = p->lineno;
@@ -714,11 +731,17 @@ static void set_plugin(parser *p, kh_pipeline *pl, char *value) {
         pl->plugin_path = xstrdup(value);
         return;
     }
-    const char *dir = p->cfg->dir;
-    size_t dl = strlen(dir);
-    bool slash = dl > 0 && dir[dl - 1] == '/';
-    if (asprintf(&pl->plugin_path, "%s%s%s", dir, slash ? "" : "/", value) < 0)
-        out_of_memory();
+    struct stat st;
+    pl->plugin_path = path_in(p->cfg->dir, value);
+    if (stat(pl->plugin_path, &st) == 0 || !*config_plugin_dir)
+        return;
+    char *installed = path_in(config_plugin_dir, value);
+    if (stat(installed, &st) == 0) {
+        free(pl->plugin_path);
+        pl->plugin_path = installed;
+    } else {
+        pl->plugin_tried = installed;
+    }
 }
 
 static void on_pipeline_key(parser *p, const char *key, const char *raw) {

@@ -128,6 +128,7 @@ static void free_pipeline(kh_pipeline *pl) {
     free(pl->dlq_topic);
     free(pl->plugin);
     free(pl->plugin_path);
+    free(pl->plugin_tried);
     free(pl->user);
     free(pl->user_group);
     kv_free(pl->config, pl->n_config);

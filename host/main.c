@@ -261,8 +261,11 @@ static int cmd_check_config(int argc, char **argv) {
         if (!p->plugin_path)
             continue;
         if (!pr->ok) {
-            errors_add(&errs, "%s:%d: plugin of [pipeline.%s]: %s", path,
-                       p->plugin_line, p->name, pr->err);
+            errors_add(&errs, "%s:%d: plugin of [pipeline.%s]: %s%s%s%s", path,
+                       p->plugin_line, p->name, pr->err,
+                       p->plugin_tried ? " (also tried " : "",
+                       p->plugin_tried ? p->plugin_tried : "",
+                       p->plugin_tried ? ")" : "");
             pr++;
             continue;
         }

@@ -644,8 +644,12 @@ void plugin_check_all(const kh_config *cfg, kh_errors *errs) {
     plugin_probe_all(probes, k, KH_PROBE_TIMEOUT_MS);
     for (size_t i = 0; i < k; i++)
         if (!probes[i].ok)
-            errors_add(errs, "%s:%d: plugin of [pipeline.%s]: %s", cfg->path,
-                       of[i]->plugin_line, of[i]->name, probes[i].err);
+            errors_add(errs, "%s:%d: plugin of [pipeline.%s]: %s%s%s%s",
+                       cfg->path, of[i]->plugin_line, of[i]->name,
+                       probes[i].err,
+                       of[i]->plugin_tried ? " (also tried " : "",
+                       of[i]->plugin_tried ? of[i]->plugin_tried : "",
+                       of[i]->plugin_tried ? ")" : "");
     free(probes);
     free(of);
 }

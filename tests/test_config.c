@@ -250,6 +250,93 @@ Test(config, plugin_path_relative_to_config_folder) {
     unload(l);
 }
 
+/* A relative plugin: next to the config file first, then in the
+ * installed plugin folder (config_plugin_dir, pointed at a temporary
+ * folder here), the first that exists. */
+static char *plugin_dirs(char **cfg_dir, char **installed) {
+    char *dir = tu_tmpdir();
+    *cfg_dir = join_path(dir, "etc");
+    *installed = join_path(dir, "lib");
+    cr_assert_eq(mkdir(*cfg_dir, 0700), 0);
+    cr_assert_eq(mkdir(*installed, 0700), 0);
+    config_plugin_dir = *installed;
+    return dir;
+}
+
+Test(config, plugin_found_next_to_config_wins) {
+    char *etc, *lib;
+    char *dir = plugin_dirs(&etc, &lib);
+    free(tu_write_file(etc, "p.so", "x"));
+    free(tu_write_file(lib, "p.so", "x"));
+    loaded *l =
+        load_path(dir, tu_write_file(etc, "k.ini", VALID_HOST VALID_PIPELINE));
+    assert_ok(l);
+    char *want = join_path(etc, "p.so");
+    cr_assert_str_eq(l->cfg.pipelines[0].plugin_path, want);
+    cr_assert_null(l->cfg.pipelines[0].plugin_tried);
+    free(want);
+    free(etc);
+    free(lib);
+    unload(l);
+}
+
+Test(config, plugin_falls_back_to_installed_folder) {
+    char *etc, *lib;
+    char *dir = plugin_dirs(&etc, &lib);
+    char *sub = join_path(lib, "sub");
+    cr_assert_eq(mkdir(sub, 0700), 0);
+    free(sub);
+    free(tu_write_file(lib, "p.so", "x"));
+    free(tu_write_file(lib, "sub/q.so", "x"));
+    loaded *l =
+        load_path(dir, tu_write_file(etc, "k.ini",
+                                     VALID_HOST VALID_PIPELINE
+                                     "[pipeline.q]\ntopics = q\ngroup = q\n"
+                                     "plugin = sub/q.so\n"
+                                     "[pipeline.r]\ntopics = r\ngroup = r\n"
+                                     "plugin = /nonexistent/r.so\n"));
+    assert_ok(l);
+    char *want = join_path(lib, "p.so");
+    cr_assert_str_eq(l->cfg.pipelines[0].plugin_path, want);
+    cr_assert_str_eq(l->cfg.pipelines[0].plugin, "p.so");
+    cr_assert_null(l->cfg.pipelines[0].plugin_tried);
+    free(want);
+    want = join_path(lib, "sub/q.so");
+    cr_assert_str_eq(l->cfg.pipelines[1].plugin_path, want);
+    free(want);
+    /* an absolute path is never looked for elsewhere */
+    cr_assert_str_eq(l->cfg.pipelines[2].plugin_path, "/nonexistent/r.so");
+    cr_assert_null(l->cfg.pipelines[2].plugin_tried);
+    free(etc);
+    free(lib);
+    unload(l);
+}
+
+/* Found nowhere: the config folder's path stays (the loader reports it
+ * missing) and plugin_tried names the installed one, for that error. */
+Test(config, plugin_found_nowhere_names_both_paths) {
+    char *etc, *lib;
+    char *dir = plugin_dirs(&etc, &lib);
+    loaded *l =
+        load_path(dir, tu_write_file(etc, "k.ini", VALID_HOST VALID_PIPELINE));
+    assert_ok(l);
+    char *want = join_path(etc, "p.so");
+    cr_assert_str_eq(l->cfg.pipelines[0].plugin_path, want);
+    free(want);
+    want = join_path(lib, "p.so");
+    cr_assert_str_eq(l->cfg.pipelines[0].plugin_tried, want);
+    free(want);
+    free(etc);
+    free(lib);
+    unload(l);
+}
+
+Test(config, installed_plugin_folder_is_the_install_prefix) {
+    char *want = join_path(KHOST_INSTALL_PREFIX, "lib/khost/plugins");
+    cr_assert_str_eq(config_plugin_dir, want);
+    free(want);
+}
+
 Test(config, bare_file_name_resolves_against_cwd) {
     char *dir = tu_tmpdir();
     free(tu_write_file(dir, "k.ini", VALID_HOST VALID_PIPELINE));
