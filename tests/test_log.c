@@ -584,3 +584,57 @@ Test(log, bad_log_keys_are_one_line_errors) {
     tu_rmdir(dir);
     free(dir);
 }
+
+/* A host whose stderr is what JOURNAL_STREAM names, as under systemd:
+ * every line it and its workers write carries a <N> priority prefix and
+ * no timestamp of its own. */
+Test(log, host_under_journald_prefixes_every_line, .timeout = 60) {
+    char *dir = tu_tmpdir();
+    char *log;
+    cr_assert_neq(asprintf(&log, "%s/jd.log", dir), -1);
+    int fd = open(log, O_WRONLY | O_CREAT, 0644);
+    cr_assert_geq(fd, 0);
+    struct stat st;
+    cr_assert_eq(fstat(fd, &st), 0);
+    close(fd);
+    char stream[64];
+    snprintf(stream, sizeof stream, "%lu:%lu", (unsigned long)st.st_dev,
+             (unsigned long)st.st_ino);
+    char *text;
+    cr_assert_neq(asprintf(&text,
+                           "[host]\nbrokers = mock\n[pipeline.j]\ntopics = "
+                           "jt\ngroup = jg\nplugin = %s\nworkers = 2\n"
+                           "[pipeline.j.config]\nrecord = %s/r.jsonl\n",
+                           FAULT, dir),
+                  -1);
+    setenv("JOURNAL_STREAM", stream, 1);
+    th_host h;
+    th_host_start(&h, dir, "jd", text); /* appends to jd.log */
+    unsetenv("JOURNAL_STREAM");
+    cr_assert(th_wait_log(&h, " ready: plugin", 2, 30000), "%s", th_log(&h));
+    cr_assert_eq(th_host_stop(&h, SIGTERM, 20000), 0, "%s", th_log(&h));
+    char *all = th_log(&h);
+    int lines = 0, worker_lines = 0;
+    regex_t iso;
+    cr_assert_eq(regcomp(&iso, "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z",
+                         REG_EXTENDED | REG_NOSUB),
+                 0);
+    for (char *line = strtok(all, "\n"); line; line = strtok(NULL, "\n")) {
+        lines++;
+        cr_assert(line[0] == '<' && strchr("3467", line[1]) && line[2] == '>',
+                  "line %d has no priority prefix: %s", lines, line);
+        cr_assert_neq(regexec(&iso, line, 0, NULL, 0), 0,
+                      "line %d carries a timestamp under journald: %s", lines,
+                      line);
+        worker_lines += !strncmp(line + 3, "worker j/", 9);
+    }
+    regfree(&iso);
+    cr_assert_gt(lines, 5);
+    cr_assert_gt(worker_lines, 0, "no worker line seen");
+    free(all);
+    free(text);
+    th_host_free(&h);
+    tu_rmdir(dir);
+    free(dir);
+    free(log);
+}
