@@ -78,6 +78,19 @@ void admin_socket_paths(kh_admin_paths *out, const char *explicit_path,
      * there; a client always tries it. */
     if (!for_host || access(KH_RUN_DIR, W_OK | X_OK) == 0)
         add_path(out, strdup(KH_RUN_DIR "/khost.sock"), KH_RUN_DIR);
+    /* khost@NAME.service runs /etc/khost/NAME.ini with its socket in
+     * /run/khost/NAME/: a client given that file finds it there. (The
+     * host is told by the unit: --socket.) */
+    if (!for_host && config_path) {
+        const char *base = strrchr(config_path, '/');
+        base = base ? base + 1 : config_path;
+        size_t stem = strcspn(base, ".");
+        char *p = NULL;
+        if (stem &&
+            asprintf(&p, KH_RUN_DIR "/%.*s/khost.sock", (int)stem, base) < 0)
+            p = NULL;
+        add_path(out, p, "khost@NAME.service");
+    }
     if (config_path) {
         char *p = per_user_socket(config_path);
         if (!p)

@@ -40,15 +40,17 @@ void admin_watch(kh_host *host);
 
 typedef struct kh_admin_paths {
     size_t n;
-    char *path[4];      /* malloc'd, best first, no duplicates */
-    const char *why[4]; /* "--socket", "control_socket", ... */
+    char *path[5];      /* malloc'd, best first, no duplicates */
+    const char *why[5]; /* "--socket", "control_socket", ... */
     int per_user_errno; /* config_path given but not resolvable */
 } kh_admin_paths;
 
 /* The list: explicit_path (why: explicit_why) when not NULL, then
  * $RUNTIME_DIRECTORY/khost.sock, /run/khost/khost.sock (for_host: only
- * when that folder exists and is writable; it is never created), then the
- * per-user path of config_path when config_path is not NULL. */
+ * when that folder exists and is writable; it is never created), for a
+ * client given config_path /etc/khost/NAME.ini also
+ * /run/khost/NAME/khost.sock (the template unit's), then the per-user path
+ * of config_path when config_path is not NULL. */
 void admin_socket_paths(kh_admin_paths *out, const char *explicit_path,
                         const char *explicit_why, const char *config_path,
                         bool for_host);
