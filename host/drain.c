@@ -35,6 +35,11 @@ static void drain_until(kh_pipeline_rt *pl,
                         bool (*reached)(kh_pipeline_rt *, void *), void *ud,
                         kh_worker *reap, int n_reap, int64_t deadline_ms) {
     for (;;) {
+        /* The event loop's tick does not run during this wait: systemd's
+         * watchdog pings come from here. The wait is bounded, so this
+         * cannot hide a host that hangs for good. */
+        if (pl->host->hooks.keepalive)
+            pl->host->hooks.keepalive(pl->host);
         failure_poll(pl);
         /* The loop is not running while we wait here: a handler that
          * hangs now must still be killed on time (and named: its ledger

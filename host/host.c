@@ -17,6 +17,7 @@
 #include "kafka.h"
 #include "kafka_log.h"
 #include "log.h"
+#include "notify.h"
 #include "pipeline.h"
 #include "plugin_loader.h"
 #include "reload.h"
@@ -143,8 +144,10 @@ static void run_pending_reload(kh_host *host) {
     host->reload_requested = false;
     host->watch_due_ms = 0;
     char msg[512];
+    notify_reloading();
     if (reload_apply(host, msg, sizeof msg) == 0)
         admin_watch(host); /* plugin paths may have changed */
+    notify_reload_done(msg);
 }
 
 static int on_signal(sd_event_source *s, int fd, uint32_t revents, void *ud) {
@@ -178,9 +181,88 @@ static void host_request_exit(kh_host *host, int code) {
     sd_event_add_defer(host->ev, NULL, on_exit_request, host);
 }
 
+/* Has w answered READY since its slot exists? supervisor_worker_ready
+ * sets plugin_name, and nothing clears it (a restart keeps it). */
+static bool worker_was_ready(const kh_worker *w) {
+    return w->state == KH_W_READY || w->plugin_name[0] != '\0';
+}
+
+/* The one-line STATUS for systemd, and whether the host is up: every
+ * pipeline either has had each of its workers READY at least once, or
+ * FAILED. Counts only change on worker and pipeline events, so the text
+ * stays the same from tick to tick while nothing happens. */
+static bool host_status(kh_host *host, char *buf, size_t len) {
+    bool up = true;
+    int ready = 0, was_ready = 0, total = 0;
+    size_t failed = 0;
+    const kh_pipeline_rt *first_failed = NULL;
+    char names[160] = "";
+    for (size_t i = 0; i < host->n_pipelines; i++) {
+        kh_pipeline_rt *pl = host->pipelines[i];
+        bool all = true;
+        for (int w = 0; w < pl_n_all_workers(pl); w++) {
+            kh_worker *wk = pl_worker(pl, w);
+            total++;
+            ready += wk->state == KH_W_READY;
+            was_ready += worker_was_ready(wk);
+            if (w < pl->n_workers && !worker_was_ready(wk))
+                all = false;
+        }
+        if (pl->failed) {
+            size_t n = strlen(names);
+            snprintf(names + n, sizeof names - n, "%s%s", failed ? ", " : "",
+                     pl->cfg->name);
+            if (!failed++)
+                first_failed = pl;
+        } else if (!all) {
+            up = false;
+        }
+    }
+    size_t n_pl = host->n_pipelines;
+    if (!up)
+        snprintf(buf, len, "starting: %d of %d workers ready", was_ready,
+                 total);
+    else if (failed == 0)
+        snprintf(buf, len,
+                 "running: %zu pipeline%s, %d of %d workers ready, "
+                 "0 failed",
+                 n_pl, n_pl == 1 ? "" : "s", ready, total);
+    else if (failed == n_pl)
+        snprintf(buf, len, "all pipelines FAILED (%s)", names);
+    else
+        snprintf(buf, len,
+                 "pipeline%s %s FAILED (on_exhausted=%s), %zu of %zu "
+                 "pipelines running, %d of %d workers ready",
+                 failed > 1 ? "s" : "", names,
+                 first_failed->cfg->on_exhausted == KH_ON_EXHAUSTED_EXIT
+                     ? "exit"
+                     : "pause",
+                 n_pl - failed, n_pl, ready, total);
+    return up;
+}
+
+/* From the tick: READY=1 once the host is up, then STATUS as it changes
+ * (notify.c sends only changed text, at most once a second). */
+static void notify_tick(kh_host *host) {
+    if (!notify_active() || host->shutting_down)
+        return;
+    char status[256];
+    bool up = host_status(host, status, sizeof status);
+    if (up && !notify_ready_sent())
+        notify_ready(status);
+    else
+        notify_status(status);
+}
+
+static void host_keepalive(kh_host *host) {
+    (void)host;
+    notify_keepalive();
+}
+
 static int on_tick(sd_event_source *s, uint64_t usec, void *ud) {
     kh_host *host = ud;
     int64_t now = kh_now_ms();
+    notify_keepalive();
     for (size_t i = 0; i < host->n_pipelines; i++) {
         kh_pipeline_rt *pl = host->pipelines[i];
         supervisor_check_hangs(pl, now);
@@ -200,6 +282,7 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *ud) {
     reload_tick(host, now);
     admin_tick(host, now);
     run_pending_reload(host);
+    notify_tick(host);
     sd_event_source_set_time(s, usec + KH_TICK_MS * 1000);
     sd_event_source_set_enabled(s, SD_EVENT_ON);
     return 0;
@@ -319,6 +402,7 @@ static void host_shutdown(kh_host *host) {
     if (host->shutting_down)
         return;
     host->shutting_down = true;
+    notify_stopping();
     for (size_t i = 0; i < host->n_pipelines; i++)
         pipeline_stop(host->pipelines[i]);
 }
@@ -427,6 +511,7 @@ static void host_free(kh_host *host) {
     free(host->retired);
     config_free(host->cfg);
     free(host->cfg);
+    notify_close();
 }
 
 int host_run(kh_config *cfg) {
@@ -434,8 +519,12 @@ int host_run(kh_config *cfg) {
                     .signal_fd = -1,
                     .admin_fd = -1,
                     .hooks = {.should_stop = host_check_signals,
-                              .request_exit = host_request_exit}};
+                              .request_exit = host_request_exit,
+                              .keepalive = host_keepalive}};
     int rc = 1;
+    /* systemd's NOTIFY_SOCKET and watchdog are the host's alone: taken
+     * out of the environment before any worker or thread exists. */
+    notify_init();
     /* [host] log_level and log_format, before any thread exists; workers
      * inherit them through the environment (-v still forces debug). */
     klog_set_level(cfg->log_level ? cfg->log_level : KLOG_INFO);

@@ -23,6 +23,9 @@ typedef struct kh_host_hooks {
     bool (*should_stop)(kh_host *host);
     /* Leave the event loop with this exit status (the highest asked). */
     void (*request_exit)(kh_host *host, int code);
+    /* From bounded waits, often: the host is alive (systemd's watchdog
+     * ping, rate-limited by notify.c). May be NULL. */
+    void (*keepalive)(kh_host *host);
 } kh_host_hooks;
 
 /* The latest reload (or `khost restart`) and what became of it. Owned by
