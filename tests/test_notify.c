@@ -293,10 +293,12 @@ Test(notify, ready_after_every_worker_and_reload, .timeout = 120) {
 }
 
 /* SIGTERM while a worker is still in its 1.5 s init: STOPPING=1 (with
- * STATUS=draining) arrives while the host still waits for it, and
- * READY=1 never came. */
+ * STATUS=draining) arrives while the host still waits for it, READY=1
+ * never came, and the watchdog pings go on from the drain's wait while
+ * the event loop does not turn. */
 Test(notify, stopping_at_the_start_of_the_drain, .timeout = 120) {
     char *dir = open_socket();
+    setenv("WATCHDOG_USEC", "400000", 1);
     start_host(dir, PIPELINE("slow", FX("fxs_slow_init"), 1, ""));
     cr_assert(th_wait_log(&h, "running 1 pipeline(s)", 1, WAIT_MS), "%s",
               th_log(&h));
@@ -307,7 +309,17 @@ Test(notify, stopping_at_the_start_of_the_drain, .timeout = 120) {
               th_log(&h));
     cr_assert(has((size_t)st, "STATUS", "draining"), "%s", ns_dump());
     /* Signal 0: only wait (a second SIGTERM would exit at once). */
+    int64_t stopping_at = ns.d[st].at_ms;
     cr_assert_eq(th_host_stop(&h, 0, WAIT_MS), 0, "%s", th_log(&h));
+    int64_t exited_at = th_now_ms();
+    ns_read(100);
+    int pings = ns_count((size_t)st + 1, "WATCHDOG", "1");
+    cr_log_info("drain: %lld ms, %d watchdog pings in it",
+                (long long)(exited_at - stopping_at), pings);
+    /* The drain lasts about 1 s (what is left of the 1.5 s init), a ping
+     * is due every 100 ms. */
+    cr_assert_geq(pings, 4, "%d WATCHDOG=1 during a %lld ms drain:\n%s", pings,
+                  (long long)(exited_at - stopping_at), ns_dump());
     cr_assert(th_log_count(&h, "slow_init terminated") == 1, "%s", th_log(&h));
     ns_read(100);
     cr_assert_eq(ns_count(0, "READY", "1"), 0,
