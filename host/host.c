@@ -7,6 +7,11 @@
  * SHUTDOWN so every worker runs terminate, then close the consumer, which
  * leaves the group. A second signal exits at once; the workers die with
  * the host through PR_SET_PDEATHSIG.
+ *
+ * Under systemd (NOTIFY_SOCKET) the host says what it does through
+ * notify.c: READY=1 and STATUS from the tick, STOPPING=1 when the drain
+ * starts, RELOADING=1 then READY=1 around a reload, and WATCHDOG=1 from
+ * the tick and, through the keepalive hook, from the drain's wait.
  */
 #define _GNU_SOURCE
 #include "host.h"
