@@ -10,6 +10,7 @@
 
 #include "host.h"
 #include "log.h"
+#include "notify.h"
 #include "reload.h"
 
 #include <errno.h>
@@ -244,24 +245,32 @@ static int on_admin(sd_event_source *s, int fd, uint32_t revents, void *ud) {
         snprintf(line, sizeof line, "elsewhere: this khost runs %s\n",
                  host->cfg->path);
         reply(c, line);
+    } else if (reload_busy(host) &&
+               (!strncmp(cmd, "reload", 6) || !strncmp(cmd, "restart ", 8))) {
+        reply(c, "error: busy: a reload is still under way; try again once "
+                 "it settled (khost status shows it)\n");
     } else if (!strncmp(cmd, "reload", 6) && (!cmd[6] || cmd[6] == ' ')) {
         sscanf(cmd + 6, "%d", &timeout_s);
         klog_info("reload requested on the control socket");
+        notify_reloading(); /* READY=1 follows from the host's tick */
         int rc = reload_apply(host, msg, sizeof msg);
         if (rc == 0) {
             admin_watch(host); /* plugin paths may have changed */
             answer_or_wait(host, c, timeout_s);
             return 0;
         }
+        notify_reload_done(msg);
         snprintf(line, sizeof line, "error: %s\n", msg);
         reply(c, line);
     } else if (sscanf(cmd, "restart %127s %d", name, &timeout_s) >= 1) {
         klog_info("restart of pipeline=%s requested on the control socket",
                   name);
+        notify_reloading();
         if (reload_restart(host, name, msg, sizeof msg) == 0) {
             answer_or_wait(host, c, timeout_s);
             return 0;
         }
+        notify_reload_done(msg);
         snprintf(line, sizeof line, "error: %s\n", msg);
         reply(c, line);
     } else if (!strcmp(cmd, "status")) {

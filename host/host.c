@@ -152,7 +152,9 @@ static void run_pending_reload(kh_host *host) {
     notify_reloading();
     if (reload_apply(host, msg, sizeof msg) == 0)
         admin_watch(host); /* plugin paths may have changed */
-    notify_reload_done(msg);
+    else
+        notify_reload_done(msg); /* rejected: READY=1 again at once */
+    /* Accepted: READY=1 once its outcome is known (notify_tick). */
 }
 
 static int on_signal(sd_event_source *s, int fd, uint32_t revents, void *ud) {
@@ -251,6 +253,14 @@ static bool host_status(kh_host *host, char *buf, size_t len) {
 static void notify_tick(kh_host *host) {
     if (!notify_active() || host->shutting_down)
         return;
+    /* A reload (SIGHUP, watch, the control socket) sent RELOADING=1 when
+     * it began; READY=1 follows when its outcome is known. */
+    if (host->reload.gen != host->notified_reload_gen && !reload_busy(host)) {
+        char out[sizeof host->reload.outcome];
+        reload_outcome(host, out, sizeof out);
+        notify_reload_done(out);
+        host->notified_reload_gen = host->reload.gen;
+    }
     char status[256];
     bool up = host_status(host, status, sizeof status);
     if (up && !notify_ready_sent())

@@ -43,6 +43,7 @@ typedef struct kh_reload_state {
 struct kh_host {
     kh_host_hooks hooks;
     kh_reload_state reload;
+    uint64_t notified_reload_gen; /* the last reload READY=1 was sent for */
     struct kh_admin_wait *admin_waits; /* clients waiting for the reload
                                           outcome (admin.c) */
     sd_event *ev;

@@ -30,6 +30,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -484,4 +485,56 @@ Test(notify, unusable_socket_is_one_warning, .timeout = 120) {
     tu_rmdir(dir);
     free(dir);
     current_dir[0] = '\0';
+}
+
+/* `khost reload` over the control socket, swapping to a plugin whose init
+ * takes 1.5 s: RELOADING=1 when it begins, READY=1 only once the new
+ * workers passed init (the reload's outcome), and the CLI exits 0 then. */
+Test(notify, socket_reload_is_ready_when_its_outcome_is, .timeout = 120) {
+    char *dir = open_socket();
+    unsetenv("WATCHDOG_USEC");
+    char *so, *pipes;
+    cr_assert_neq(asprintf(&so, "%s/plugin.so", dir), -1);
+    tu_cp_over(FX("fx_good"), so);
+    cr_assert_neq(asprintf(&pipes,
+                           "[pipeline.sw]\ntopics = t-sw\ngroup = g-sw\n"
+                           "plugin = %s\nworkers = 2\n",
+                           so),
+                  -1);
+    start_host(dir, pipes);
+    cr_assert_geq(ns_wait(0, "READY", "1", WAIT_MS), 0, "%s", ns_dump());
+    tu_cp_over(FX("fxs_slow_init"), so);
+    size_t before = ns.n;
+    pid_t cli = fork();
+    cr_assert_geq(cli, 0);
+    if (cli == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1);
+        execl(KHOST_BUILD_DIR "/khost", "khost", "reload", "-c", h.cfg_path,
+              (char *)NULL);
+        _exit(127);
+    }
+    long rl = ns_wait(before, "RELOADING", "1", WAIT_MS);
+    cr_assert_geq(rl, 0, "no RELOADING=1:\n%s", ns_dump());
+    long done = ns_wait((size_t)rl + 1, "READY", "1", WAIT_MS);
+    cr_assert_gt(done, rl, "no READY=1 after RELOADING=1:\n%s", ns_dump());
+    int64_t took = ns.d[done].at_ms - ns.d[rl].at_ms;
+    cr_log_info("RELOADING=1 to READY=1: %lld ms (init takes 1500 ms)",
+                (long long)took);
+    cr_assert_geq(took, 1200,
+                  "READY=1 came %lld ms after RELOADING=1, before "
+                  "the new workers' 1.5 s init:\n%s",
+                  (long long)took, ns_dump());
+    cr_assert(th_log_count(&h, "new worker=1 pid=") >= 1, "%s", th_log(&h));
+    cr_assert(field(&ns.d[done], "STATUS") &&
+                  !strncmp(field(&ns.d[done], "STATUS"), "reload applied", 14),
+              "%s", ns_dump());
+    int st;
+    cr_assert_eq(waitpid(cli, &st, 0), cli);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "reload exited %d",
+              WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    cr_assert_eq(th_host_stop(&h, SIGTERM, WAIT_MS), 0, "%s", th_log(&h));
+    free(so);
+    free(pipes);
+    end_test(dir);
 }
