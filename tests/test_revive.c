@@ -21,10 +21,12 @@
 
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define FX(name) KHOST_FIXTURE_DIR "/" name ".so"
@@ -239,5 +241,54 @@ Test(revive, client_of_another_file_is_not_answered, .timeout = 120) {
     free(ours);
     free(other);
     th_host_stop(&h, SIGTERM, LOG_WAIT_MS);
+    end_test(&c, dir);
+}
+
+/* A client waiting for a reload's outcome when the host is stopped gets a
+ * clear answer (and the host frees nothing twice: the sanitizer and
+ * valgrind runs check that). */
+Test(revive, waiting_client_is_answered_at_shutdown, .timeout = 120) {
+    th_cluster c;
+    char *dir = tu_tmpdir();
+    snprintf(current_dir, sizeof current_dir, "%s", dir);
+    th_cluster_start(&c, 1);
+    char *so, *ini;
+    cr_assert_neq(asprintf(&so, "%s/plugin.so", dir), -1);
+    tu_cp_over(FX("fx_good"), so);
+    cr_assert_neq(asprintf(&ini,
+                           "[host]\nbrokers = %s\n[pipeline.p]\ntopics = "
+                           "rv-stop\ngroup = g-rv-stop\nplugin = %s\n",
+                           c.bootstraps, so),
+                  -1);
+    th_host_start(&h, dir, "host", ini);
+    cr_assert(th_wait_log(&h, " ready: plugin", 1, LOG_WAIT_MS), "%s",
+              th_log(&h));
+    /* The new plugin's init takes 1.5 s: the reload waits that long. */
+    tu_cp_over(FX("fxs_slow_init"), so);
+    char *out;
+    cr_assert_neq(asprintf(&out, "%s/reload.out", dir), -1);
+    pid_t cli = fork();
+    cr_assert_geq(cli, 0);
+    if (cli == 0) {
+        int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(fd, 1);
+        execl(KHOST, "khost", "reload", "-c", h.cfg_path, (char *)NULL);
+        _exit(127);
+    }
+    cr_assert(th_wait_log(&h, "reload accepted", 1, LOG_WAIT_MS), "%s",
+              th_log(&h));
+    cr_assert_eq(th_host_stop(&h, SIGTERM, LOG_WAIT_MS), 0, "%s", th_log(&h));
+    int st;
+    cr_assert_eq(waitpid(cli, &st, 0), cli);
+    char *text = tu_read_file(out, NULL);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "reload exited %d: %s",
+              WIFEXITED(st) ? WEXITSTATUS(st) : -1, text);
+    cr_assert(strstr(text, "error: khost is shutting down before the reload "
+                           "settled"),
+              "%s", text);
+    free(text);
+    free(out);
+    free(so);
+    free(ini);
     end_test(&c, dir);
 }
