@@ -65,7 +65,7 @@ done
 unit=$root/usr/lib/systemd/system
 grep -qx 'ExecStart=/usr/bin/khost run -c /etc/khost/khost.ini' "$unit/khost.service" ||
   fail "khost.service ExecStart: $(grep ExecStart "$unit/khost.service")"
-grep -qx 'ExecReload=/usr/bin/khost reload -c /etc/khost/khost.ini' "$unit/khost.service" ||
+grep -qx 'ExecReload=/usr/bin/khost reload -c /etc/khost/khost.ini --timeout 80' "$unit/khost.service" ||
   fail "khost.service ExecReload"
 grep -qx 'ExecStart=/usr/bin/khost run -c /etc/khost/%i.ini --socket /run/khost/%i/khost.sock' \
   "$unit/khost@.service" || fail "khost@.service ExecStart"
