@@ -97,6 +97,17 @@ typedef struct kh_config {
      * socket). `run --socket PATH` overrides it with line 0. */
     char *control_socket;
     int control_socket_line;
+    /* [http]: the HTTP server (http.c). http_listen as written, NULL when
+     * off; http_addr the resolved IPv4 literal ("localhost" becomes
+     * 127.0.0.1) and http_port its port. http_token: NULL when unset. Read
+     * at start only; a reload that changes [http] is refused. */
+    char *http_listen;
+    char *http_addr;
+    int http_port;
+    int http_loopback; /* 1 when http_addr is in 127.0.0.0/8 */
+    int http_listen_line;
+    char *http_token;
+    int http_token_line;
     kh_kv *kafka; /* [kafka]: librdkafka properties for every consumer */
     size_t n_kafka;
     kh_pipeline *pipelines;

@@ -52,6 +52,13 @@ void check_complete(parser *p) {
     if (!p->brokers_line)
         report(p, p->host_line ? p->host_line : 1,
                "missing required key 'brokers' in [host]");
+    /* Anyone who can reach a non-loopback address could read the
+     * metrics and, later, call the admin endpoints: that needs a token. */
+    if (cfg->http_listen && !cfg->http_loopback && !cfg->http_token)
+        report(p, cfg->http_listen_line,
+               "[http] listen = %s is not loopback: set [http] token = "
+               "${VAR}",
+               cfg->http_listen);
 
     size_t real = 0;
     for (size_t i = 0; i < cfg->n_pipelines; i++) {

@@ -110,6 +110,7 @@ typedef enum section_kind {
     SEC_IGNORE, /* bad or duplicate header, already reported */
     SEC_HOST,
     SEC_KAFKA,
+    SEC_HTTP,
     SEC_PIPELINE,
     SEC_PIPELINE_CONFIG,
     SEC_PIPELINE_KAFKA,
@@ -147,7 +148,7 @@ typedef struct parser {
     char *section; /* its name, for messages */
     size_t pipe;   /* index into cfg->pipelines for SEC_PIPELINE* */
 
-    int host_line, kafka_line, brokers_line;
+    int host_line, kafka_line, brokers_line, http_line;
     int log_level_line, log_format_line; /* 0 when unset */
     int host_int_line[2]; /* lines of host_int_keys, 0 when unset */
     pipeline_state *ps;   /* parallel to cfg->pipelines */

@@ -11,6 +11,7 @@
 #include "config_internal.h"
 #include "log.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <grp.h>
@@ -28,6 +29,7 @@
 static const char *const host_keys[] = {
     "brokers",         "control_socket", "log_format", "log_level",
     "mock_partitions", "mock_seed",      "watch"};
+static const char *const http_keys[] = {"listen", "token"};
 
 /* librdkafka properties whose value khost decides; a user setting them
  * would silently break offset handling or pipeline isolation. */
@@ -170,8 +172,8 @@ static bool valid_pipeline_char(char c) {
 }
 
 static void suggest_section(parser *p, const char *name) {
-    static const char *const tops[] = {"host", "kafka"};
-    const char *top = closest(name, tops, 2);
+    static const char *const tops[] = {"host", "kafka", "http"};
+    const char *top = closest(name, tops, 3);
     if (top) {
         report(p, p->lineno, "unknown section [%s] (did you mean [%s]?)", name,
                top);
@@ -189,7 +191,7 @@ static void suggest_section(parser *p, const char *name) {
                "unknown section [%s] (did you mean [pipeline.NAME]?)", name);
     else
         report(p, p->lineno,
-               "unknown section [%s] (expected [host], [kafka], "
+               "unknown section [%s] (expected [host], [kafka], [http], "
                "[pipeline.NAME], [pipeline.NAME.config] or "
                "[pipeline.NAME.kafka])",
                name);
@@ -255,6 +257,11 @@ static void section_start(parser *p, const char *name) {
     if (strcmp(name, "kafka") == 0) {
         if (claim(p, &p->kafka_line))
             p->kind = SEC_KAFKA;
+        return;
+    }
+    if (strcmp(name, "http") == 0) {
+        if (claim(p, &p->http_line))
+            p->kind = SEC_HTTP;
         return;
     }
     if (strcmp(name, "pipeline") == 0) {
@@ -573,6 +580,96 @@ static void on_host_log_key(parser *p, const char *key, const char *raw) {
                value);
     }
     free(value);
+}
+
+/* [http] listen = HOST:PORT, HOST an IPv4 literal or localhost; and
+ * token = SECRET. Whether a token is needed is decided once the whole
+ * section is read (check_complete). */
+static void on_http_listen(parser *p, const char *raw) {
+    kh_config *cfg = p->cfg;
+    char *value = expand_env(p, "listen", raw);
+    if (!value)
+        return;
+    const char *colon = strrchr(value, ':');
+    long long port = 0;
+    char host[64] = "";
+    struct in_addr a;
+    size_t hl = colon ? (size_t)(colon - value) : 0;
+    if (!colon || hl == 0 || hl >= sizeof host) {
+        report(p, p->lineno,
+               "bad value '%s' for 'listen' in [http]: expected HOST:PORT, "
+               "e.g. 127.0.0.1:9464",
+               value);
+        free(value);
+        return;
+    }
+    memcpy(host, value, hl);
+    host[hl] = '\0';
+    if (!isdigit((unsigned char)colon[1]) || !parse_ll(colon + 1, &port) ||
+        port < 1 || port > 65535) {
+        report(p, p->lineno,
+               "bad value '%s' for 'listen' in [http]: port must be in "
+               "1..65535",
+               value);
+        free(value);
+        return;
+    }
+    const char *lit = strcmp(host, "localhost") == 0 ? "127.0.0.1" : host;
+    if (inet_pton(AF_INET, lit, &a) != 1) {
+        report(p, p->lineno,
+               "bad value '%s' for 'listen' in [http]: '%s' is not an IPv4 "
+               "address or localhost",
+               value, host);
+        free(value);
+        return;
+    }
+    free(cfg->http_listen);
+    free(cfg->http_addr);
+    cfg->http_listen = value;
+    cfg->http_addr = xstrdup(lit);
+    cfg->http_port = (int)port;
+    cfg->http_loopback = (ntohl(a.s_addr) >> 24) == 127;
+}
+
+static void on_http_key(parser *p, const char *key, const char *raw) {
+    kh_config *cfg = p->cfg;
+    bool listen = strcmp(key, "listen") == 0;
+    if (!listen && strcmp(key, "token") != 0) {
+        const char *hint =
+            closest(key, http_keys, sizeof http_keys / sizeof http_keys[0]);
+        if (hint)
+            report(p, p->lineno,
+                   "unknown key '%s' in [http] (did you mean '%s'?)", key,
+                   hint);
+        else
+            report(p, p->lineno,
+                   "unknown key '%s' in [http] (expected listen or token)",
+                   key);
+        return;
+    }
+    int *line = listen ? &cfg->http_listen_line : &cfg->http_token_line;
+    if (*line) {
+        report(p, p->lineno, "duplicate key '%s' in [http] (first at line %d)",
+               key, *line);
+        return;
+    }
+    *line = p->lineno;
+    if (listen) {
+        on_http_listen(p, raw);
+        return;
+    }
+    char *value = expand_env(p, key, raw);
+    if (!value)
+        return;
+    if (!*value) {
+        report(p, p->lineno,
+               "empty value for 'token' in [http] (is its variable set?)");
+        free(value);
+        return;
+    }
+    free(cfg->http_token);
+    cfg->http_token = value;
+    check_secret(p, key, raw);
 }
 
 static void on_host_key(parser *p, const char *key, const char *raw) {
@@ -903,6 +1000,9 @@ static int on_pair(void *user, const char *section, const char *name,
         break;
     case SEC_KAFKA:
         on_kafka_prop(p, &cfg->kafka, &cfg->n_kafka, name, value);
+        break;
+    case SEC_HTTP:
+        on_http_key(p, name, value);
         break;
     case SEC_PIPELINE:
         on_pipeline_key(p, name, value);

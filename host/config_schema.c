@@ -142,6 +142,9 @@ void config_free(kh_config *cfg) {
     free(cfg->dir);
     free(cfg->brokers);
     free(cfg->control_socket);
+    free(cfg->http_listen);
+    free(cfg->http_addr);
+    free(cfg->http_token);
     kv_free(cfg->kafka, cfg->n_kafka);
     for (size_t i = 0; i < cfg->n_pipelines; i++)
         free_pipeline(&cfg->pipelines[i]);
