@@ -15,6 +15,7 @@
  */
 #define _GNU_SOURCE
 #include "host.h"
+#include "http.h"
 
 #include "admin.h"
 #include "dispatch.h"
@@ -505,6 +506,7 @@ static void remove_snapshot_dir(kh_host *host) {
 }
 
 static void host_free(kh_host *host) {
+    http_stop(host);
     for (size_t i = 0; i < host->n_pipelines; i++)
         pipeline_free(host->pipelines[i]);
     free(host->pipelines);
@@ -589,6 +591,10 @@ int host_run(kh_config *cfg) {
                   "work; SIGHUP still does): %s",
                   err);
     admin_watch(&host);
+    if (http_start(&host, err, sizeof err) != 0) {
+        klog_error("http: %s", err);
+        goto out;
+    }
     sd_event_add_io(host.ev, &host.signal_src, host.signal_fd, EPOLLIN,
                     on_signal, &host);
     uint64_t now;

@@ -55,6 +55,7 @@ struct kh_host {
     dev_t admin_dev; /* the socket file bound at admin_path (admin.c) */
     ino_t admin_ino;
     sd_event_source *admin_src;
+    struct kh_http *http; /* the HTTP server (http.c), NULL when off */
     kh_pipeline_rt **pipelines;
     size_t n_pipelines;
     kh_mock mock;

@@ -1,0 +1,366 @@
+/*
+ * metrics: writes the Prometheus text exposition (0.0.4) of a host into
+ * a memory buffer (open_memstream). Every family is written whole, with
+ * its # HELP and # TYPE, before the next one, as the format requires.
+ * Reads the host's structures only; nothing it calls blocks:
+ * rd_kafka_get_watermark_offsets reads librdkafka's cache of the last
+ * fetch response, and /proc/PID/stat and statm are read for workers.
+ * Calls supervisor/partition/pipeline structs (reading) and kafka's
+ * librdkafka handle; nothing below calls it (http.c does).
+ */
+#define _GNU_SOURCE
+#include "metrics.h"
+
+#include "host.h"
+#include "pipeline.h"
+
+#include <khost/plugin.h>
+#include <librdkafka/rdkafka.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+void metrics_label_value(FILE *out, const char *v) {
+    for (; v && *v; v++) {
+        if (*v == '\\')
+            fputs("\\\\", out);
+        else if (*v == '"')
+            fputs("\\\"", out);
+        else if (*v == '\n')
+            fputs("\\n", out);
+        else
+            fputc(*v, out);
+    }
+}
+
+static void family(FILE *out, const char *name, const char *type,
+                   const char *help) {
+    fprintf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void label(FILE *out, const char *sep, const char *key,
+                  const char *value) {
+    fprintf(out, "%s%s=\"", sep, key);
+    metrics_label_value(out, value);
+    fputc('"', out);
+}
+
+/* ---- per pipeline ---- */
+
+enum { C_U64, C_BOOL };
+static const struct pipeline_metric {
+    const char *name, *type, *help;
+    size_t field; /* offset of a uint64_t, or of a bool for C_BOOL */
+    int kind;
+} pipeline_metrics[] = {
+    {"khost_messages_handled_total", "counter",
+     "Handler results received (acked, deferred, retried or failed).",
+     offsetof(kh_pipeline_rt, handled), C_U64},
+    {"khost_messages_acked_total", "counter",
+     "Messages acked by a handler, at once or after deferring.",
+     offsetof(kh_pipeline_rt, acked_count), C_U64},
+    {"khost_messages_retried_total", "counter",
+     "Handler answers asking for a retry.", offsetof(kh_pipeline_rt, retries),
+     C_U64},
+    {"khost_messages_failed_total", "counter",
+     "Messages given to the failure policy (on_failure) after their "
+     "attempts.",
+     offsetof(kh_pipeline_rt, failures), C_U64},
+    {"khost_dead_lettered_total", "counter",
+     "Messages written to the dead-letter topic (delivery confirmed).",
+     offsetof(kh_pipeline_rt, dlq_written), C_U64},
+    {"khost_dead_letter_errors_total", "counter",
+     "Dead-letter writes that failed (retried).",
+     offsetof(kh_pipeline_rt, dlq_errors), C_U64},
+    {"khost_skipped_total", "counter",
+     "Failed messages skipped by on_failure = skip.",
+     offsetof(kh_pipeline_rt, skipped), C_U64},
+    {"khost_poison_messages_total", "counter",
+     "Messages failed for crashing their worker poison_after times.",
+     offsetof(kh_pipeline_rt, poison), C_U64},
+    {"khost_worker_crashes_total", "counter", "Worker processes that died.",
+     offsetof(kh_pipeline_rt, crashes), C_U64},
+    {"khost_worker_lies_total", "counter",
+     "Workers killed for breaking the protocol.",
+     offsetof(kh_pipeline_rt, lies), C_U64},
+    {"khost_worker_restarts_total", "counter", "Worker processes restarted.",
+     offsetof(kh_pipeline_rt, restarts_total), C_U64},
+    {"khost_rebalances_total", "counter", "Consumer group rebalances seen.",
+     offsetof(kh_pipeline_rt, rebalances), C_U64},
+    {"khost_reloads_total", "counter", "Plugin swaps cut over by a reload.",
+     offsetof(kh_pipeline_rt, reloads), C_U64},
+    {"khost_pipeline_failed", "gauge",
+     "1 when the pipeline is FAILED (restart limit exceeded), else 0.",
+     offsetof(kh_pipeline_rt, failed), C_BOOL},
+};
+
+static void write_pipelines(FILE *out, kh_host *host) {
+    for (size_t m = 0; m < sizeof pipeline_metrics / sizeof *pipeline_metrics;
+         m++) {
+        const struct pipeline_metric *pm = &pipeline_metrics[m];
+        family(out, pm->name, pm->type, pm->help);
+        for (size_t i = 0; i < host->n_pipelines; i++) {
+            const kh_pipeline_rt *pl = host->pipelines[i];
+            const char *f = (const char *)pl + pm->field;
+            unsigned long long v =
+                pm->kind == C_BOOL ? *(const bool *)f : *(const uint64_t *)f;
+            fputs(pm->name, out);
+            label(out, "{", "pipeline", pl->cfg->name);
+            fprintf(out, "} %llu\n", v);
+        }
+    }
+}
+
+/* ---- per partition ---- */
+
+static const struct {
+    unsigned bit;
+    const char *name;
+} pause_reasons[] = {
+    {KH_PAUSE_FLOW, "flow"},         {KH_PAUSE_WORKER, "worker"},
+    {KH_PAUSE_FAILED, "failed"},     {KH_PAUSE_UNACKED, "unacked"},
+    {KH_PAUSE_SHUTDOWN, "shutdown"}, {KH_PAUSE_DLQ, "dlq"},
+    {KH_PAUSE_SEEK, "seek"},
+};
+
+enum {
+    P_COMMITTED,
+    P_STORED,
+    P_ACKED,
+    P_HIGH,
+    P_LAG,
+    P_INFLIGHT,
+    P_PENDING,
+    P_PAUSED,
+    P_REASON,
+    P_N
+};
+static const struct {
+    const char *name, *type, *help;
+} part_families[P_N] = {
+    [P_COMMITTED] = {"khost_partition_committed_offset", "gauge",
+                     "The last offset committed to the group (the next "
+                     "offset to consume)."},
+    [P_STORED] = {"khost_partition_stored_offset", "gauge",
+                  "The last offset stored for the next commit."},
+    [P_ACKED] = {"khost_partition_acked_offset", "gauge",
+                 "The contiguous acked watermark (highest offset resolved "
+                 "with everything before it)."},
+    [P_HIGH] = {"khost_partition_high_watermark_offset", "gauge",
+                "The partition's high watermark, from librdkafka's cache "
+                "of the last fetch response."},
+    [P_LAG] = {"khost_partition_lag", "gauge",
+               "High watermark minus the stored (else committed) offset, "
+               "in messages."},
+    [P_INFLIGHT] = {"khost_partition_unresolved_messages", "gauge",
+                    "Messages dispatched to a worker and not yet resolved "
+                    "(in flight, deferred or being dead-lettered)."},
+    [P_PENDING] = {"khost_partition_pending_messages", "gauge",
+                   "Messages fetched and waiting to be dispatched."},
+    [P_PAUSED] = {"khost_partition_paused", "gauge",
+                  "1 when fetching of the partition is paused or it is "
+                  "held at a failed message, else 0."},
+    [P_REASON] = {"khost_partition_paused_reason", "gauge",
+                  "1 for each reason the partition is paused (flow, "
+                  "worker, failed, unacked, shutdown, dlq, seek, held)."},
+};
+
+static void part_labels(FILE *out, const kh_pipeline_rt *pl,
+                        const kh_part *part) {
+    label(out, "{", "pipeline", pl->cfg->name);
+    label(out, ",", "group", pl->cfg->group);
+    label(out, ",", "topic", part->topic);
+    fprintf(out, ",partition=\"%d\"", (int)part->partition);
+}
+
+static void part_sample(FILE *out, int fam, const kh_pipeline_rt *pl,
+                        const kh_part *part, const char *reason, long long v) {
+    fputs(part_families[fam].name, out);
+    part_labels(out, pl, part);
+    if (reason)
+        label(out, ",", "reason", reason);
+    fprintf(out, "} %lld\n", v);
+}
+
+static void write_partition_family(FILE *out, kh_host *host, int fam) {
+    family(out, part_families[fam].name, part_families[fam].type,
+           part_families[fam].help);
+    for (size_t i = 0; i < host->n_pipelines; i++) {
+        kh_pipeline_rt *pl = host->pipelines[i];
+        for (size_t j = 0; j < pl->n_parts; j++) {
+            const kh_part *part = pl->parts[j];
+            if (!part || !part->assigned)
+                continue;
+            int64_t low = -1, high = -1;
+            if ((fam == P_HIGH || fam == P_LAG) && pl->rk &&
+                rd_kafka_get_watermark_offsets(pl->rk, part->topic,
+                                               part->partition, &low, &high) !=
+                    RD_KAFKA_RESP_ERR_NO_ERROR)
+                high = -1;
+            int64_t pos = part->stored >= 0 ? part->stored : part->committed;
+            bool held = part->held;
+            switch (fam) {
+            case P_COMMITTED:
+                if (part->committed >= 0)
+                    part_sample(out, fam, pl, part, NULL, part->committed);
+                break;
+            case P_STORED:
+                if (part->stored >= 0)
+                    part_sample(out, fam, pl, part, NULL, part->stored);
+                break;
+            case P_ACKED:
+                if (part->off.acked >= 0)
+                    part_sample(out, fam, pl, part, NULL, part->off.acked);
+                break;
+            case P_HIGH:
+                if (high >= 0)
+                    part_sample(out, fam, pl, part, NULL, high);
+                break;
+            case P_LAG:
+                if (high >= 0 && pos >= 0)
+                    part_sample(out, fam, pl, part, NULL,
+                                high > pos ? high - pos : 0);
+                break;
+            case P_INFLIGHT:
+                part_sample(out, fam, pl, part, NULL,
+                            (long long)offsets_outstanding(&part->off));
+                break;
+            case P_PENDING:
+                part_sample(out, fam, pl, part, NULL,
+                            (long long)part->pend_len);
+                break;
+            case P_PAUSED:
+                part_sample(out, fam, pl, part, NULL, part->pause != 0 || held);
+                break;
+            case P_REASON:
+                for (size_t r = 0;
+                     r < sizeof pause_reasons / sizeof *pause_reasons; r++)
+                    if (part->pause & pause_reasons[r].bit)
+                        part_sample(out, fam, pl, part, pause_reasons[r].name,
+                                    1);
+                if (held)
+                    part_sample(out, fam, pl, part, "held", 1);
+                break;
+            }
+        }
+    }
+}
+
+/* ---- per worker (the current generation) ---- */
+
+/* Resident bytes and CPU seconds of a live process, from /proc; false
+ * when it is gone. */
+static bool proc_usage(pid_t pid, double *rss, double *cpu) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/statm", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return false;
+    unsigned long size = 0, res = 0;
+    int n = fscanf(f, "%lu %lu", &size, &res);
+    fclose(f);
+    if (n != 2)
+        return false;
+    *rss = (double)res * (double)sysconf(_SC_PAGESIZE);
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    f = fopen(path, "re");
+    if (!f)
+        return false;
+    size_t got = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[got] = '\0';
+    /* comm may hold spaces and parentheses: fields start after the last
+     * ')'. utime and stime are fields 14 and 15, i.e. the 12th and 13th
+     * after the state (field 3). */
+    char *p = strrchr(buf, ')');
+    unsigned long long ut = 0, st = 0;
+    if (!p ||
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+               &ut, &st) != 2)
+        return false;
+    *cpu = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+    return true;
+}
+
+static void write_workers(FILE *out, kh_host *host) {
+    enum { W_UP, W_RSS, W_CPU, W_N };
+    static const struct {
+        const char *name, *type, *help;
+    } fams[W_N] = {
+        [W_UP] = {"khost_worker_up", "gauge",
+                  "1 when the worker process is READY and serving, else 0."},
+        [W_RSS] = {"khost_worker_resident_memory_bytes", "gauge",
+                   "Resident memory of the worker process, in bytes."},
+        [W_CPU] = {"khost_worker_cpu_seconds_total", "counter",
+                   "User and system CPU time of the worker process, in "
+                   "seconds (restarts from 0 with the process)."},
+    };
+    size_t n = 0;
+    for (size_t i = 0; i < host->n_pipelines; i++)
+        n += (size_t)host->pipelines[i]->n_workers;
+    double *rss = calloc(n ? n : 1, sizeof *rss);
+    double *cpu = calloc(n ? n : 1, sizeof *cpu);
+    bool *have = calloc(n ? n : 1, sizeof *have);
+    if (!rss || !cpu || !have)
+        goto out;
+    size_t k = 0;
+    for (size_t i = 0; i < host->n_pipelines; i++) {
+        const kh_pipeline_rt *pl = host->pipelines[i];
+        for (int w = 0; w < pl->n_workers; w++, k++)
+            have[k] = pl->workers[w].pid > 0 &&
+                      proc_usage(pl->workers[w].pid, &rss[k], &cpu[k]);
+    }
+    for (int f = 0; f < W_N; f++) {
+        family(out, fams[f].name, fams[f].type, fams[f].help);
+        k = 0;
+        for (size_t i = 0; i < host->n_pipelines; i++) {
+            const kh_pipeline_rt *pl = host->pipelines[i];
+            for (int w = 0; w < pl->n_workers; w++, k++) {
+                if (f != W_UP && !have[k])
+                    continue;
+                fputs(fams[f].name, out);
+                label(out, "{", "pipeline", pl->cfg->name);
+                fprintf(out, ",worker=\"%d\"} ", w);
+                if (f == W_UP)
+                    fprintf(out, "%d\n", pl->workers[w].state == KH_W_READY);
+                else if (f == W_RSS)
+                    fprintf(out, "%.0f\n", rss[k]);
+                else
+                    fprintf(out, "%.2f\n", cpu[k]);
+            }
+        }
+    }
+out:
+    free(rss);
+    free(cpu);
+    free(have);
+}
+
+char *metrics_render(kh_host *host, double start_time_s, size_t *len) {
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *out = open_memstream(&buf, &n);
+    if (!out)
+        return NULL;
+    family(out, "khost_build_info", "gauge",
+           "Always 1; the labels name the khost version and the plugin ABI "
+           "it serves.");
+    fprintf(out, "khost_build_info{version=\"%s\",abi=\"%d.%d\"} 1\n",
+            KHOST_VERSION, KHOST_ABI_MAJOR, KHOST_ABI_MINOR);
+    family(out, "khost_start_time_seconds", "gauge",
+           "When the host started, in seconds since the Unix epoch.");
+    fprintf(out, "khost_start_time_seconds %.3f\n", start_time_s);
+    write_pipelines(out, host);
+    for (int f = 0; f < P_N; f++)
+        write_partition_family(out, host, f);
+    write_workers(out, host);
+    if (fclose(out) != 0) {
+        free(buf);
+        return NULL;
+    }
+    if (len)
+        *len = n;
+    return buf;
+}
