@@ -708,7 +708,7 @@ Test(config, did_you_mean_section) {
                  "[pipeline.NAME]?)");
     assert_error(l, 12,
                  "unknown section [consumer] (expected [host], [kafka], "
-                 "[pipeline.NAME], [pipeline.NAME.config] or "
+                 "[http], [pipeline.NAME], [pipeline.NAME.config] or "
                  "[pipeline.NAME.kafka])");
     unload(l);
 }
