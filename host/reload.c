@@ -319,9 +319,14 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
     if (strcmp(cur->brokers, next->brokers) ||
         cur->mock_partitions != next->mock_partitions ||
         cur->mock_seed != next->mock_seed ||
-        cur->log_format != next->log_format)
-        return reject(next, &errs, msg, len,
-                      "[host] changed, which needs a restart of khost");
+        cur->log_format != next->log_format ||
+        strcmp(cur->http_listen ? cur->http_listen : "",
+               next->http_listen ? next->http_listen : "") ||
+        strcmp(cur->http_token ? cur->http_token : "",
+               next->http_token ? next->http_token : ""))
+        return reject(
+            next, &errs, msg, len,
+            "[host] or [http] changed, which needs a restart of khost");
     if (strcmp(cur->control_socket ? cur->control_socket : "",
                next->control_socket ? next->control_socket : ""))
         klog_warn("reload: [host] control_socket changed; the control socket "

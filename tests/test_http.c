@@ -276,12 +276,14 @@ Test(http, metrics_count_a_crash_and_a_dead_letter) {
                  "%s", text);
     cr_assert_eq(sample(text, "khost_messages_failed_total{pipeline=\"p\"}"), 1,
                  "%s", text);
-    /* Every message gave one result but the one that crashed its worker
-     * the first time (its redelivery acked); one of them failed. */
-    cr_assert_eq(sample(text, "khost_messages_handled_total{pipeline=\"p\"}"),
-                 2 * PER, "%s", text);
-    cr_assert_eq(sample(text, "khost_messages_acked_total{pipeline=\"p\"}"),
-                 2 * PER - 1, "%s", text);
+    /* Every message gave a result but the one that crashed its worker
+     * the first time (its redelivery acked); one of them failed. Results
+     * past the crash that came back before it are handled again after the
+     * rewind, so these are at least, not exactly. */
+    cr_assert_geq(sample(text, "khost_messages_handled_total{pipeline=\"p\"}"),
+                  2 * PER, "%s", text);
+    cr_assert_geq(sample(text, "khost_messages_acked_total{pipeline=\"p\"}"),
+                  2 * PER - 1, "%s", text);
     cr_assert_geq(sample(text, "khost_worker_restarts_total{pipeline=\"p\"}"),
                   1, "%s", text);
     for (int p = 0; p < 2; p++) {
