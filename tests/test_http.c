@@ -17,9 +17,7 @@
 #include "metrics.h"
 #include "testutil.h"
 
-#include <arpa/inet.h>
 #include <criterion/criterion.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -48,90 +46,12 @@ static void kill_leftovers(void) {
 
 TestSuite(http, .fini = kill_leftovers);
 
-/* A port nobody listens on now: bind port 0, read it, close. */
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET,
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    socklen_t len = sizeof sa;
-    cr_assert_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
-static int connect_port(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET,
-                             .sin_port = htons((uint16_t)port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-/* One request: method, path, an optional body of body_len bytes. Returns
- * the status (0 when no answer) and the whole response in *resp. */
-static int request(int port, const char *method, const char *path,
-                   size_t body_len, char **resp) {
-    *resp = strdup("");
-    int fd = connect_port(port);
-    if (fd < 0)
-        return 0;
-    char head[512];
-    int n = snprintf(head, sizeof head,
-                     "%s %s HTTP/1.1\r\nHost: localhost\r\nConnection: "
-                     "close\r\nContent-Length: %zu\r\n\r\n",
-                     method, path, body_len);
-    if (write(fd, head, (size_t)n) != n) {
-        close(fd);
-        return 0;
-    }
-    char *body = calloc(1, body_len + 1);
-    size_t off = 0;
-    while (off < body_len) {
-        ssize_t w = write(fd, body + off, body_len - off);
-        if (w <= 0)
-            break; /* the server may answer and close before the body */
-        off += (size_t)w;
-    }
-    free(body);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        if (poll(&p, 1, 10000) <= 0)
-            break;
-        if (len + 4096 > cap)
-            buf = realloc(buf, cap *= 2);
-        ssize_t r = read(fd, buf + len, cap - len - 1);
-        if (r <= 0)
-            break;
-        len += (size_t)r;
-    }
-    buf[len] = '\0';
-    close(fd);
-    free(*resp);
-    *resp = buf;
-    int status = 0;
-    if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1)
-        status = 0;
-    return status;
-}
-
-static const char *body_of(const char *resp) {
-    const char *b = strstr(resp, "\r\n\r\n");
-    return b ? b + 4 : "";
-}
-
 static char *start_host(th_cluster *c, const char *topic, int parts,
                         const char *plugin, const char *extra,
                         const char *config, int *port) {
     char *dir = tu_tmpdir();
     snprintf(current_dir, sizeof current_dir, "%s", dir);
-    *port = free_port();
+    *port = tu_free_port();
     char *ini;
     cr_assert_neq(asprintf(&ini,
                            "[host]\nbrokers = %s\n"
@@ -156,7 +76,7 @@ static int wait_ready(int port, int timeout_ms) {
     char *resp = NULL;
     int st = 0;
     for (int t = 0; t < timeout_ms; t += 100) {
-        st = request(port, "GET", "/ready", 0, &resp);
+        st = tu_http(port, "GET", "/ready", NULL, NULL, 0, &resp);
         free(resp);
         if (st == 200)
             break;
@@ -172,25 +92,25 @@ Test(http, health_and_ready_across_the_join) {
     int port;
     start_host(&c, "hr", 4, NOOP, "", "", &port);
     char *resp;
-    int st = request(port, "GET", "/health", 0, &resp);
+    int st = tu_http(port, "GET", "/health", NULL, NULL, 0, &resp);
     cr_assert_eq(st, 200, "%s", resp);
     cr_assert(strstr(resp, "Content-Type: application/json"), "%s", resp);
-    cr_assert_str_eq(body_of(resp), "{\"status\":\"ok\"}\n");
+    cr_assert_str_eq(tu_http_body(resp), "{\"status\":\"ok\"}\n");
     free(resp);
     /* Before the group join: no partition yet. */
-    st = request(port, "GET", "/ready", 0, &resp);
+    st = tu_http(port, "GET", "/ready", NULL, NULL, 0, &resp);
     bool joined = th_log_count(&h, "rebalance #1: assigned") > 0;
     cr_assert(joined || st == 503, "ready before the join: %d %s", st, resp);
     if (!joined)
-        cr_assert(strstr(body_of(resp), "\"ready\":false") &&
-                      strstr(body_of(resp), "\"reason\":\"pipeline p: "),
+        cr_assert(strstr(tu_http_body(resp), "\"ready\":false") &&
+                      strstr(tu_http_body(resp), "\"reason\":\"pipeline p: "),
                   "%s", resp);
     free(resp);
     cr_assert(th_wait_log(&h, "rebalance #1: assigned", 1, WAIT_MS), "%s",
               th_log(&h));
     cr_assert_eq(wait_ready(port, 20000), 200, "%s", th_log(&h));
-    st = request(port, "GET", "/ready", 0, &resp);
-    cr_assert_str_eq(body_of(resp), "{\"ready\":true}\n");
+    st = tu_http(port, "GET", "/ready", NULL, NULL, 0, &resp);
+    cr_assert_str_eq(tu_http_body(resp), "{\"ready\":true}\n");
     free(resp);
     cr_assert_eq(th_host_stop(&h, SIGTERM, 30000), 0, "%s", th_log(&h));
     th_cluster_stop(&c);
@@ -207,18 +127,18 @@ Test(http, ready_names_a_failed_pipeline) {
     cr_assert(th_wait_log(&h, "pipeline=p FAILED", 1, WAIT_MS), "%s",
               th_log(&h));
     char *resp;
-    int st = request(port, "GET", "/ready", 0, &resp);
+    int st = tu_http(port, "GET", "/ready", NULL, NULL, 0, &resp);
     cr_assert_eq(st, 503, "%s", resp);
-    cr_assert_str_eq(body_of(resp),
+    cr_assert_str_eq(tu_http_body(resp),
                      "{\"ready\":false,\"reason\":\"pipeline p: FAILED\"}\n");
     free(resp);
-    st = request(port, "GET", "/metrics", 0, &resp);
+    st = tu_http(port, "GET", "/metrics", NULL, NULL, 0, &resp);
     cr_assert_eq(st, 200);
     cr_assert(strstr(resp, "\nkhost_pipeline_failed{pipeline=\"p\"} 1\n"), "%s",
               resp);
     free(resp);
     /* Still alive for probes. */
-    st = request(port, "GET", "/health", 0, &resp);
+    st = tu_http(port, "GET", "/health", NULL, NULL, 0, &resp);
     cr_assert_eq(st, 200, "%s", resp);
     free(resp);
     th_host_stop(&h, SIGTERM, 30000);
@@ -256,8 +176,9 @@ Test(http, metrics_count_a_crash_and_a_dead_letter) {
     const char *text = NULL;
     for (int t = 0; t < 100; t++) {
         free(resp);
-        cr_assert_eq(request(port, "GET", "/metrics", 0, &resp), 200);
-        text = body_of(resp);
+        cr_assert_eq(tu_http(port, "GET", "/metrics", NULL, NULL, 0, &resp),
+                     200);
+        text = tu_http_body(resp);
         if (sample(text,
                    "khost_partition_committed_offset{pipeline=\"p\","
                    "group=\"g-mt\",topic=\"mt\",partition=\"1\"}") == PER &&
@@ -348,21 +269,24 @@ Test(http, bad_requests_get_4xx_and_consumption_goes_on) {
     int port;
     start_host(&c, "br", 2, NOOP, "", "", &port);
     char *resp;
-    cr_assert_eq(request(port, "POST", "/metrics", 0, &resp), 405, "%s", resp);
+    cr_assert_eq(tu_http(port, "POST", "/metrics", NULL, NULL, 0, &resp), 405,
+                 "%s", resp);
     cr_assert(strstr(resp, "Allow: GET, HEAD\r\n"), "%s", resp);
-    cr_assert(strstr(body_of(resp), "\"error\""), "%s", resp);
+    cr_assert(strstr(tu_http_body(resp), "\"error\""), "%s", resp);
     free(resp);
-    cr_assert_eq(request(port, "GET", "/nope", 0, &resp), 404, "%s", resp);
-    cr_assert(strstr(body_of(resp), "\"error\""), "%s", resp);
-    free(resp);
-    cr_assert_eq(request(port, "POST", "/health", 100 * 1024, &resp), 413, "%s",
+    cr_assert_eq(tu_http(port, "GET", "/nope", NULL, NULL, 0, &resp), 404, "%s",
                  resp);
+    cr_assert(strstr(tu_http_body(resp), "\"error\""), "%s", resp);
+    free(resp);
+    cr_assert_eq(
+        tu_http(port, "POST", "/health", NULL, NULL, 100 * 1024, &resp), 413,
+        "%s", resp);
     free(resp);
 
     /* 200 connections, each left in the middle of its request line. */
     int fds[200];
     for (int i = 0; i < 200; i++) {
-        fds[i] = connect_port(port);
+        fds[i] = tu_connect_port(port);
         if (fds[i] >= 0 && write(fds[i], "GET /heal", 9) < 0) {
             close(fds[i]);
             fds[i] = -1;
@@ -376,7 +300,7 @@ Test(http, bad_requests_get_4xx_and_consumption_goes_on) {
             close(fds[i]);
     int st = 0;
     for (int t = 0; t < 50 && st != 200; t++) {
-        st = request(port, "GET", "/health", 0, &resp);
+        st = tu_http(port, "GET", "/health", NULL, NULL, 0, &resp);
         free(resp);
         if (st != 200)
             usleep(100 * 1000);

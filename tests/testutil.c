@@ -2,15 +2,18 @@
 #define _GNU_SOURCE
 #include "testutil.h"
 
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -198,4 +201,82 @@ void tu_cp_over(const char *src, const char *dst) {
     cr_assert_eq(fwrite(bytes, 1, len, f), len);
     cr_assert_eq(fclose(f), 0);
     free(bytes);
+}
+
+/* ---- HTTP ---- */
+
+int tu_free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    socklen_t len = sizeof sa;
+    cr_assert_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+int tu_connect_port(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int tu_http(int port, const char *method, const char *path, const char *headers,
+            const char *body, size_t body_len, char **resp) {
+    *resp = strdup("");
+    int fd = tu_connect_port(port);
+    if (fd < 0)
+        return 0;
+    char head[2048];
+    int n = snprintf(head, sizeof head,
+                     "%s %s HTTP/1.1\r\nHost: localhost\r\nConnection: "
+                     "close\r\n%sContent-Length: %zu\r\n\r\n",
+                     method, path, headers ? headers : "", body_len);
+    if (n < 0 || (size_t)n >= sizeof head || write(fd, head, (size_t)n) != n) {
+        close(fd);
+        return 0;
+    }
+    char *zeros = body ? NULL : calloc(1, body_len + 1);
+    const char *src = body ? body : zeros;
+    size_t off = 0;
+    while (off < body_len) {
+        ssize_t w = write(fd, src + off, body_len - off);
+        if (w <= 0)
+            break; /* the server may answer and close before the body */
+        off += (size_t)w;
+    }
+    free(zeros);
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 10000) <= 0)
+            break;
+        if (len + 4096 > cap)
+            buf = realloc(buf, cap *= 2);
+        ssize_t r = read(fd, buf + len, cap - len - 1);
+        if (r <= 0)
+            break;
+        len += (size_t)r;
+    }
+    buf[len] = '\0';
+    close(fd);
+    free(*resp);
+    *resp = buf;
+    int status = 0;
+    if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1)
+        status = 0;
+    return status;
+}
+
+const char *tu_http_body(const char *resp) {
+    const char *b = strstr(resp, "\r\n\r\n");
+    return b ? b + 4 : "";
 }

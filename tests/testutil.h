@@ -38,4 +38,19 @@ void tu_cp_over(const char *src, const char *dst);
 /* Number of occurrences of needle in haystack. */
 int tu_count(const char *haystack, const char *needle);
 
+/* ---- HTTP (the [http] server's tests) ---- */
+/* A loopback TCP port nobody listens on now (bound to 0, read, closed). */
+int tu_free_port(void);
+/* A connected socket to 127.0.0.1:port, or -1. */
+int tu_connect_port(int port);
+/* One HTTP/1.1 request with Connection: close: `headers` (NULL or lines
+ * each ending in \r\n, e.g. "Authorization: Bearer x\r\n") and a body
+ * of body_len bytes (`body`, or zeros when NULL). Returns the status (0
+ * when no answer) and the whole response in *resp (malloc'd, always set).
+ */
+int tu_http(int port, const char *method, const char *path, const char *headers,
+            const char *body, size_t body_len, char **resp);
+/* The body of a response tu_http returned. */
+const char *tu_http_body(const char *resp);
+
 #endif
