@@ -1,25 +1,32 @@
 /*
- * admin: control socket. Commands:
- *   reload   re-read the config file and apply it (as SIGHUP does), but
- *            answer with the outcome: "ok: applied: ..." or
- *            "error: rejected: ..."
- *   status   one line per pipeline: plugin, workers, counters
+ * admin: control socket. One command line per connection, one reply:
+ *   reload [SECONDS]            re-read the config file and apply it (as
+ *                               SIGHUP does); answers with the outcome
+ *   restart NAME [SECONDS]      restart a pipeline (revives a FAILED one)
+ *   restart-worker NAME N [S]   restart one worker in order
+ *   pause|resume NAME TOPIC P   a partition (resume releases a hold)
+ *   status                      one line per pipeline
+ *   status json                 the JSON of GET /api/v1/status, one line
+ * Replies: "ok: ...", "error: rejected: ..." (bad request or config),
+ * "error: busy: ...", "error: failed: ...", "error: timeout: ...". The
+ * steps themselves are ops.c's; waits are answered from admin_tick.
  */
 #define _GNU_SOURCE
 #include "admin.h"
 
 #include "host.h"
 #include "log.h"
-#include "notify.h"
+#include "ops.h"
 #include "reload.h"
+#include "status.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <limits.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/inotify.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -150,20 +157,28 @@ static void do_status(kh_host *host, int fd) {
     reply(fd, "ok\n");
 }
 
-/* A client waiting for the outcome of the reload it asked for. */
+/* A client waiting for the outcome of the step it asked for. */
 struct kh_admin_wait {
     int fd;
     int64_t deadline_ms;
+    kh_ops_wait what;
     struct kh_admin_wait *next;
 };
 
+/* The reply line for a settled (or timed out) step: "ok: ..." or
+ * "error: ...". */
+static void settled_line(int rc, const char *out, char *line, size_t len) {
+    snprintf(line, len, "%s: %s\n", rc == 0 ? "ok" : "error", out);
+}
+
 /* Answer with the outcome now when it is known, else keep the client
  * until it is (admin_tick) or its timeout passes. */
-static void answer_or_wait(kh_host *host, int c, int timeout_s) {
+static void answer_or_wait(kh_host *host, int c, const kh_ops_wait *what,
+                           int timeout_s) {
     char out[sizeof host->reload.outcome], line[sizeof out + 16];
-    int rc = reload_outcome(host, out, sizeof out);
+    int rc = ops_check(host, what, out, sizeof out);
     if (rc != 1) {
-        snprintf(line, sizeof line, "%s: %s\n", rc == 0 ? "ok" : "error", out);
+        settled_line(rc, out, line, sizeof line);
         reply(c, line);
         close(c);
         return;
@@ -176,6 +191,7 @@ static void answer_or_wait(kh_host *host, int c, int timeout_s) {
     }
     w->fd = c;
     w->deadline_ms = kh_now_ms() + timeout_s * 1000LL;
+    w->what = *what;
     w->next = host->admin_waits;
     host->admin_waits = w;
 }
@@ -184,27 +200,29 @@ void admin_tick(kh_host *host, int64_t now_ms) {
     struct kh_admin_wait **pp = &host->admin_waits;
     while (*pp) {
         struct kh_admin_wait *w = *pp;
-        char out[sizeof host->reload.outcome], line[sizeof out + 96];
+        char out[sizeof host->reload.outcome], line[sizeof out + 160];
         /* Shutting down: the pipelines may be gone already (host_free),
          * so the outcome is not asked for; had it settled, the tick would
          * have answered before. */
-        int rc =
-            host->shutting_down ? 1 : reload_outcome(host, out, sizeof out);
+        int rc = host->shutting_down
+                     ? 1
+                     : ops_check(host, &w->what, out, sizeof out);
         if (rc == 1 && !host->shutting_down && now_ms < w->deadline_ms) {
             pp = &w->next;
             continue;
         }
         if (rc != 1)
-            snprintf(line, sizeof line, "%s: %s\n", rc == 0 ? "ok" : "error",
-                     out);
+            settled_line(rc, out, line, sizeof line);
         else if (host->shutting_down)
             snprintf(line, sizeof line,
-                     "error: khost is shutting down before the reload "
-                     "settled\n");
+                     "error: khost is shutting down before the %s settled\n",
+                     w->what.kind == KH_OPS_WAIT_RELOAD ? "reload" : "restart");
         else
             snprintf(line, sizeof line,
-                     "error: timeout: the reload is still under way (%s); it "
+                     "error: timeout: the %s is still under way (%s); it "
                      "goes on: see khost status and the log\n",
+                     w->what.kind == KH_OPS_WAIT_RELOAD ? "reload"
+                                                        : "worker restart",
                      out);
         reply(w->fd, line);
         close(w->fd);
@@ -219,6 +237,34 @@ void admin_tick(kh_host *host, int64_t now_ms) {
 static bool serves(kh_host *host, const char *real) {
     char mine[PATH_MAX];
     return !real || !realpath(host->cfg->path, mine) || !strcmp(real, mine);
+}
+
+/* The reply prefix of an ops result that is not OK. Not found counts as
+ * rejected (the CLI's exit status 2: the request itself was wrong). */
+static const char *error_prefix(kh_ops_rc rc) {
+    switch (rc) {
+    case KH_OPS_NOT_FOUND:
+        return "rejected: ";
+    case KH_OPS_CONFLICT:
+    case KH_OPS_REJECTED: /* the message says "rejected: ..." itself */
+    case KH_OPS_FAILED:
+    case KH_OPS_OK:
+        break;
+    }
+    return "";
+}
+
+static void do_status_json(kh_host *host, int fd) {
+    json_t *j = status_json(host);
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (!text) {
+        reply(fd, "error: out of memory\n");
+        return;
+    }
+    reply(fd, text);
+    reply(fd, "\n");
+    free(text);
 }
 
 /* The command line's words: NAME ARG... [config=PATH]. */
@@ -242,127 +288,60 @@ static int on_admin(sd_event_source *s, int fd, uint32_t revents, void *ud) {
         *config = '\0';
         config += strlen(" config=");
     }
-    char msg[2048], line[2100], name[128] = "";
-    int timeout_s = 120;
+    static const char *const who = "on the control socket";
+    char msg[2048], line[2100], name[128] = "", topic[256] = "";
+    int timeout_s = 120, n = 0;
+    kh_ops_wait what = {0};
+    kh_ops_rc rc = KH_OPS_OK;
+    bool waits = false;
     if (!serves(host, config)) {
         snprintf(line, sizeof line, "elsewhere: this khost runs %s\n",
                  host->cfg->path);
         reply(c, line);
-    } else if (reload_busy(host) &&
-               (!strncmp(cmd, "reload", 6) || !strncmp(cmd, "restart ", 8))) {
-        reply(c, "error: busy: a reload is still under way; try again once "
-                 "it settled (khost status shows it)\n");
-    } else if (!strncmp(cmd, "reload", 6) && (!cmd[6] || cmd[6] == ' ')) {
+        close(c);
+        return 0;
+    }
+    if (!strncmp(cmd, "reload", 6) && (!cmd[6] || cmd[6] == ' ')) {
         sscanf(cmd + 6, "%d", &timeout_s);
-        klog_info("reload requested on the control socket");
-        notify_reloading(); /* READY=1 follows from the host's tick */
-        int rc = reload_apply(host, msg, sizeof msg);
-        if (rc == 0) {
-            admin_watch(host); /* plugin paths may have changed */
-            answer_or_wait(host, c, timeout_s);
-            return 0;
-        }
-        notify_reload_done(msg);
-        snprintf(line, sizeof line, "error: %s\n", msg);
-        reply(c, line);
+        rc = ops_reload(host, who, &what, msg, sizeof msg);
+        waits = true;
+    } else if (sscanf(cmd, "restart-worker %127s %d %d", name, &n,
+                      &timeout_s) >= 2) {
+        rc = ops_restart_worker(host, name, n, who, &what, msg, sizeof msg);
+        waits = true;
     } else if (sscanf(cmd, "restart %127s %d", name, &timeout_s) >= 1) {
-        klog_info("restart of pipeline=%s requested on the control socket",
-                  name);
-        notify_reloading();
-        if (reload_restart(host, name, msg, sizeof msg) == 0) {
-            answer_or_wait(host, c, timeout_s);
-            return 0;
-        }
-        notify_reload_done(msg);
-        snprintf(line, sizeof line, "error: %s\n", msg);
-        reply(c, line);
+        rc = ops_restart_pipeline(host, name, who, &what, msg, sizeof msg);
+        waits = true;
+    } else if (sscanf(cmd, "pause %127s %255s %d", name, topic, &n) == 3 ||
+               sscanf(cmd, "resume %127s %255s %d", name, topic, &n) == 3) {
+        rc = ops_pause(host, name, topic, n, cmd[0] == 'p', who, msg,
+                       sizeof msg);
+    } else if (!strcmp(cmd, "status json")) {
+        do_status_json(host, c);
+        close(c);
+        return 0;
     } else if (!strcmp(cmd, "status")) {
         do_status(host, c);
+        close(c);
+        return 0;
     } else {
-        reply(c, "error: unknown command (expected reload, restart NAME or "
-                 "status)\n");
+        reply(c, "error: unknown command (expected reload, restart NAME, "
+                 "restart-worker NAME N, pause|resume NAME TOPIC PARTITION "
+                 "or status [json])\n");
+        close(c);
+        return 0;
     }
+    if (rc == KH_OPS_OK && waits) {
+        answer_or_wait(host, c, &what, timeout_s);
+        return 0;
+    }
+    if (rc == KH_OPS_OK)
+        snprintf(line, sizeof line, "ok: %s\n", msg);
+    else
+        snprintf(line, sizeof line, "error: %s%s\n", error_prefix(rc), msg);
+    reply(c, line);
     close(c);
     return 0;
-}
-
-#define KH_WATCH_QUIET_MS 300
-
-static bool watched_name(kh_host *host, const char *dir, const char *name) {
-    size_t dl = strlen(dir);
-    const char *paths[1 + 256];
-    size_t n = 0;
-    paths[n++] = host->cfg->path;
-    for (size_t i = 0; i < host->cfg->n_pipelines && n < 257; i++)
-        paths[n++] = host->cfg->pipelines[i].plugin_path;
-    for (size_t i = 0; i < n; i++) {
-        const char *slash = strrchr(paths[i], '/');
-        const char *base = slash ? slash + 1 : paths[i];
-        size_t pl = slash ? (size_t)(slash - paths[i]) : 1;
-        const char *pdir = slash ? paths[i] : ".";
-        if (pl == dl && !strncmp(pdir, dir, dl) && !strcmp(base, name))
-            return true;
-    }
-    return false;
-}
-
-static int on_watch(sd_event_source *s, const struct inotify_event *ev,
-                    void *ud) {
-    kh_host *host = ud;
-    const char *dir = NULL;
-    sd_event_source_get_description(s, &dir);
-    if (ev->len && dir && watched_name(host, dir, ev->name)) {
-        /* Wait for quiet: an editor or a deploy writes in several steps. */
-        host->watch_due_ms = kh_now_ms() + KH_WATCH_QUIET_MS;
-        klog_debug("watch: %s/%s changed", dir, ev->name);
-    }
-    return 0;
-}
-
-static void unwatch(kh_host *host) {
-    for (size_t i = 0; i < host->n_watch; i++)
-        sd_event_source_disable_unref(host->watch_srcs[i]);
-    free(host->watch_srcs);
-    host->watch_srcs = NULL;
-    host->n_watch = 0;
-}
-
-static void watch_dir(kh_host *host, const char *path) {
-    char dir[PATH_MAX];
-    const char *slash = strrchr(path, '/');
-    if (slash)
-        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
-    else
-        snprintf(dir, sizeof dir, ".");
-    for (size_t i = 0; i < host->n_watch; i++) {
-        const char *d = NULL;
-        sd_event_source_get_description(host->watch_srcs[i], &d);
-        if (d && !strcmp(d, dir))
-            return;
-    }
-    sd_event_source *src = NULL;
-    int rc = sd_event_add_inotify(host->ev, &src, dir,
-                                  IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE,
-                                  on_watch, host);
-    if (rc < 0) {
-        klog_warn("watch: cannot watch %s: %s", dir, strerror(-rc));
-        return;
-    }
-    sd_event_source_set_description(src, dir);
-    host->watch_srcs =
-        realloc(host->watch_srcs, (host->n_watch + 1) * sizeof src);
-    host->watch_srcs[host->n_watch++] = src;
-}
-
-void admin_watch(kh_host *host) {
-    unwatch(host);
-    if (!host->cfg->watch)
-        return;
-    watch_dir(host, host->cfg->path);
-    for (size_t i = 0; i < host->cfg->n_pipelines; i++)
-        watch_dir(host, host->cfg->pipelines[i].plugin_path);
-    klog_info("watch: reloading when %s or a plugin file changes",
-              host->cfg->path);
 }
 
 /* Bind and listen on host->admin_path, unless a live host answers there
@@ -483,7 +462,6 @@ void admin_check_socket(kh_host *host) {
 
 void admin_stop(kh_host *host) {
     admin_tick(host, kh_now_ms()); /* waiting clients get their answer */
-    unwatch(host);
     /* Unlink only our own socket: after a deletion the path may be
      * another host's by now. */
     if (admin_path_is_ours(host))

@@ -32,9 +32,6 @@ void admin_stop(kh_host *host);
 /* From the host's tick: answer the clients waiting for a reload's outcome
  * (once it settled, or their timeout passed). */
 void admin_tick(kh_host *host, int64_t now_ms);
-/* [host] watch = true: (re)arm inotify on the folders of the config file
- * and the plugins; a change schedules a reload after a quiet period. */
-void admin_watch(kh_host *host);
 
 /* ---- the client ---- */
 

@@ -324,7 +324,9 @@ bool failure_apply(kh_part *part) {
         part_hold(part);
         klog_error("pipeline=%s topic=%s partition=%d offset=%lld: failed "
                    "message (%s); on_failure=%s: the partition is held at "
-                   "this offset until khost restarts, other partitions go on",
+                   "this offset until an operator resumes it (khost resume "
+                   "PIPELINE TOPIC PARTITION) or the pipeline restarts; other "
+                   "partitions go on",
                    pl->cfg->name, part->topic, part->partition,
                    (long long)m->offset, reason, policy);
         return false;

@@ -28,6 +28,7 @@
 #include "plugin_loader.h"
 #include "reload.h"
 #include "supervisor.h"
+#include "watch.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -40,6 +41,7 @@
 #include <string.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define KH_TICK_MS 50
@@ -152,7 +154,7 @@ static void run_pending_reload(kh_host *host) {
     char msg[512];
     notify_reloading();
     if (reload_apply(host, msg, sizeof msg) == 0)
-        admin_watch(host); /* plugin paths may have changed */
+        watch_arm(host); /* plugin paths may have changed */
     else
         notify_reload_done(msg); /* rejected: READY=1 again at once */
     /* Accepted: READY=1 once its outcome is known (notify_tick). */
@@ -297,6 +299,7 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *ud) {
     }
     reload_tick(host, now);
     admin_tick(host, now);
+    http_tick(host, now);
     run_pending_reload(host);
     notify_tick(host);
     sd_event_source_set_time(s, usec + KH_TICK_MS * 1000);
@@ -521,6 +524,7 @@ static void host_free(kh_host *host) {
     free(host->bootstraps);
     remove_snapshot_dir(host);
     admin_stop(host);
+    watch_stop(host);
     for (size_t i = 0; i < host->n_retired; i++) {
         config_free(host->retired[i]);
         free(host->retired[i]);
@@ -539,6 +543,9 @@ int host_run(kh_config *cfg) {
                               .request_exit = host_request_exit,
                               .keepalive = host_keepalive}};
     int rc = 1;
+    struct timespec start;
+    clock_gettime(CLOCK_REALTIME, &start);
+    host.start_time_s = (double)start.tv_sec + (double)start.tv_nsec / 1e9;
     /* systemd's NOTIFY_SOCKET and watchdog are the host's alone: taken
      * out of the environment before any worker or thread exists. */
     notify_init();
@@ -590,7 +597,7 @@ int host_run(kh_config *cfg) {
         klog_warn("control socket unavailable (khost reload will not "
                   "work; SIGHUP still does): %s",
                   err);
-    admin_watch(&host);
+    watch_arm(&host);
     if (http_start(&host, err, sizeof err) != 0) {
         klog_error("http: %s", err);
         goto out;

@@ -28,6 +28,13 @@ typedef struct kh_host_hooks {
     void (*keepalive)(kh_host *host);
 } kh_host_hooks;
 
+/* A settled reload (or restart, or rejected reload). */
+typedef struct kh_reload_rec {
+    double time_s; /* when it settled, seconds since the epoch */
+    bool ok;
+    char outcome[512];
+} kh_reload_rec;
+
 /* The latest reload (or `khost restart`) and what became of it. Owned by
  * reload.c. */
 typedef struct kh_reload_state {
@@ -38,6 +45,11 @@ typedef struct kh_reload_state {
     char applied[512];  /* what gen did, as its first line said */
     char failed[1024];  /* pipelines that could not even be started */
     char outcome[2048]; /* when settled: the whole answer, one line */
+    /* Settled reloads by outcome, and the last KH_RECENT of them (all
+     * three kinds), newest at (n_recent - 1) % KH_RECENT. */
+    uint64_t n_applied, n_failed, n_rejected;
+    kh_reload_rec recent[KH_RECENT];
+    uint64_t n_recent;
 } kh_reload_state;
 
 struct kh_host {
@@ -56,6 +68,7 @@ struct kh_host {
     ino_t admin_ino;
     sd_event_source *admin_src;
     struct kh_http *http; /* the HTTP server (http.c), NULL when off */
+    double start_time_s;  /* when host_run began, seconds since the epoch */
     kh_pipeline_rt **pipelines;
     size_t n_pipelines;
     kh_mock mock;

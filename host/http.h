@@ -10,6 +10,7 @@
 #define KHOST_HTTP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct kh_host kh_host;
 
@@ -23,6 +24,9 @@ typedef struct kh_host kh_host;
 /* Start listening on host->cfg's [http] listen, when set (nothing to do
  * otherwise: returns 0). Returns -1 with err[] set when it cannot. */
 int http_start(kh_host *host, char *err, size_t errlen);
+/* From the host's tick: answer the requests waiting for a step's outcome
+ * (once it settled, or their timeout passed, or khost stops). */
+void http_tick(kh_host *host, int64_t now_ms);
 /* Close the listener and every connection. Safe without a start. */
 void http_stop(kh_host *host);
 

@@ -41,15 +41,21 @@ static void usage(FILE *out) {
         "                          consume with the pipelines in FILE until\n"
         "                          SIGTERM/SIGINT (a second signal exits at "
         "once)\n"
-        "  status [-c FILE] [--socket PATH]\n"
+        "  status [-c FILE] [--socket PATH] [--json]\n"
         "                          one line per pipeline of the running "
         "khost\n"
+        "                          (--json: everything, as JSON)\n"
         "  reload [-c FILE] [--socket PATH] [--timeout SECONDS]\n"
         "                          check FILE, make the running khost re-read\n"
         "                          it (as SIGHUP does), wait for the outcome\n"
-        "  restart PIPELINE [-c FILE] [--socket PATH] [--timeout SECONDS]\n"
+        "  restart PIPELINE [--worker N] [-c FILE] [--socket PATH]\n"
+        "          [--timeout SECONDS]\n"
         "                          stop and start one pipeline (revives a\n"
-        "                          FAILED one), wait for its workers\n"
+        "                          FAILED one) or one of its workers, wait\n"
+        "                          until it is ready\n"
+        "  pause|resume PIPELINE TOPIC PARTITION [-c FILE] [--socket PATH]\n"
+        "                          stop or go on consuming one partition\n"
+        "                          (resume releases on_failure = pause)\n"
         "  check-config -c FILE    validate FILE and load every plugin it "
         "names\n"
         "                          (ABI check only, init is not called; no "
@@ -71,11 +77,13 @@ static void usage(FILE *out) {
         "  1  runtime failure (run: a pipeline exhausted its restarts with\n"
         "     on_exhausted = exit, or Kafka could not be set up)\n"
         "  2  bad usage, invalid configuration or invalid plugin\n"
-        "  reload and restart: 0 applied, 1 failed, timed out or no host\n"
-        "  answers, 2 rejected (reload --help)\n"
+        "  reload, restart, pause, resume: 0 done, 1 failed, timed out or\n"
+        "  no host answers, 2 rejected: bad file, no such pipeline,\n"
+        "  partition or worker (COMMAND --help)\n"
         "\n"
-        "Control socket (status, reload, restart): --socket PATH, else [host]\n"
-        "control_socket of FILE, $RUNTIME_DIRECTORY/khost.sock,\n"
+        "Control socket (status, reload, restart, pause, resume): --socket\n"
+        "PATH, else [host] control_socket of FILE, "
+        "$RUNTIME_DIRECTORY/khost.sock,\n"
         "/run/khost/khost.sock, /tmp/khost-UID-HASH.sock of FILE; the host\n"
         "binds the first it may, the commands use the first that answers.\n"
         "COMMAND --help shows a command's options.\n"
@@ -89,16 +97,19 @@ static void usage(FILE *out) {
 enum { NEED_CONFIG, NEED_CONFIG_OR_SOCKET, NEED_NOTHING };
 typedef struct cmd_spec {
     const char *name;
-    bool socket;   /* accepts --socket PATH */
-    bool waits;    /* accepts --timeout SECONDS (waits for an outcome) */
-    bool pipeline; /* takes one argument: a pipeline's name */
+    bool socket; /* accepts --socket PATH */
+    bool waits;  /* accepts --timeout SECONDS (waits for an outcome) */
+    int n_args;  /* positional arguments: PIPELINE [TOPIC PARTITION] */
     int need;
+    bool json;         /* accepts --json */
+    bool worker;       /* accepts --worker N */
     const char *usage; /* after "khost NAME " */
     const char *help;  /* printed by NAME --help after the usage line */
 } cmd_spec;
 
 static const cmd_spec cmd_specs[] = {
-    {"run", true, false, false, NEED_CONFIG, "-c FILE [--socket PATH]",
+    {"run", true, false, 0, NEED_CONFIG, false, false,
+     "-c FILE [--socket PATH]",
      "Consume with the pipelines in FILE until SIGTERM/SIGINT.\n"
      "  -c, --config FILE   the configuration\n"
      "  --socket PATH       the control socket (else [host] control_socket,\n"
@@ -106,18 +117,22 @@ static const cmd_spec cmd_specs[] = {
      "/run/khost/khost.sock\n"
      "                      when that folder is writable, or\n"
      "                      /tmp/khost-UID-HASH.sock)\n"},
-    {"check-config", false, false, false, NEED_CONFIG, "-c FILE",
+    {"check-config", false, false, 0, NEED_CONFIG, false, false, "-c FILE",
      "Validate FILE and load every plugin it names (no Kafka).\n"
      "  -c, --config FILE   the configuration\n"},
-    {"status", true, false, false, NEED_NOTHING, "[-c FILE] [--socket PATH]",
+    {"status", true, false, 0, NEED_NOTHING, true, false,
+     "[-c FILE] [--socket PATH] [--json]",
      "One line per pipeline of the running khost.\n"
+     "  --json              print the JSON of GET /api/v1/status instead:\n"
+     "                      pipelines, workers, partitions with offsets and\n"
+     "                      lag, recent crashes and reloads\n"
      "  -c, --config FILE   find the host of FILE: its control_socket, then\n"
      "                      $RUNTIME_DIRECTORY/khost.sock, "
      "/run/khost/khost.sock\n"
      "                      and the per-user path of FILE (the first that\n"
      "                      answers); without -c, only the middle two\n"
      "  --socket PATH       talk to this socket only\n"},
-    {"reload", true, true, false, NEED_CONFIG_OR_SOCKET,
+    {"reload", true, true, 0, NEED_CONFIG_OR_SOCKET, false, false,
      "[-c FILE] [--socket PATH] [--timeout SECONDS]",
      "Make the running khost re-read its file (as SIGHUP does), wait until\n"
      "the outcome is known (every plugin swap's new workers ready, or the\n"
@@ -133,17 +148,44 @@ static const cmd_spec cmd_specs[] = {
      "Exit status: 0 applied; 1 failed (abandoned, rolled back or not\n"
      "started: the reason is printed), timed out, busy with another reload,\n"
      "or no host answers; 2 the new file was rejected (the old one runs).\n"},
-    {"restart", true, true, true, NEED_NOTHING,
-     "PIPELINE [-c FILE] [--socket PATH] [--timeout SECONDS]",
+    {"restart", true, true, 1, NEED_NOTHING, false, true,
+     "PIPELINE [--worker N] [-c FILE] [--socket PATH] [--timeout SECONDS]",
      "Stop PIPELINE (drain, commit, leave its group) and start it again from\n"
      "the running configuration, then wait until its workers are ready. It\n"
      "revives a FAILED pipeline; a running one restarts too (a rebalance).\n"
+     "  --worker N          restart only worker N (0-based), in order: it\n"
+     "                      answers what it was sent, runs terminate and\n"
+     "                      exits; a new one starts at once (no rebalance,\n"
+     "                      not counted as a crash); unacked deferred\n"
+     "                      messages are delivered again\n"
      "  -c, --config FILE   find the host of FILE as status does\n"
      "  --socket PATH       talk to this socket only\n"
      "  --timeout SECONDS   wait at most this long (default 120)\n"
      "Exit status: 0 its workers are ready; 1 a worker failed to start (the\n"
      "pipeline keeps retrying), timed out, busy, or no host answers; 2 no\n"
-     "such pipeline.\n"},
+     "such pipeline or worker.\n"},
+    {"pause", true, false, 3, NEED_NOTHING, false, false,
+     "PIPELINE TOPIC PARTITION [-c FILE] [--socket PATH]",
+     "Stop fetching and dispatching one partition of PIPELINE on the\n"
+     "running khost (messages in flight finish; their acks count). The\n"
+     "pause lasts while this host owns the partition, across rebalances\n"
+     "that give it back, until khost resume, or a restart of the pipeline\n"
+     "or of khost.\n"
+     "  -c, --config FILE   find the host of FILE as status does\n"
+     "  --socket PATH       talk to this socket only\n"
+     "Exit status: 0 paused (or already); 1 no host answers or shutting\n"
+     "down; 2 no such pipeline, or the partition is not assigned here.\n"},
+    {"resume", true, false, 3, NEED_NOTHING, false, false,
+     "PIPELINE TOPIC PARTITION [-c FILE] [--socket PATH]",
+     "Resume a paused partition. It also releases a partition held at a\n"
+     "failed message (on_failure = pause): that message goes to the\n"
+     "handler once more (a FAIL, or a RETRY with the retries used up,\n"
+     "holds it again).\n"
+     "  -c, --config FILE   find the host of FILE as status does\n"
+     "  --socket PATH       talk to this socket only\n"
+     "Exit status: 0 resumed (or was not paused); 1 no host answers, or\n"
+     "its pipeline is FAILED (restart it); 2 no such pipeline, or the\n"
+     "partition is not assigned here.\n"},
 };
 
 static const cmd_spec *find_spec(const char *name) {
@@ -154,10 +196,12 @@ static const cmd_spec *find_spec(const char *name) {
 }
 
 typedef struct cmd_opts {
-    const char *config;   /* -c FILE, NULL when not given */
-    const char *socket;   /* --socket PATH, NULL when not given */
-    int timeout_s;        /* --timeout SECONDS, default 120 */
-    const char *pipeline; /* restart's argument */
+    const char *config;  /* -c FILE, NULL when not given */
+    const char *socket;  /* --socket PATH, NULL when not given */
+    int timeout_s;       /* --timeout SECONDS, default 120 */
+    const char *args[3]; /* the positional arguments (args[0]: PIPELINE) */
+    bool json;           /* --json */
+    int worker;          /* --worker N, -1 when not given */
 } cmd_opts;
 
 /* Parse argv (argv[0] is the command) by its row in cmd_specs; bad usage
@@ -170,9 +214,11 @@ static cmd_opts parse_cmd(int argc, char **argv, const char *cmd) {
         {"help", no_argument, NULL, 'h'},
         {"verbose", no_argument, NULL, 'v'},
         {"timeout", required_argument, NULL, 't'},
+        {"json", no_argument, NULL, 'j'},
+        {"worker", required_argument, NULL, 'w'},
         {0, 0, 0, 0},
     };
-    cmd_opts o = {.timeout_s = 120};
+    cmd_opts o = {.timeout_s = 120, .worker = -1};
     char bad[300] = "";
     int c;
     optind = 1;
@@ -196,12 +242,26 @@ static cmd_opts parse_cmd(int argc, char **argv, const char *cmd) {
                          "1..86400",
                          optarg);
             o.timeout_s = (int)t;
+        } else if (c == 'j' && spec->json) {
+            o.json = true;
+        } else if (c == 'w' && spec->worker) {
+            char *end;
+            long n = strtol(optarg, &end, 10);
+            if (*end || end == optarg || n < 0 || n > 255)
+                snprintf(bad, sizeof bad,
+                         "bad value '%s' for --worker: expected a worker "
+                         "index in 0..255",
+                         optarg);
+            o.worker = (int)n;
         } else if (c == 'h') {
             printf("usage: khost %s %s\n%s", cmd, spec->usage, spec->help);
             exit(EXIT_OK);
-        } else if (c == 's' || c == 't') {
+        } else if (c == 's' || c == 't' || c == 'j' || c == 'w') {
             snprintf(bad, sizeof bad, "unknown option '--%s'",
-                     c == 's' ? "socket" : "timeout");
+                     c == 's'   ? "socket"
+                     : c == 't' ? "timeout"
+                     : c == 'j' ? "json"
+                                : "worker");
         } else if (c == ':') {
             snprintf(bad, sizeof bad, "option '%s' needs an argument", arg);
         } else if (optopt && optopt != 's') {
@@ -210,10 +270,22 @@ static cmd_opts parse_cmd(int argc, char **argv, const char *cmd) {
             snprintf(bad, sizeof bad, "unknown option '%s'", arg);
         }
     }
-    if (!*bad && spec->pipeline && optind < argc)
-        o.pipeline = argv[optind++];
-    if (!*bad && spec->pipeline && !o.pipeline)
-        snprintf(bad, sizeof bad, "the pipeline's name is required");
+    static const char *const arg_names[] = {"the pipeline's name", "the topic",
+                                            "the partition"};
+    int got = 0;
+    while (!*bad && got < spec->n_args && optind < argc)
+        o.args[got++] = argv[optind++];
+    if (!*bad && got < spec->n_args)
+        snprintf(bad, sizeof bad, "%s is required", arg_names[got]);
+    else if (!*bad && spec->n_args == 3) {
+        char *end;
+        long p = strtol(o.args[2], &end, 10);
+        if (*end || end == o.args[2] || p < 0 || p > INT32_MAX)
+            snprintf(bad, sizeof bad,
+                     "bad partition '%s': expected a number >= 0", o.args[2]);
+    }
+    if (*bad)
+        ;
     else if (!*bad && optind < argc)
         snprintf(bad, sizeof bad, "unexpected argument '%s'", argv[optind]);
     else if (!*bad && spec->need == NEED_CONFIG && !o.config)
@@ -396,10 +468,14 @@ static int cmd_control(int argc, char **argv, const char *command) {
     /* The request line: the command, its argument and timeout, and the
      * real path of -c FILE so that only the host of that file answers. */
     char request[PATH_MAX + 256], real[PATH_MAX];
-    int n = snprintf(request, sizeof request, "%s", command);
-    if (o.pipeline)
-        n += snprintf(request + n, sizeof request - (size_t)n, " %s",
-                      o.pipeline);
+    int n = snprintf(request, sizeof request, "%s%s",
+                     o.worker >= 0 ? "restart-worker" : command,
+                     o.json ? " json" : "");
+    for (int a = 0; a < 3 && o.args[a]; a++)
+        n +=
+            snprintf(request + n, sizeof request - (size_t)n, " %s", o.args[a]);
+    if (o.worker >= 0)
+        n += snprintf(request + n, sizeof request - (size_t)n, " %d", o.worker);
     if (find_spec(command)->waits)
         n += snprintf(request + n, sizeof request - (size_t)n, " %d",
                       o.timeout_s);
@@ -453,7 +529,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "plugin-info"))
         return cmd_plugin_info(sub_argc, sub_argv);
     if (!strcmp(cmd, "reload") || !strcmp(cmd, "status") ||
-        !strcmp(cmd, "restart"))
+        !strcmp(cmd, "restart") || !strcmp(cmd, "pause") ||
+        !strcmp(cmd, "resume"))
         return cmd_control(sub_argc, sub_argv, cmd);
     if (!strcmp(cmd, "mock-cluster"))
         return mock_cluster_main(sub_argc, sub_argv);

@@ -262,6 +262,16 @@ void offsets_mark_failed(kh_offsets *o, int64_t offset) {
     replay_normalize(o);
 }
 
+bool offsets_unmark_failed(kh_offsets *o, int64_t offset) {
+    for (size_t i = 0; i < o->n_replay; i++) {
+        if (o->replay[i].offset == offset && o->replay[i].failed) {
+            o->replay[i].failed = false;
+            return true;
+        }
+    }
+    return false;
+}
+
 int64_t offsets_rewind_all(kh_offsets *o, size_t *abandoned) {
     return offsets_rewind(o, o->head_seq, KH_BUMP_ALL, abandoned);
 }

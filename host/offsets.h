@@ -106,6 +106,10 @@ bool offsets_replay_resolved(kh_offsets *o, int64_t offset);
 
 /* Mark a replayed offset (after a rewind) as failed. */
 void offsets_mark_failed(kh_offsets *o, int64_t offset);
+/* An operator released a failed message (on_failure = pause): its replay
+ * goes to a handler again, with the attempt number it would have had (it
+ * goes on counting). False when `offset` was not marked failed. */
+bool offsets_unmark_failed(kh_offsets *o, int64_t offset);
 
 /* Offset of the newest dispatched entry, -1 when none is outstanding. */
 int64_t offsets_last_dispatched(const kh_offsets *o);

@@ -248,8 +248,8 @@ void part_mark_failed(kh_part *part, int64_t offset) {
 
 bool part_dispatchable(const kh_part *part, int64_t now_ms) {
     return part->assigned && !part->held && part->pend_len &&
-           !(part->pause &
-             (KH_PAUSE_FAILED | KH_PAUSE_SHUTDOWN | KH_PAUSE_DLQ)) &&
+           !(part->pause & (KH_PAUSE_FAILED | KH_PAUSE_SHUTDOWN | KH_PAUSE_DLQ |
+                            KH_PAUSE_OPERATOR)) &&
            now_ms >= part->retry_at_ms &&
            offsets_outstanding(&part->off) < KH_MAX_UNACKED;
 }
@@ -331,7 +331,27 @@ void part_backoff(kh_part *part, int64_t until_ms) {
 
 void part_hold(kh_part *part) {
     part->held = true;
+    part->held_offset = part_head(part) ? part_head(part)->offset : -1;
     part_pause(part, KH_PAUSE_FAILED, true);
+}
+
+bool part_operator_pause(kh_part *part, bool on) {
+    part->operator_paused = on;
+    part_pause(part, KH_PAUSE_OPERATOR, on);
+    if (on || !part->held)
+        return false;
+    /* The failed message goes back to a handler (it may have left the
+     * queue since: a hand-over drops it, and Kafka delivers it again);
+     * the failure policy's memory of it (crashes at it) starts again. */
+    if (part->held_offset >= 0)
+        offsets_unmark_failed(&part->off, part->held_offset);
+    part->held = false;
+    part->crash_offset = -1;
+    part->crash_count = 0;
+    part->fail_offset = -1;
+    part->fail_reason[0] = '\0';
+    part_pause(part, KH_PAUSE_FAILED, false);
+    return true;
 }
 
 /* ---- answers ---- */
@@ -370,7 +390,8 @@ static void describe_pause(unsigned bits, char *buf, size_t len) {
                                         "too many deferred acks outstanding",
                                         "shutting down",
                                         "a dead-letter write is failing",
-                                        "a seek is failing"};
+                                        "a seek is failing",
+                                        "paused by an operator"};
     size_t used = 0;
     buf[0] = '\0';
     for (unsigned i = 0; i < sizeof names / sizeof *names; i++) {
@@ -408,7 +429,8 @@ bool part_check_stall(kh_part *part, int64_t now_ms, int64_t bound_ms) {
         rd_kafka_message_t *h = part_head(part);
         snprintf(why, sizeof why,
                  "held at the failed message at offset=%lld (on_failure = "
-                 "pause) until khost restarts",
+                 "pause) until an operator resumes it (khost resume) or the "
+                 "pipeline restarts",
                  h ? (long long)h->offset : (long long)first);
     } else if (part->pause & KH_PAUSE_FAILED) {
         snprintf(why, sizeof why, "its pipeline FAILED (restart limit)");

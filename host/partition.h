@@ -50,6 +50,7 @@ enum {
     KH_PAUSE_SHUTDOWN = 1 << 4, /* draining for shutdown */
     KH_PAUSE_DLQ = 1 << 5,      /* a dead-letter write failed; retrying */
     KH_PAUSE_SEEK = 1 << 6,     /* a seek failed; retried from the tick */
+    KH_PAUSE_OPERATOR = 1 << 7, /* an operator paused it (khost pause) */
 };
 
 typedef struct kh_part kh_part;
@@ -88,9 +89,13 @@ struct kh_part {
     size_t pend_bytes;   /* payload + key bytes queued */
     unsigned pause;      /* KH_PAUSE_* bits as last told to the consumer */
     int64_t retry_at_ms; /* no dispatch before this (retry backoff) */
-    bool held;           /* stopped at a failed message */
-    int64_t stored;      /* last offset stored, -1 none */
-    int64_t committed;   /* last committed offset seen, -1 none (kafka.c) */
+    bool held;           /* stopped at a failed message, at held_offset */
+    int64_t held_offset; /* (the queue may be dropped while held) */
+    /* An operator paused it: kept across assignments on this host (the
+     * pipeline pauses it again when it is assigned back, pipeline.c). */
+    bool operator_paused;
+    int64_t stored;    /* last offset stored, -1 none */
+    int64_t committed; /* last committed offset seen, -1 none (kafka.c) */
     /* The lowest offset fetched under this assignment, dropped unresolved
      * from the queue or the ledger, that Kafka has not yet been told to
      * deliver again (no successful seek to it or below); -1 none. While
@@ -169,8 +174,16 @@ uint64_t part_track_dlq(kh_part *part, int64_t offset, uint32_t attempts);
 bool part_dlq_done(kh_part *part, uint64_t seq, int64_t offset, bool *later);
 /* A retry backoff: nothing is dispatched before until_ms. */
 void part_backoff(kh_part *part, int64_t until_ms);
-/* on_failure = pause: stop at the head until the host restarts. */
+/* on_failure = pause: stop at the head until an operator resumes the
+ * partition or the pipeline restarts. */
 void part_hold(kh_part *part);
+/* An operator's pause (on) or resume (off) of the partition: nothing more
+ * is fetched or dispatched while paused; messages in flight finish and
+ * their acks count. A resume also releases a hold (on_failure = pause):
+ * the failed message goes to a handler once more (its attempt number goes
+ * on; a RETRY with the retries used up, or a FAIL, holds it again).
+ * Returns true when a hold was released. */
+bool part_operator_pause(kh_part *part, bool on);
 
 /* ---- answers (the caller fenced the worker: it is the owner, I3) ---- */
 kh_lookup part_find(kh_part *part, uint64_t seq, kh_entry **e);

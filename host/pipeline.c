@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define KH_REVOKE_DRAIN_MAX_MS 5000
@@ -35,6 +36,8 @@ static void on_assigned(kh_pipeline_rt *pl, kh_part **parts, size_t n) {
         part->isolate_through = -1;
         part->fail_offset = -1;
         part->owner = supervisor_assign_owner(pl);
+        if (part->operator_paused) /* an operator's pause outlives it */
+            part_pause(part, KH_PAUSE_OPERATOR, true);
         if (pl->failed)
             part_pause(part, KH_PAUSE_FAILED, true);
         else if (part->owner->state != KH_W_READY)
@@ -111,8 +114,25 @@ static void on_ready(kh_worker *w) {
 
 /* Every partition the dead worker owned goes back to its acked watermark
  * and waits for the replacement; the suspect counts towards poison. */
+static void record_death(kh_worker *w, const char *how, const kh_part *part,
+                         int64_t offset) {
+    kh_pipeline_rt *pl = w->pl;
+    kh_crash_rec *r = &pl->recent_crashes[pl->n_recent_crashes++ % KH_RECENT];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    r->time_s = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    r->worker = w->index;
+    r->pid = w->last_pid;
+    snprintf(r->how, sizeof r->how, "%s", how);
+    snprintf(r->topic, sizeof r->topic, "%s", part ? part->topic : "");
+    r->partition = part ? part->partition : -1;
+    r->offset = part ? offset : -1;
+}
+
 static void on_crashed(kh_worker *w, const kh_crash *c) {
     kh_pipeline_rt *pl = w->pl;
+    if (w->served) /* a failed start is recorded by on_died */
+        record_death(w, c->how, c->suspect, c->suspect_offset);
     for (size_t i = 0; i < pl->n_parts; i++) {
         kh_part *part = pl->parts[i];
         if (!part->assigned || part->owner != w)
@@ -128,11 +148,33 @@ static void on_crashed(kh_worker *w, const kh_crash *c) {
     parts_store(pl->parts, pl->n_parts);
 }
 
+/* An operator restarted w: it answered everything it was sent before it
+ * exited; deferred messages it never acked are delivered again, as not
+ * attempted (the plugin gave them no answer, and no crash happened). */
+static void on_restarted(kh_worker *w) {
+    kh_pipeline_rt *pl = w->pl;
+    for (size_t i = 0; i < pl->n_parts; i++) {
+        kh_part *part = pl->parts[i];
+        if (!part->assigned || part->owner != w)
+            continue;
+        part_pause(part, KH_PAUSE_WORKER, true);
+        part_rewind_from(part, part->off.head_seq, KH_BUMP_NONE,
+                         "worker restarted by an operator");
+    }
+    parts_store(pl->parts, pl->n_parts);
+}
+
 static void on_died(kh_worker *w, const char *how) {
     kh_pipeline_rt *pl = w->pl;
     /* A start still waiting for its workers fails at the first worker
      * that dies before READY: the one asking learns why now, while the
      * supervisor goes on retrying with its backoff. */
+    if (!w->candidate && !w->served) {
+        char what[200];
+        snprintf(what, sizeof what, "failed to start: %.180s",
+                 w->init_error[0] ? w->init_error : how);
+        record_death(w, what, NULL, -1);
+    }
     if (!w->candidate && !w->served &&
         pl->start_outcome == KH_OUTCOME_PENDING) {
         pl->start_outcome = KH_OUTCOME_FAILED;
@@ -175,6 +217,7 @@ static const kh_supervisor_events supervisor_events = {
     .crashed = on_crashed,
     .died = on_died,
     .exhausted = on_exhausted,
+    .restarted = on_restarted,
 };
 
 void pipeline_wire(kh_pipeline_rt *pl) {

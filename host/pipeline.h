@@ -34,6 +34,21 @@ typedef enum kh_outcome {
 
 enum { KH_STEP_SWAP = 1, KH_STEP_START = 2 };
 
+/* Recent crashes (and reloads, host.h) are kept this many deep. */
+#define KH_RECENT 16
+
+/* A worker's death the pipeline saw: a crash while serving, or a start
+ * that failed. */
+typedef struct kh_crash_rec {
+    double time_s; /* seconds since the epoch */
+    int worker;
+    pid_t pid;
+    char how[200];
+    char topic[128]; /* the message in hand, "" when none */
+    int32_t partition;
+    int64_t offset; /* -1 when none */
+} kh_crash_rec;
+
 struct kh_pipeline_rt {
     kh_host *host;
     const kh_consumer_events *consumer_events;
@@ -84,6 +99,10 @@ struct kh_pipeline_rt {
      * how (KH_STEP_*). */
     uint64_t reload_gen;
     int reload_steps;
+    /* Written by pipeline.c only: the last KH_RECENT worker deaths,
+     * newest at (n_recent_crashes - 1) % KH_RECENT. */
+    kh_crash_rec recent_crashes[KH_RECENT];
+    uint64_t n_recent_crashes;
 };
 
 /* Every worker of both generations: pl_worker(pl, i), i < pl_n_all_workers. */

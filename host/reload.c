@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static void sweep_configs(kh_host *host);
@@ -144,6 +145,17 @@ static void add_failure(kh_reload_state *st, const char *name,
              used ? "; " : "", name, why);
 }
 
+/* The ring of settled reloads, newest at (n_recent - 1) % KH_RECENT. */
+static void record(kh_host *host, bool ok, const char *outcome) {
+    kh_reload_state *st = &host->reload;
+    kh_reload_rec *r = &st->recent[st->n_recent++ % KH_RECENT];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    r->time_s = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    r->ok = ok;
+    snprintf(r->outcome, sizeof r->outcome, "%s", outcome);
+}
+
 int reload_outcome(kh_host *host, char *msg, size_t len) {
     kh_reload_state *st = &host->reload;
     if (!st->pending) {
@@ -179,6 +191,7 @@ int reload_outcome(kh_host *host, char *msg, size_t len) {
     }
     st->pending = false;
     st->rc = failed[0] ? -1 : 0;
+    *(failed[0] ? &st->n_failed : &st->n_applied) += 1;
     if (failed[0])
         snprintf(st->outcome, sizeof st->outcome, "failed: %s (%s)", failed,
                  st->applied);
@@ -189,6 +202,7 @@ int reload_outcome(kh_host *host, char *msg, size_t len) {
         klog_error("reload %s", st->outcome);
     else
         klog_info("reload %s", st->outcome);
+    record(host, st->rc == 0, st->outcome);
     snprintf(msg, len, "%s", st->outcome);
     return st->rc;
 }
@@ -254,15 +268,19 @@ int reload_restart(kh_host *host, const char *name, char *msg, size_t len) {
     return -2;
 }
 
-static int reject(kh_config *next, kh_errors *errs, char *msg, size_t len,
-                  const char *what) {
+static int reject(kh_host *host, kh_config *next, kh_errors *errs, char *msg,
+                  size_t len, const char *what) {
     for (size_t i = 0; i < errs->count; i++)
         klog_error("reload rejected: %s", errs->items[i]);
+    /* The first error in the answer itself: an HTTP client sees no log. */
     snprintf(msg, len,
-             "rejected: %s%s; the running configuration is "
+             "rejected: %s%s%.400s%s; the running configuration is "
              "unchanged",
-             what, errs->count ? " (see the log for each error)" : "");
+             what, errs->count ? ": " : "", errs->count ? errs->items[0] : "",
+             errs->count > 1 ? " (and more: see the log)" : "");
     klog_error("reload %s", msg);
+    host->reload.n_rejected++;
+    record(host, false, msg);
     errors_free(errs);
     config_free(next);
     free(next);
@@ -309,13 +327,13 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
         char what[64];
         snprintf(what, sizeof what, "%zu error(s) in %s", errs.count,
                  cur->path);
-        return reject(next, &errs, msg, len, what);
+        return reject(host, next, &errs, msg, len, what);
     }
     for (size_t i = 0; i < next->warnings.count; i++)
         klog_warn("%s", next->warnings.items[i]);
     plugin_check_all(next, &errs);
     if (errs.count)
-        return reject(next, &errs, msg, len, "a plugin cannot be loaded");
+        return reject(host, next, &errs, msg, len, "a plugin cannot be loaded");
     if (strcmp(cur->brokers, next->brokers) ||
         cur->mock_partitions != next->mock_partitions ||
         cur->mock_seed != next->mock_seed ||
@@ -325,7 +343,7 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
         strcmp(cur->http_token ? cur->http_token : "",
                next->http_token ? next->http_token : ""))
         return reject(
-            next, &errs, msg, len,
+            host, next, &errs, msg, len,
             "[host] or [http] changed, which needs a restart of khost");
     if (strcmp(cur->control_socket ? cur->control_socket : "",
                next->control_socket ? next->control_socket : ""))

@@ -156,6 +156,8 @@ static void release_process(kh_worker *w) {
         w->status = NULL;
     }
     w->inflight = 0;
+    if (w->pid)
+        w->last_pid = w->pid;
     w->pid = 0;
 }
 
@@ -304,6 +306,19 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
         pl->supervisor_events->died(w, how); /* may free w */
         return 0;
     }
+    if (orderly && w->restart_requested && !pl->stopping &&
+        !pl->host->shutting_down && !pl->failed) {
+        w->restart_requested = false;
+        klog_info("pipeline=%s worker=%d pid=%d %s after a restart request; "
+                  "starting it again",
+                  pl->cfg->name, w->index, (int)pid, how);
+        pl->supervisor_events->restarted(w);
+        pl->restarts_total++;
+        if (supervisor_spawn(w) != 0 && w->state == KH_W_STOPPED)
+            pl->supervisor_events->exhausted(pl);
+        return 0;
+    }
+    w->restart_requested = false;
     if (orderly || pl->stopping || pl->host->shutting_down) {
         klog_info("pipeline=%s worker=%d pid=%d %s", pl->cfg->name, w->index,
                   (int)pid, how);
@@ -559,6 +574,23 @@ void supervisor_kill(kh_worker *w, const char *reason) {
     transition(w, KH_WE_KILL); /* no more dispatch until it is replaced */
 }
 
+int supervisor_restart(kh_worker *w, char *why, size_t len) {
+    static const char *const names[] = {"stopped", "starting", "ready",
+                                        "backoff", "stopping", "killed"};
+    if (w->state != KH_W_READY || !w->pid || w->conn.fd < 0) {
+        snprintf(why, len, "worker %d is %s, not ready", w->index,
+                 names[w->state]);
+        return -1;
+    }
+    klog_info("pipeline=%s worker=%d pid=%d: restart requested by an "
+              "operator; stopping it in order",
+              w->pl->cfg->name, w->index, (int)w->pid);
+    w->restart_requested = true;
+    w->stop_sent_ms = kh_now_ms();
+    supervisor_shutdown(w);
+    return 0;
+}
+
 void supervisor_lost(kh_worker *w) {
     if (w->pid)
         transition(w, KH_WE_LOST);
@@ -577,6 +609,17 @@ void supervisor_check_hangs(kh_pipeline_rt *pl, int64_t now_ms) {
             snprintf(reason, sizeof reason,
                      "plugin init did not finish within init_timeout_ms=%d",
                      init_timeout);
+            supervisor_kill(w, reason);
+            continue;
+        }
+        if (w->state == KH_W_STOPPING && w->restart_requested && w->pid &&
+            now_ms - w->stop_sent_ms > w->cfg->shutdown_timeout_ms) {
+            char reason[160];
+            snprintf(reason, sizeof reason,
+                     "did not exit within shutdown_timeout_ms=%d of a "
+                     "restart request",
+                     w->cfg->shutdown_timeout_ms);
+            w->restart_requested = false;
             supervisor_kill(w, reason);
             continue;
         }

@@ -36,6 +36,7 @@ struct kh_worker {
     int index;
     kh_worker_state state;
     pid_t pid;
+    pid_t last_pid; /* the last process's, kept after it is reaped */
     kh_conn conn;
     sd_event_source *io_src;
     sd_event_source *child_src;
@@ -48,6 +49,10 @@ struct kh_worker {
     int consecutive_crashes;    /* crashes after READY, for the backoff */
     int failed_starts;          /* deaths before READY since the last READY */
     bool served;                /* this process answered READY */
+    /* An operator asked for a restart (supervisor_restart): SHUTDOWN was
+     * sent at stop_sent_ms; an orderly exit is followed by a spawn. */
+    bool restart_requested;
+    int64_t stop_sent_ms;
     int64_t spawned_ms;
     char kill_reason[160]; /* why the host killed it, for the crash log */
     char plugin_name[128];
@@ -80,12 +85,23 @@ typedef struct kh_supervisor_events {
     void (*died)(kh_worker *w, const char *how);
     /* The restart limit was exceeded, or a worker cannot be restarted. */
     void (*exhausted)(kh_pipeline_rt *pl);
+    /* w exited in order after an operator's restart request, having sent
+     * every result (read already): what is still unresolved (deferred,
+     * never acked) needs a rewind that counts no attempt. A new process
+     * is spawned right after. */
+    void (*restarted)(kh_worker *w);
 } kh_supervisor_events;
 
 int supervisor_start(kh_pipeline_rt *pl);
 void supervisor_worker_ready(kh_worker *w, const char *name,
                              const char *version);
 void supervisor_kill(kh_worker *w, const char *reason);
+/* An operator's restart of a serving worker: SHUTDOWN now (it handles
+ * what it was sent, runs terminate, exits), then a new process at once,
+ * without a backoff and not counted against max_restarts. One that does
+ * not exit within the pipeline's shutdown_timeout_ms is killed (then it
+ * is a crash). Returns -1 with why[] set when w is not READY. */
+int supervisor_restart(kh_worker *w, char *why, size_t len);
 /* w's channel failed while a bounded wait read it: stop serving it (it is
  * dying, or is killed when it lingers). */
 void supervisor_lost(kh_worker *w);

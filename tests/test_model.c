@@ -31,7 +31,11 @@
  * KHOST_MODEL_SEED the first seed; a failure names the seed and step, and
  * KHOST_MODEL_SEED=<seed> KHOST_MODEL_SCRIPTS=1 replays it, with
  * KHOST_MODEL_TRACE=1 printing each event. CI runs seeds 1..50000 (about
- * 5 s); other seeds explore further (1,000,000 scripts took 94 s).
+ * 9 s); other seeds explore further (1,000,000 scripts took 94 s before
+ * operator events were added). Three scripts in ten hold a partition at
+ * a failed message (on_failure = pause), and operators pause and resume
+ * partitions at random (a resume releases a hold); the quiet end resumes
+ * every partition.
  *
  * A second test drives the router (dispatch.c), the failure policy
  * (failure.c, on_failure = skip, poison counting), the plugin swap
@@ -142,7 +146,8 @@ typedef struct model {
     int step;
     bool quiet; /* the end of a script: no faults, everything acks */
     int np;
-    bool policy_dlq; /* on_failure = dlq, else skip */
+    bool policy_dlq;  /* on_failure = dlq, else skip */
+    bool policy_hold; /* on_failure = pause (wins over policy_dlq) */
     int seek_fail_pct, crash_pct;
     int64_t now;
     kh_consumer_port port;
@@ -416,8 +421,16 @@ static void ev_fetch(model *m) {
     }
 }
 
-static void apply_failure_policy(model *m, int p) {
+/* Returns false when the partition is held at the failed head (on_failure
+ * = pause: dispatch.c stops there). */
+static bool apply_failure_policy(model *m, int p) {
     kh_part *part = m->parts[p];
+    if (m->policy_hold) {
+        TRACE("  policy p%d hold at o=%lld\n", p,
+              (long long)part_head(part)->offset);
+        part_hold(part);
+        return false;
+    }
     uint32_t attempts;
     rd_kafka_message_t *msg = part_take_failed(part, &attempts);
     int64_t o = msg->offset;
@@ -428,19 +441,32 @@ static void apply_failure_policy(model *m, int p) {
     if (!m->policy_dlq) {
         part_skip(part, o);
         resolve(m, p, o);
-        return;
+        return true;
     }
     /* A write still on its way answers for this delivery too (failure.c). */
     for (int j = 0; j < m->n_jobs; j++)
         if (m->jobs[j].p == p && m->jobs[j].offset == o) {
             m->jobs[j].seq = part_track_dlq(part, o, attempts);
-            return;
+            return true;
         }
     CHECK(m->n_jobs < JOBS_MAX, "too many dead-letter jobs");
     m->jobs[m->n_jobs++] = (dlq_job){
         .p = p, .offset = o, .seq = part_track_dlq(part, o, attempts)};
     part->dlq_pending++;
     m->n_dlq++;
+    return true;
+}
+
+/* An operator's pause or resume (ops.c): a resume releases a hold, and
+ * the failed message goes to a handler once more. */
+static void ev_operator(model *m, int p, bool pause) {
+    kh_part *part = m->parts[p];
+    int64_t o = part->held_offset;
+    TRACE("  operator %s p%d\n", pause ? "pause" : "resume", p);
+    if (part_operator_pause(part, pause)) {
+        CHECK(o >= 0, "a hold released without its offset");
+        m->failed[p][o] = false;
+    }
 }
 
 static void ev_dispatch(model *m) {
@@ -455,7 +481,8 @@ static void ev_dispatch(model *m) {
             continue;
         while (budget > 0 && part_head(part) && w->n_inflight < ITEMS_MAX) {
             if (part_head_failed(part)) {
-                apply_failure_policy(m, p);
+                if (!apply_failure_policy(m, p))
+                    break;
                 continue;
             }
             uint64_t seq;
@@ -673,6 +700,8 @@ static void ev_assign(model *m, int p) {
     m->stored[p] = -1;
     m->pos[p] = m->committed[p] >= 0 ? m->committed[p] : 0;
     m->owner[p] = (int)rnd(m, NW);
+    if (part->operator_paused) /* as pipeline.c on_assigned */
+        part_pause(part, KH_PAUSE_OPERATOR, true);
     if (!m->w[m->owner[p]].alive)
         part_pause(part, KH_PAUSE_WORKER, true);
 }
@@ -787,8 +816,10 @@ static void step(model *m) {
         ev_assign(m, (int)rnd(m, (uint32_t)m->np));
     else if (r < 980)
         ev_dlq(m);
-    else if (r < 995)
+    else if (r < 988)
         parts_retry_seeks(m->parts, (size_t)m->np);
+    else if (r < 995)
+        ev_operator(m, (int)rnd(m, (uint32_t)m->np), pct(m, 50));
     else
         ev_restart_host(m);
     parts_store(m->parts, (size_t)m->np);
@@ -811,6 +842,9 @@ static void settle(model *m) {
         m->step++;
         m->now += 50;
         parts_retry_seeks(m->parts, (size_t)m->np);
+        for (int p = 0; p < m->np; p++)
+            if (m->parts[p]->operator_paused || m->parts[p]->held)
+                ev_operator(m, p, false);
         for (int p = 0; p < m->np; p++)
             for (int i = 0; i < 4; i++)
                 ev_fetch(m);
@@ -854,6 +888,7 @@ static void run_script(uint64_t seed, uint64_t *events) {
     m->rng = seed * 0x9E3779B97F4A7C15ull + 1;
     m->np = 1 + (int)rnd(m, NP_MAX);
     m->policy_dlq = pct(m, 50);
+    m->policy_hold = pct(m, 30);
     m->seek_fail_pct = (int)rnd(m, 30);
     m->crash_pct = 10 + (int)rnd(m, 30);
     m->port = (kh_consumer_port){.ud = m,
