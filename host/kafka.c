@@ -8,6 +8,14 @@
  * Offsets: enable.auto.offset.store is off; the host stores acked + 1 of
  * each partition's contiguous watermark and librdkafka's auto-commit
  * commits what was stored. Revoke and shutdown commit synchronously.
+ * Auto-commit skips a partition whose offset did not move, so a timer
+ * re-commits the assigned partitions' offsets every auto.commit.interval.ms
+ * x 10: lag tools (Burrow) then see commits keep coming from a live
+ * consumer that is idle.
+ *
+ * Statistics: with [http] listen set, statistics.interval.ms defaults to
+ * 5000; the stats callback, served from the consumer queue (the main
+ * queue is forwarded to it), keeps the last parse (kafka_stats.c).
  *
  * Rebalances: eager assignors use rd_kafka_assign; with the COOPERATIVE
  * protocol (cooperative-sticky) the incremental calls are required. Note
@@ -19,6 +27,7 @@
 #include "kafka.h"
 #include "host.h"
 #include "kafka_log.h"
+#include "kafka_stats.h"
 #include "log.h"
 #include "pipeline.h"
 
@@ -160,6 +169,8 @@ static void on_commit_done(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     commit_wait *cw = opaque;
     (void)rk;
     cw->done = true;
+    if (!err)
+        cw->pl->commits_sync++;
     if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
         klog_warn("pipeline=%s commit failed: %s; the partitions resume "
                   "from the last commit that went through",
@@ -227,8 +238,94 @@ static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         return;
     }
     kafka_conn_ok(rk, kh_now_ms());
+    pl->commits_auto++;
     if (offsets)
         log_committed(pl, offsets, "auto");
+}
+
+/* ---- re-commits for lag tools ---- */
+
+static void on_recommit(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                        rd_kafka_topic_partition_list_t *offsets,
+                        void *opaque) {
+    kh_pipeline_rt *pl = opaque;
+    if (err) {
+        if (err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+            klog_warn("pipeline=%s re-commit failed: %s (next one in "
+                      "%lld ms)",
+                      pl->cfg->name, rd_kafka_err2str(err),
+                      (long long)pl->recommit_ms);
+        return;
+    }
+    kafka_conn_ok(rk, kh_now_ms());
+    pl->commits_recommit++;
+    if (offsets)
+        log_committed(pl, offsets, "recommit");
+}
+
+/* Commit every assigned partition's offset again, asynchronously, the
+ * result served from the consumer queue (on_recommit). The offset is
+ * part_commit_offset's (I1), else the last one committed; a partition
+ * with neither is skipped. */
+static void recommit(kh_pipeline_rt *pl) {
+    if (!pl->rk || !pl->queue || pl->stopping)
+        return;
+    rd_kafka_topic_partition_list_t *l =
+        rd_kafka_topic_partition_list_new(pl->n_parts ? (int)pl->n_parts : 1);
+    char line[1024];
+    size_t used = 0;
+    for (size_t i = 0; i < pl->n_parts; i++) {
+        kh_part *part = pl->parts[i];
+        if (!part->assigned)
+            continue;
+        int64_t offset = part_commit_offset(part);
+        if (offset < 0)
+            offset = part->committed;
+        if (offset < 0)
+            continue;
+        rd_kafka_topic_partition_list_add(l, part->topic, part->partition)
+            ->offset = offset;
+        int n = snprintf(line + used, sizeof line - used, " %s[%d]=%lld",
+                         part->topic, part->partition, (long long)offset);
+        if (n > 0 && (size_t)n < sizeof line - used)
+            used += (size_t)n;
+    }
+    if (l->cnt) {
+        rd_kafka_resp_err_t e =
+            rd_kafka_commit_queue(pl->rk, l, pl->queue, on_recommit, pl);
+        if (e)
+            klog_warn("pipeline=%s re-commit failed: %s", pl->cfg->name,
+                      rd_kafka_err2str(e));
+        else
+            klog_debug("pipeline=%s re-committing offsets:%s", pl->cfg->name,
+                       used ? line : "");
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+static int on_recommit_timer(sd_event_source *s, uint64_t usec, void *ud) {
+    kh_pipeline_rt *pl = ud;
+    recommit(pl);
+    sd_event_source_set_time(s, usec + (uint64_t)pl->recommit_ms * 1000);
+    sd_event_source_set_enabled(s, SD_EVENT_ON);
+    return 0;
+}
+
+/* librdkafka's statistics; runs inside rd_kafka_consumer_poll, on the
+ * loop thread. Returns 0: librdkafka frees the JSON. */
+static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque) {
+    kh_pipeline_rt *pl = opaque;
+    (void)rk;
+    char err[256];
+    kh_kstats *st = kafka_stats_parse(json, len, kh_now_ms(), err, sizeof err);
+    if (!st) {
+        klog_warn("pipeline=%s librdkafka statistics unreadable: %s",
+                  pl->cfg->name, err);
+        return 0;
+    }
+    kafka_stats_free(pl->kstats);
+    pl->kstats = st;
+    return 0;
 }
 
 static void on_error(rd_kafka_t *rk, int err, const char *reason,
@@ -456,6 +553,10 @@ int kafka_pipeline_start(kh_pipeline_rt *pl, char *err, size_t errlen) {
          * (librdkafka's default) stalls it after every flow pause. */
         conf_set(conf, "fetch.wait.max.ms", "100", err, errlen))
         goto error;
+    /* /metrics shows a few of librdkafka's statistics (kafka_stats.c). */
+    if (hc->http_listen &&
+        conf_set(conf, "statistics.interval.ms", "5000", err, errlen))
+        goto error;
     for (size_t i = 0; i < hc->n_kafka; i++)
         if (conf_set(conf, hc->kafka[i].key, hc->kafka[i].value, err, errlen))
             goto error;
@@ -467,6 +568,7 @@ int kafka_pipeline_start(kh_pipeline_rt *pl, char *err, size_t errlen) {
     rd_kafka_conf_set_offset_commit_cb(conf, on_commit);
     rd_kafka_conf_set_error_cb(conf, on_error);
     rd_kafka_conf_set_log_cb(conf, on_log);
+    rd_kafka_conf_set_stats_cb(conf, on_stats);
 
     char errstr[512];
     pl->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
@@ -498,6 +600,19 @@ int kafka_pipeline_start(kh_pipeline_rt *pl, char *err, size_t errlen) {
                     on_wake, pl);
     sd_event_add_defer(pl->host->ev, &pl->defer_src, on_defer, pl);
     sd_event_source_set_enabled(pl->defer_src, SD_EVENT_ONESHOT);
+
+    char ms[32];
+    size_t ms_len = sizeof ms;
+    long long commit_ms = 5000; /* librdkafka's default */
+    if (rd_kafka_conf_get(rd_kafka_conf(pl->rk), "auto.commit.interval.ms", ms,
+                          &ms_len) == RD_KAFKA_CONF_OK)
+        commit_ms = strtoll(ms, NULL, 10);
+    if (commit_ms <= 0)
+        commit_ms = 5000;
+    pl->recommit_ms = commit_ms * 10;
+    sd_event_add_time_relative(pl->host->ev, &pl->recommit_src, CLOCK_MONOTONIC,
+                               (uint64_t)pl->recommit_ms * 1000, 0,
+                               on_recommit_timer, pl);
     return 0;
 
 error:
@@ -595,6 +710,9 @@ static void destroy_bounded(kh_pipeline_rt *pl, int flags, int64_t bound_ms) {
 }
 
 void kafka_pipeline_close(kh_pipeline_rt *pl, int timeout_ms) {
+    pl->recommit_src = sd_event_source_disable_unref(pl->recommit_src);
+    kafka_stats_free(pl->kstats);
+    pl->kstats = NULL;
     if (!pl->rk)
         return;
     int64_t deadline_ms = kh_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);

@@ -12,6 +12,7 @@
 #include "metrics.h"
 
 #include "host.h"
+#include "kafka_stats.h"
 #include "pipeline.h"
 
 #include <khost/plugin.h>
@@ -356,6 +357,7 @@ char *metrics_render(kh_host *host, double start_time_s, size_t *len) {
     for (int f = 0; f < P_N; f++)
         write_partition_family(out, host, f);
     write_workers(out, host);
+    kafka_stats_render(out, host->pipelines, host->n_pipelines);
     if (fclose(out) != 0) {
         free(buf);
         return NULL;

@@ -103,6 +103,13 @@ struct kh_pipeline_rt {
      * newest at (n_recent_crashes - 1) % KH_RECENT. */
     kh_crash_rec recent_crashes[KH_RECENT];
     uint64_t n_recent_crashes;
+    /* Written by kafka.c only: librdkafka's last statistics (NULL before
+     * the first), the re-commit timer, and commits the broker confirmed
+     * by kind (khost_offset_commits_total). */
+    struct kh_kstats *kstats;
+    sd_event_source *recommit_src;
+    int64_t recommit_ms; /* auto.commit.interval.ms x 10 */
+    uint64_t commits_auto, commits_sync, commits_recommit;
 };
 
 /* Every worker of both generations: pl_worker(pl, i), i < pl_n_all_workers. */
