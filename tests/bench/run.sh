@@ -12,6 +12,9 @@
 #   BENCH_COMMIT_MS  auto.commit.interval.ms for the timed group consumers
 #                    (default 10; it bounds the timing error, see README)
 #   BENCH_WORKERS    khost worker counts (default "1 2 4")
+#   BENCH_HTTP_WORKERS  worker count of the row with the HTTP server on
+#                    and /metrics scraped every second (default 2, else
+#                    the first of BENCH_WORKERS; "none" leaves it out)
 #   BENCH_KHOST_KAFKA  extra lines for khost's [kafka] section, to try a
 #                    setting, e.g. BENCH_KHOST_KAFKA='fetch.wait.max.ms = 10'
 #   BENCH_BUILD_DIR  build directory (default <repo>/build)
@@ -150,8 +153,9 @@ say "mock cluster at $BOOT (pid $MOCK); $REPS round(s) of $N messages x 100 B ov
 # kv KEY LINE: the value of KEY=VALUE in LINE
 kv() { sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" <<<" $2"; }
 
-# Results: one line per run in $WORK/results: NAME SECONDS RATE STEADY
-record() { echo "$1 $2 $3 $4" >>"$WORK/results"; }
+# Results: one line per run in $WORK/results: NAME SECONDS RATE STEADY ROUND
+ROUND=0
+record() { echo "$1 $2 $3 $4 $ROUND" >>"$WORK/results"; }
 
 # commit_rates FILE: from bench_wait_committed's line, print
 # "SECONDS RATE STEADY": first commit seen -> all committed, and 10%->90%.
@@ -210,8 +214,54 @@ run_kcat() { # ROUND
     say "  kcat: $secs s wall"
 }
 
-run_khost() { # ROUND WORKERS
-    local tag=khost-w$2-r$1 ini kpid rc=0 stopped rates
+# start_scraper PORT OUTFILE: GET /metrics every second until SIGTERM,
+# then write "SCRAPES ok=N failed=M bytes=B" (failed: refused before the
+# server is up, or an error status; bytes: the last body's size).
+start_scraper() {
+    python3 - "$1" "$2" <<'PY' &
+import signal, sys, time, urllib.request
+port, out = sys.argv[1], sys.argv[2]
+ok = failed = size = 0
+def done(*_):
+    with open(out, "w") as f:
+        f.write("SCRAPES ok=%d failed=%d bytes=%d\n" % (ok, failed, size))
+    sys.exit(0)
+signal.signal(signal.SIGTERM, done)
+url = "http://127.0.0.1:%s/metrics" % port
+nxt = time.monotonic()
+while True:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            body = r.read()
+        ok, size = ok + 1, len(body)
+    except Exception:
+        failed += 1
+    nxt += 1.0
+    time.sleep(max(0.0, nxt - time.monotonic()))
+PY
+    SCRAPER=$!
+    PIDS+=("$SCRAPER")
+}
+
+finish_scraper() { # OUTFILE
+    kill -TERM "$SCRAPER" 2>/dev/null || true
+    wait "$SCRAPER" 2>/dev/null || true
+    forget "$SCRAPER"
+    grep -q '^SCRAPES ok=[1-9]' "$1" ||
+        die "the /metrics scraper got no answer: $(cat "$1" 2>/dev/null)"
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+run_khost() { # ROUND WORKERS [http]
+    local tag=khost-w$2-r$1 ini kpid rc=0 stopped rates http="" port=""
+    if [[ ${3:-} == http ]]; then
+        tag=khost-http-w$2-r$1
+        port=$(free_port)
+        http=$'[http]\nlisten = 127.0.0.1:'"$port"
+    fi
     ini=$WORK/$tag.ini
     cat >"$ini" <<EOF
 [host]
@@ -228,12 +278,15 @@ group = bench-$tag-$$
 plugin = $NOOP
 workers = $2
 handler_timeout_ms = 0
+$http
 EOF
     start_watcher "bench-$tag-$$" "bench$1" "$WORK/$tag.commits"
     "$KHOST" run -c "$ini" 2>"$WORK/$tag.log" &
     kpid=$!
     PIDS+=("$kpid")
+    [[ -z $port ]] || start_scraper "$port" "$WORK/$tag.scrapes"
     finish_watcher "$WORK/$tag.commits"
+    [[ -z $port ]] || finish_scraper "$WORK/$tag.scrapes"
     kill -TERM "$kpid"
     wait "$kpid" || rc=$?
     forget "$kpid"
@@ -241,20 +294,36 @@ EOF
     stopped=$(grep -o 'stopped: handled=[0-9]*' "$WORK/$tag.log" | grep -o '[0-9]*$' || true)
     [[ -n $stopped && $stopped -ge $N ]] || die "khost handled ${stopped:-?} of $N"
     rates=$(commit_rates "$WORK/$tag.commits") || die "no commit timing in $WORK/$tag.commits"
+    if [[ -n $port ]]; then
+        # shellcheck disable=SC2086
+        record "khost-http-w$2" $rates
+        say "  khost workers=$2, HTTP on, /metrics every 1 s:" \
+            "$(awk '{print $2 " msg/s by commits, " $3 " steady"}' <<<"$rates")" \
+            "(handled=$stopped; $(cat "$WORK/$tag.scrapes"))"
+        return
+    fi
     # shellcheck disable=SC2086
     record "khost-w$2" $rates
     say "  khost workers=$2: $(awk '{print $2 " msg/s by commits, " $3 " steady"}' <<<"$rates")" \
         "(handled=$stopped)"
 }
 
+HTTP_W=${BENCH_HTTP_WORKERS:-}
+if [[ -z $HTTP_W ]]; then
+    HTTP_W=2
+    [[ " $WORKERS " == *" 2 "* ]] || HTTP_W=${WORKERS%% *}
+fi
+[[ $HTTP_W != none ]] || HTTP_W=""
 contenders=(reference kcat)
 for w in $WORKERS; do contenders+=("khost:$w"); done
+[[ -z $HTTP_W ]] || contenders+=("khosthttp:$HTTP_W")
 
 BUSY_BEFORE=$(cpu_busy)
 [[ $BUSY_BEFORE -lt 15 ]] ||
     say "warning: the machine is already ${BUSY_BEFORE}% busy; results will be noisy"
 t_start=$SECONDS
 for r in $(seq "$REPS"); do
+    ROUND=$r
     out=$("$BIN/bench_produce" "$BOOT" "bench$r" "$PARTS" "$N") ||
         die "produce failed: $out"
     say "round $r: $out"
@@ -266,6 +335,7 @@ for r in $(seq "$REPS"); do
         reference) run_reference "$r" ;;
         kcat) run_kcat "$r" ;;
         khost:*) run_khost "$r" "${c#khost:}" ;;
+        khosthttp:*) run_khost "$r" "${c#khosthttp:}" http ;;
         esac
     done
 done
@@ -310,10 +380,33 @@ row kcat "kcat -> /dev/null" "wall, start->exit" "$REF_SELF"
 for w in $WORKERS; do
     row "khost-w$w" "khost noop, $w worker$([[ $w == 1 ]] || echo s)" "commits, 1st->all" "$REF_RATE"
 done
+[[ -z $HTTP_W ]] ||
+    row "khost-http-w$HTTP_W" "  + HTTP, scrape 1/s" "commits, 1st->all" "$REF_RATE"
 echo
 echo "x ref: ratio to the reference timed the same way (commit-timed rows and"
 echo "steady/s to the commit-timed reference; kcat to the self-timed reference)."
 echo "steady/s: 80% of the messages / time from 10% to 90% committed."
+if [[ -n $HTTP_W ]]; then
+    # The HTTP row against the row with the same worker count without it:
+    # the ratio of the two medians, and the median of the per-round ratios
+    # (both run back to back in each round, so they share its load).
+    paired=$(awk -v a="khost-http-w$HTTP_W" -v b="khost-w$HTTP_W" '
+        $1 == a { x[$5] = $3 } $1 == b { y[$5] = $3 }
+        END { for (r in x) if ((r in y) && y[r] > 0) print x[r] / y[r] }' \
+        "$WORK/results" | sort -g | awk '{ v[NR] = $1 } END {
+            if (!NR) { print "-"; exit }
+            print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+    awk -v w="$HTTP_W" -v rate="$(med "khost-http-w$HTTP_W" 3)" \
+        -v base="$(med "khost-w$HTTP_W" 3)" -v st="$(med "khost-http-w$HTTP_W" 4)" \
+        -v bst="$(med "khost-w$HTTP_W" 4)" -v p="$paired" 'BEGIN {
+        if (base == "-" || base == 0 || p == "-") {
+            printf "http: no row without HTTP at %s worker(s) to compare with\n", w
+            exit }
+        r = rate / base; s = (bst > 0 ? st / bst : 0)
+        printf "http: %s worker(s), [http] on and /metrics scraped every 1 s, against the same row without HTTP:\n", w
+        printf "  %.3fx (medians), %.3fx (median of per-round ratios), steady %.3fx; target >= 0.98x: %s\n",
+               r, p, s, (p >= 0.98 ? "MET" : "NOT MET") }'
+fi
 best=$(for w in $WORKERS; do echo "$w $(med "khost-w$w" 3)"; done | sort -k2 -g | tail -1)
 awk -v b="$best" -v ref="$REF_RATE" -v t="$TARGET" 'BEGIN {
     split(b, a, " "); r = a[2] / ref
