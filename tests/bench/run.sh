@@ -308,6 +308,61 @@ EOF
         "(handled=$stopped)"
 }
 
+# scrape_cost WORKERS: the host CPU one /metrics scrape costs, measured
+# directly (the throughput rows are too noisy to see it): a khost with
+# [http] reads bench1 in a group of its own to the end, then its process
+# CPU (utime + stime, librdkafka's threads included) is read over 5 s
+# idle and over 1000 back-to-back scrapes; the idle rate is subtracted.
+# Prints "MS_PER_SCRAPE BYTES IDLE_CORE_FRACTION".
+scrape_cost() {
+    local tag=khost-cost port ini kpid c0 c1 c2 hz py
+    port=$(free_port)
+    ini=$WORK/$tag.ini
+    cat >"$ini" <<EOF
+[host]
+brokers = $BOOT
+[kafka]
+session.timeout.ms = 6000
+heartbeat.interval.ms = 500
+[http]
+listen = 127.0.0.1:$port
+[pipeline.bench]
+topics = bench1
+group = bench-$tag-$$
+plugin = $NOOP
+workers = $1
+EOF
+    start_watcher "bench-$tag-$$" bench1 "$WORK/$tag.commits"
+    "$KHOST" run -c "$ini" 2>"$WORK/$tag.log" &
+    kpid=$!
+    PIDS+=("$kpid")
+    finish_watcher "$WORK/$tag.commits"
+    sleep 1
+    hz=$(getconf CLK_TCK)
+    c0=$(awk '{ print $14 + $15 }' "/proc/$kpid/stat")
+    sleep 5
+    c1=$(awk '{ print $14 + $15 }' "/proc/$kpid/stat")
+    py=$(python3 - "$port" <<'PY'
+import sys, time, urllib.request
+url = "http://127.0.0.1:%s/metrics" % sys.argv[1]
+n, size = 1000, 0
+t0 = time.monotonic()
+for _ in range(n):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        size = len(r.read())
+print(n, "%.4f" % (time.monotonic() - t0), size)
+PY
+    ) || die "scraping $port failed"
+    c2=$(awk '{ print $14 + $15 }' "/proc/$kpid/stat")
+    kill -TERM "$kpid"
+    wait "$kpid" || die "khost exited $?: $(tail -5 "$WORK/$tag.log")"
+    forget "$kpid"
+    awk -v a="$c0" -v b="$c1" -v c="$c2" -v hz="$hz" -v py="$py" 'BEGIN {
+        split(py, f, " "); idle = (b - a) / hz / 5
+        busy = (c - b) / hz - idle * f[2]
+        printf "%.3f %d %.4f\n", 1000 * busy / f[1], f[3], idle }'
+}
+
 HTTP_W=${BENCH_HTTP_WORKERS:-}
 if [[ -z $HTTP_W ]]; then
     HTTP_W=2
@@ -341,6 +396,10 @@ for r in $(seq "$REPS"); do
 done
 
 BUSY_AFTER=$(cpu_busy)
+if [[ -n $HTTP_W ]]; then
+    say "measuring the cost of one /metrics scrape ($HTTP_W worker(s))"
+    COST=$(scrape_cost "$HTTP_W")
+fi
 
 # ---- the table: medians over the rounds ----
 med() { # NAME COLUMN: median of that column over NAME's runs
@@ -406,6 +465,11 @@ if [[ -n $HTTP_W ]]; then
         printf "http: %s worker(s), [http] on and /metrics scraped every 1 s, against the same row without HTTP:\n", w
         printf "  %.3fx (medians), %.3fx (median of per-round ratios), steady %.3fx; target >= 0.98x: %s\n",
                r, p, s, (p >= 0.98 ? "MET" : "NOT MET") }'
+    # shellcheck disable=SC2086
+    set -- $COST
+    awk -v ms="$1" -v bytes="$2" -v idle="$3" -v parts="$PARTS" 'BEGIN {
+        printf "  one scrape (%d B, %d partitions) costs the host %.3f ms of CPU: %.3f%% of a core at 1/s (idle host: %.2f%%)\n",
+               bytes, parts, ms, ms / 10, 100 * idle }'
 fi
 best=$(for w in $WORKERS; do echo "$w $(med "khost-w$w" 3)"; done | sort -k2 -g | tail -1)
 awk -v b="$best" -v ref="$REF_RATE" -v t="$TARGET" 'BEGIN {
