@@ -19,6 +19,9 @@
  * or 405 with Allow (known path, wrong method), as JSON. A body over
  * KH_HTTP_MAX_BODY gets 413; bodies are not read otherwise.
  *
+ * GET / serves the status page (page.h: host/page.html compiled in, no
+ * external assets), which renders /api/v1/status in the browser.
+ *
  * Calls ops.c, status.c and metrics.c; called by host.c only.
  */
 #define _GNU_SOURCE
@@ -28,6 +31,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "ops.h"
+#include "page.h"
 #include "pipeline.h"
 #include "status.h"
 
@@ -134,6 +138,20 @@ static enum MHD_Result get_metrics(kh_http *h, struct MHD_Connection *c) {
                           NULL);
     return send_body(c, MHD_HTTP_OK, body, len,
                      "text/plain; version=0.0.4; charset=utf-8", NULL);
+}
+
+/* ---- / : the status page (host/page.html, compiled in) ---- */
+
+static enum MHD_Result get_page(struct MHD_Connection *c) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(
+        kh_page_html_len, (void *)kh_page_html, MHD_RESPMEM_PERSISTENT);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", "text/html; charset=utf-8");
+    MHD_add_response_header(r, "Cache-Control", "no-store");
+    enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, r);
+    MHD_destroy_response(r);
+    return ret;
 }
 
 static enum MHD_Result get_status(kh_http *h, struct MHD_Connection *c) {
@@ -407,8 +425,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
                               "too many requests waiting for an outcome", NULL);
         return admin_post(h, c, r, url + strlen("/api/v1/"));
     }
-    enum { NONE, HEALTH, READY, METRICS, STATUS } path = NONE;
-    if (strcmp(url, "/health") == 0)
+    enum { NONE, HEALTH, READY, METRICS, STATUS, PAGE } path = NONE;
+    if (strcmp(url, "/") == 0)
+        path = PAGE;
+    else if (strcmp(url, "/health") == 0)
         path = HEALTH;
     else if (strcmp(url, "/ready") == 0)
         path = READY;
@@ -431,6 +451,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
         return get_metrics(h, c);
     case STATUS:
         return get_status(h, c);
+    case PAGE:
+        return get_page(c);
     case NONE:
         break;
     }
