@@ -151,7 +151,7 @@ Test(page, has_no_external_reference) {
 /* The host's own view of the partitions, once every one of the 4 has
  * committed want[p] and knows its lag (0: all consumed). */
 static json_t *wait_status(int port, const int want[4]) {
-    for (int t = 0; t < 300; t++) {
+    for (int t = 0; t < 200; t++) {
         char *resp;
         int st = tu_http(port, "GET", "/api/v1/status", NULL, NULL, 0, &resp);
         json_t *j = st == 200 ? json_loads(tu_http_body(resp), 0, NULL) : NULL;
