@@ -205,15 +205,6 @@ Test(page, renders_a_real_host) {
     free(ini);
     cr_assert(th_wait_log(&h, "http: listening on", 1, WAIT_MS), "%s",
               th_log(&h));
-    for (int p = 0; p < 4; p++)
-        for (int t = 0; th_committed(&c, "g-pg", "pg", p) != want[p]; t++) {
-            cr_assert_lt(t, 600, "partition %d committed %lld, not %d:\n%s", p,
-                         (long long)th_committed(&c, "g-pg", "pg", p), want[p],
-                         th_log(&h));
-            usleep(100 * 1000);
-        }
-    json_t *status = wait_status(port, want);
-
     char *resp;
     cr_assert_eq(tu_http(port, "GET", "/", NULL, NULL, 0, &resp), 200, "%s",
                  resp);
@@ -229,6 +220,15 @@ Test(page, renders_a_real_host) {
     cr_assert_eq(tu_http(port, "POST", "/", NULL, NULL, 0, &resp), 405, "%s",
                  resp);
     free(resp);
+
+    for (int p = 0; p < 4; p++)
+        for (int t = 0; th_committed(&c, "g-pg", "pg", p) != want[p]; t++) {
+            cr_assert_lt(t, 600, "partition %d committed %lld, not %d:\n%s", p,
+                         (long long)th_committed(&c, "g-pg", "pg", p), want[p],
+                         th_log(&h));
+            usleep(100 * 1000);
+        }
+    json_t *status = wait_status(port, want);
 
     char *url;
     cr_assert_neq(asprintf(&url, "http://127.0.0.1:%d/", port), -1);
