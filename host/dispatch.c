@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- sending ---- */
 
@@ -77,6 +78,8 @@ static size_t fill_frame(kh_pipeline_rt *pl, kh_worker *w, int64_t now) {
             if (!m)
                 continue; /* acked before a rewind: not sent again */
             tr_put_kafka_message(b, kh_token_make(part->slot, seq), attempt, m);
+            offsets_stamp(&part->off, seq, now,
+                          rd_kafka_message_timestamp(m, NULL));
             bytes += m->len + m->key_len;
             n++;
             rd_kafka_message_destroy(m);
@@ -210,7 +213,24 @@ static bool handle_error_text(kh_worker *w, kh_reader *r) {
     return true;
 }
 
+/* End-to-end latency: from the message's Kafka timestamp to the ack the
+ * host received. The wall clock is read once per frame (*now, 0 until
+ * read); a timestamp in the future (clock skew) counts as 0. */
+static void observe_e2e(kh_pipeline_rt *pl, const kh_entry *e, int64_t *now) {
+    if (e->ts_ms <= 0)
+        return;
+    if (!*now) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        *now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    }
+    int64_t d = *now - e->ts_ms;
+    kh_hist_observe(&pl->e2e_hist, kh_e2e_bounds_s,
+                    d > 0 ? (double)d / 1000.0 : 0.0);
+}
+
 static bool handle_results(kh_worker *w, kh_reader *r) {
+    int64_t now_real_ms = 0;
     uint32_t n = tr_get_u32(r);
     if (r->error || n > w->inflight)
         return lie(w, "sent more results than it had messages in flight");
@@ -231,17 +251,22 @@ static bool handle_results(kh_worker *w, kh_reader *r) {
             return lie(w, "sent a second result for one message");
         switch (result) {
         case KHOST_ACK:
+            observe_e2e(w->pl, e, &now_real_ms);
             part_ack(part, e);
             w->pl->handled++;
             w->pl->acked_count++;
+            w->pl->results[KH_RES_ACK]++;
             break;
         case KHOST_DEFERRED:
             part_defer(part, e);
             w->pl->handled++;
+            w->pl->results[KH_RES_DEFERRED]++;
             break;
         case KHOST_RETRY:
         case KHOST_FAIL:
             w->pl->handled++;
+            w->pl
+                ->results[result == KHOST_RETRY ? KH_RES_RETRY : KH_RES_FAIL]++;
             stop_partition_after(w, part, kh_token_seq(token), result);
             break;
         case KH_RESULT_SKIPPED: {
@@ -263,6 +288,7 @@ static bool handle_results(kh_worker *w, kh_reader *r) {
 }
 
 static bool handle_acks(kh_worker *w, kh_reader *r) {
+    int64_t now_real_ms = 0;
     uint32_t n = tr_get_u32(r);
     uint32_t stale = 0;
     for (uint32_t i = 0; i < n && !r->error; i++) {
@@ -280,8 +306,10 @@ static bool handle_acks(kh_worker *w, kh_reader *r) {
         }
         if (e->state != KH_ENTRY_DEFERRED)
             return lie(w, "acked a message that was not deferred");
+        observe_e2e(w->pl, e, &now_real_ms);
         part_ack(part, e);
         w->pl->acked_count++;
+        w->pl->deferred_acks++;
     }
     if (r->error || r->left)
         return lie(w, "sent a malformed ACKS frame");

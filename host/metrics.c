@@ -81,8 +81,6 @@ static const struct pipeline_metric {
     {"khost_poison_messages_total", "counter",
      "Messages failed for crashing their worker poison_after times.",
      offsetof(kh_pipeline_rt, poison), C_U64},
-    {"khost_worker_crashes_total", "counter", "Worker processes that died.",
-     offsetof(kh_pipeline_rt, crashes), C_U64},
     {"khost_worker_lies_total", "counter",
      "Workers killed for breaking the protocol.",
      offsetof(kh_pipeline_rt, lies), C_U64},
@@ -92,10 +90,133 @@ static const struct pipeline_metric {
      offsetof(kh_pipeline_rt, rebalances), C_U64},
     {"khost_reloads_total", "counter", "Plugin swaps cut over by a reload.",
      offsetof(kh_pipeline_rt, reloads), C_U64},
+    {"khost_deferred_acks_total", "counter",
+     "Deferred messages acked later by the plugin (khost_ack).",
+     offsetof(kh_pipeline_rt, deferred_acks), C_U64},
     {"khost_pipeline_failed", "gauge",
      "1 when the pipeline is FAILED (restart limit exceeded), else 0.",
      offsetof(kh_pipeline_rt, failed), C_BOOL},
 };
+
+static const char *const result_names[KH_RES_N] = {[KH_RES_ACK] = "ack",
+                                                   [KH_RES_DEFERRED] =
+                                                       "deferred",
+                                                   [KH_RES_RETRY] = "retry",
+                                                   [KH_RES_FAIL] = "fail"};
+static const char *const cause_names[KH_CRASH_N] = {[KH_CRASH_SIGNAL] =
+                                                        "signal",
+                                                    [KH_CRASH_EXIT] = "exit",
+                                                    [KH_CRASH_HANG] = "hang",
+                                                    [KH_CRASH_LIE] = "lie"};
+static const char *const state_names[] = {"running", "starting", "swapping",
+                                          "failed",  "paused",   "stopping"};
+
+/* A labelled counter per pipeline: one sample per name in names. */
+static void write_labelled(FILE *out, kh_host *host, const char *name,
+                           const char *help, const char *key,
+                           const char *const *names, size_t n, size_t field) {
+    family(out, name, "counter", help);
+    for (size_t i = 0; i < host->n_pipelines; i++) {
+        const kh_pipeline_rt *pl = host->pipelines[i];
+        const uint64_t *v = (const uint64_t *)((const char *)pl + field);
+        for (size_t k = 0; k < n; k++) {
+            fputs(name, out);
+            label(out, "{", "pipeline", pl->cfg->name);
+            label(out, ",", key, names[k]);
+            fprintf(out, "} %llu\n", (unsigned long long)v[k]);
+        }
+    }
+}
+
+static void write_hist(FILE *out, const char *name, const kh_pipeline_rt *pl,
+                       const kh_hist *h, const double *bounds) {
+    uint64_t cum = 0;
+    for (int i = 0; i <= KH_HIST_N; i++) {
+        cum += h->bucket[i];
+        fprintf(out, "%s_bucket", name);
+        label(out, "{", "pipeline", pl->cfg->name);
+        if (i < KH_HIST_N)
+            fprintf(out, ",le=\"%g\"} %llu\n", bounds[i],
+                    (unsigned long long)cum);
+        else
+            fprintf(out, ",le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+    }
+    fprintf(out, "%s_sum", name);
+    label(out, "{", "pipeline", pl->cfg->name);
+    fprintf(out, "} %.6f\n%s_count", h->sum_s, name);
+    label(out, "{", "pipeline", pl->cfg->name);
+    fprintf(out, "} %llu\n", (unsigned long long)cum);
+}
+
+static void write_pipeline_extras(FILE *out, kh_host *host) {
+    write_labelled(out, host, "khost_handler_results_total",
+                   "Handler results received, by result.", "result",
+                   result_names, KH_RES_N, offsetof(kh_pipeline_rt, results));
+    write_labelled(out, host, "khost_worker_crashes_total",
+                   "Worker processes that died unplanned, by cause: signal "
+                   "(not sent by khost), exit (on its own, also a failed "
+                   "init), hang (killed after a timeout), lie (killed for "
+                   "breaking the protocol).",
+                   "cause", cause_names, KH_CRASH_N,
+                   offsetof(kh_pipeline_rt, crash_causes));
+    family(out, "khost_pipeline_state", "gauge",
+           "1 for the pipeline's current state, 0 for the others.");
+    for (size_t i = 0; i < host->n_pipelines; i++) {
+        const kh_pipeline_rt *pl = host->pipelines[i];
+        const char *now = pipeline_state_name(pl);
+        for (size_t s = 0; s < sizeof state_names / sizeof *state_names; s++) {
+            fputs("khost_pipeline_state", out);
+            label(out, "{", "pipeline", pl->cfg->name);
+            label(out, ",", "state", state_names[s]);
+            fprintf(out, "} %d\n", !strcmp(now, state_names[s]));
+        }
+    }
+    family(out, "khost_plugin_info", "gauge",
+           "Always 1; the labels name the plugin the pipeline's workers "
+           "run.");
+    for (size_t i = 0; i < host->n_pipelines; i++) {
+        const kh_pipeline_rt *pl = host->pipelines[i];
+        fputs("khost_plugin_info", out);
+        label(out, "{", "pipeline", pl->cfg->name);
+        label(out, ",", "plugin", pl->plugin_name);
+        label(out, ",", "version", pl->plugin_version);
+        fputs("} 1\n", out);
+    }
+    family(out, "khost_handler_duration_seconds", "histogram",
+           "Duration of handler calls, measured in the worker (a "
+           "handle_batch call counts once), in seconds.");
+    for (size_t i = 0; i < host->n_pipelines; i++) {
+        kh_pipeline_rt *pl = host->pipelines[i];
+        kh_hist h = pl->handle_hist_gone;
+        for (int w = 0; w < pl_n_all_workers(pl); w++) {
+            const kh_worker *wk = pl_worker(pl, w);
+            if (wk->status)
+                status_read_hist(wk->status, &h);
+        }
+        write_hist(out, "khost_handler_duration_seconds", pl, &h,
+                   kh_handle_bounds_s);
+    }
+    family(out, "khost_end_to_end_latency_seconds", "histogram",
+           "From a message's Kafka timestamp to the host receiving its ack, "
+           "in seconds (messages without a timestamp are not counted).");
+    for (size_t i = 0; i < host->n_pipelines; i++)
+        write_hist(out, "khost_end_to_end_latency_seconds", host->pipelines[i],
+                   &host->pipelines[i]->e2e_hist, kh_e2e_bounds_s);
+}
+
+static void write_host_reloads(FILE *out, kh_host *host) {
+    family(out, "khost_config_reloads_total", "counter",
+           "Reloads and pipeline restarts asked of the host, by outcome: "
+           "applied, failed (a swap abandoned, a start failed) or "
+           "rejected (the new file was invalid).");
+    fprintf(out,
+            "khost_config_reloads_total{outcome=\"applied\"} %llu\n"
+            "khost_config_reloads_total{outcome=\"failed\"} %llu\n"
+            "khost_config_reloads_total{outcome=\"rejected\"} %llu\n",
+            (unsigned long long)host->reload.n_applied,
+            (unsigned long long)host->reload.n_failed,
+            (unsigned long long)host->reload.n_rejected);
+}
 
 static void write_pipelines(FILE *out, kh_host *host) {
     for (size_t m = 0; m < sizeof pipeline_metrics / sizeof *pipeline_metrics;
@@ -123,7 +244,7 @@ static const struct {
     {KH_PAUSE_FLOW, "flow"},         {KH_PAUSE_WORKER, "worker"},
     {KH_PAUSE_FAILED, "failed"},     {KH_PAUSE_UNACKED, "unacked"},
     {KH_PAUSE_SHUTDOWN, "shutdown"}, {KH_PAUSE_DLQ, "dlq"},
-    {KH_PAUSE_SEEK, "seek"},
+    {KH_PAUSE_SEEK, "seek"},         {KH_PAUSE_OPERATOR, "operator"},
 };
 
 enum {
@@ -136,6 +257,7 @@ enum {
     P_PENDING,
     P_PAUSED,
     P_REASON,
+    P_AGE,
     P_N
 };
 static const struct {
@@ -165,7 +287,12 @@ static const struct {
                   "held at a failed message, else 0."},
     [P_REASON] = {"khost_partition_paused_reason", "gauge",
                   "1 for each reason the partition is paused (flow, "
-                  "worker, failed, unacked, shutdown, dlq, seek, held)."},
+                  "worker, failed, unacked, shutdown, dlq, seek, "
+                  "operator, held)."},
+    [P_AGE] = {"khost_partition_oldest_unresolved_age_seconds", "gauge",
+               "Seconds since the oldest unresolved message (in flight, "
+               "deferred or being dead-lettered) was dispatched; 0 when "
+               "none."},
 };
 
 static void part_labels(FILE *out, const kh_pipeline_rt *pl,
@@ -186,6 +313,7 @@ static void part_sample(FILE *out, int fam, const kh_pipeline_rt *pl,
 }
 
 static void write_partition_family(FILE *out, kh_host *host, int fam) {
+    int64_t now_ms = kh_now_ms();
     family(out, part_families[fam].name, part_families[fam].type,
            part_families[fam].help);
     for (size_t i = 0; i < host->n_pipelines; i++) {
@@ -235,6 +363,14 @@ static void write_partition_family(FILE *out, kh_host *host, int fam) {
             case P_PAUSED:
                 part_sample(out, fam, pl, part, NULL, part->pause != 0 || held);
                 break;
+            case P_AGE: {
+                int64_t since = offsets_oldest_since(&part->off);
+                int64_t age = since > 0 ? now_ms - since : 0;
+                fputs(part_families[fam].name, out);
+                part_labels(out, pl, part);
+                fprintf(out, "} %.3f\n", age > 0 ? (double)age / 1000 : 0.0);
+                break;
+            }
             case P_REASON:
                 for (size_t r = 0;
                      r < sizeof pause_reasons / sizeof *pause_reasons; r++)
@@ -353,7 +489,9 @@ char *metrics_render(kh_host *host, double start_time_s, size_t *len) {
     family(out, "khost_start_time_seconds", "gauge",
            "When the host started, in seconds since the Unix epoch.");
     fprintf(out, "khost_start_time_seconds %.3f\n", start_time_s);
+    write_host_reloads(out, host);
     write_pipelines(out, host);
+    write_pipeline_extras(out, host);
     for (int f = 0; f < P_N; f++)
         write_partition_family(out, host, f);
     write_workers(out, host);

@@ -76,6 +76,8 @@ static uint64_t push(kh_offsets *o, int64_t offset, uint32_t attempt,
     e->offset = offset;
     e->attempt = attempt;
     e->state = (uint8_t)state;
+    e->since_ms = 0;
+    e->ts_ms = -1;
     if (o->first_seen < 0)
         o->first_seen = offset;
     return seq;
@@ -95,6 +97,26 @@ int64_t offsets_last_dispatched(const kh_offsets *o) {
         ->ring[(o->head + (size_t)(o->next_seq - 1 - o->head_seq)) &
                (o->cap - 1)]
         .offset;
+}
+
+void offsets_stamp(kh_offsets *o, uint64_t seq, int64_t since_ms,
+                   int64_t ts_ms) {
+    if (seq < o->head_seq || seq >= o->next_seq)
+        return;
+    kh_entry *e = entry_at(o, seq);
+    e->since_ms = since_ms;
+    e->ts_ms = ts_ms;
+}
+
+int64_t offsets_oldest_since(const kh_offsets *o) {
+    for (uint64_t seq = o->head_seq; seq < o->next_seq; seq++) {
+        const kh_entry *e =
+            &o->ring[(o->head + (size_t)(seq - o->head_seq)) & (o->cap - 1)];
+        if (e->state == KH_ENTRY_INFLIGHT || e->state == KH_ENTRY_DEFERRED ||
+            e->state == KH_ENTRY_DLQ)
+            return e->since_ms;
+    }
+    return 0;
 }
 
 int64_t offsets_first_unresolved(const kh_offsets *o) {

@@ -49,6 +49,11 @@ typedef struct kh_entry {
     int64_t offset;
     uint32_t attempt;
     uint8_t state;
+    /* For the metrics only (offsets_stamp): when it was dispatched
+     * (CLOCK_MONOTONIC ms, 0 unknown) and the message's Kafka timestamp
+     * (ms since the epoch, -1 none). */
+    int64_t since_ms;
+    int64_t ts_ms;
 } kh_entry;
 
 /* An offset to treat specially when it is dispatched again after a
@@ -103,6 +108,13 @@ bool offsets_replay_failed(const kh_offsets *o, int64_t offset);
  * its entry: its redelivery is acked without dispatch. Returns false when
  * no replay of it is known (revoked since). */
 bool offsets_replay_resolved(kh_offsets *o, int64_t offset);
+
+/* Note when entry seq was dispatched and its message's timestamp. */
+void offsets_stamp(kh_offsets *o, uint64_t seq, int64_t since_ms,
+                   int64_t ts_ms);
+/* The dispatch time of the oldest unresolved entry, 0 when none (or not
+ * stamped). */
+int64_t offsets_oldest_since(const kh_offsets *o);
 
 /* Mark a replayed offset (after a rewind) as failed. */
 void offsets_mark_failed(kh_offsets *o, int64_t offset);

@@ -34,6 +34,16 @@ typedef enum kh_outcome {
 
 enum { KH_STEP_SWAP = 1, KH_STEP_START = 2 };
 
+/* The results a handler gives, and why workers die, as counted. */
+enum { KH_RES_ACK, KH_RES_DEFERRED, KH_RES_RETRY, KH_RES_FAIL, KH_RES_N };
+enum {
+    KH_CRASH_SIGNAL, /* died of a signal the host did not send */
+    KH_CRASH_EXIT,   /* exited on its own */
+    KH_CRASH_HANG,   /* killed by the host: a handler or init overran */
+    KH_CRASH_LIE,    /* killed by the host: it broke the protocol */
+    KH_CRASH_N
+};
+
 /* Recent crashes (and reloads, host.h) are kept this many deep. */
 #define KH_RECENT 16
 
@@ -82,6 +92,14 @@ struct kh_pipeline_rt {
     uint64_t handled, acked_count, crashes, restarts_total, rebalances;
     uint64_t retries, failures, lies;
     uint64_t poison, dlq_written, dlq_errors, skipped, reloads;
+    /* Results as the host received them (dispatch.c), deferred tokens
+     * acked later, crashes by cause (supervisor.c), and two histograms:
+     * end-to-end latency at the ack (dispatch.c) and the handler
+     * durations of workers that are gone (folded in by the supervisor
+     * when it releases one; live workers' are on their status pages). */
+    uint64_t results[KH_RES_N], deferred_acks;
+    uint64_t crash_causes[KH_CRASH_N];
+    kh_hist e2e_hist, handle_hist_gone;
     rd_kafka_t *dlq; /* dead-letter producer, with on_failure = dlq */
     struct kh_dlq_job *dlq_retry; /* writes waiting for their retry */
     struct kh_dlq_job *dlq_live;  /* every write not yet finished */
@@ -118,6 +136,30 @@ static inline int pl_n_all_workers(const kh_pipeline_rt *pl) {
 }
 static inline kh_worker *pl_worker(kh_pipeline_rt *pl, int i) {
     return i < pl->n_workers ? &pl->workers[i] : &pl->next[i - pl->n_workers];
+}
+
+/* A pipeline's state for status and metrics: running, starting,
+ * swapping, failed, paused (every assigned partition paused by an
+ * operator or held) or stopping. */
+static inline const char *pipeline_state_name(const kh_pipeline_rt *pl) {
+    if (pl->failed)
+        return "failed";
+    if (pl->stopping)
+        return "stopping";
+    if (pl->swap || pl->n_next)
+        return "swapping";
+    for (int w = 0; w < pl->n_workers; w++)
+        if (!pl->workers[w].served)
+            return "starting";
+    size_t assigned = 0, stopped = 0;
+    for (size_t j = 0; j < pl->n_parts; j++) {
+        const kh_part *part = pl->parts[j];
+        if (!part || !part->assigned)
+            continue;
+        assigned++;
+        stopped += part->operator_paused || part->held;
+    }
+    return assigned && stopped == assigned ? "paused" : "running";
 }
 
 kh_pipeline_rt *pipeline_start(kh_host *host, const kh_config *root,

@@ -67,24 +67,7 @@ void status_not_ready(kh_host *host, char *why, size_t len) {
 }
 
 const char *status_pipeline_state(const kh_pipeline_rt *pl) {
-    if (pl->failed)
-        return "failed";
-    if (pl->stopping)
-        return "stopping";
-    if (pl->swap || pl->n_next)
-        return "swapping";
-    for (int w = 0; w < pl->n_workers; w++)
-        if (!pl->workers[w].served)
-            return "starting";
-    size_t assigned = 0, stopped = 0;
-    for (size_t j = 0; j < pl->n_parts; j++) {
-        const kh_part *part = pl->parts[j];
-        if (!part || !part->assigned)
-            continue;
-        assigned++;
-        stopped += part->operator_paused || part->held;
-    }
-    return assigned && stopped == assigned ? "paused" : "running";
+    return pipeline_state_name(pl);
 }
 
 /* A JSON string of any bytes: plugin texts (set_error, init errors,

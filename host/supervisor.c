@@ -152,6 +152,9 @@ static void release_process(kh_worker *w) {
     w->child_src = sd_event_source_disable_unref(w->child_src);
     conn_close(&w->conn);
     if (w->status) {
+        /* Its handler durations outlive it (they are counters). */
+        if (w->pl)
+            status_read_hist(w->status, &w->pl->handle_hist_gone);
         munmap(w->status, KH_STATUS_PAGE);
         w->status = NULL;
     }
@@ -325,6 +328,13 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
         return 0;
     }
     pl->crashes++;
+    if (w->kill_reason[0])
+        pl->crash_causes[strstr(w->kill_reason, "_timeout_ms")
+                             ? KH_CRASH_HANG
+                             : KH_CRASH_LIE]++;
+    else
+        pl->crash_causes[si->si_code == CLD_EXITED ? KH_CRASH_EXIT
+                                                   : KH_CRASH_SIGNAL]++;
     /* Dead before READY: init failed, crashed or overran its timeout. */
     bool failed_start = !w->served;
     if (si->si_code == CLD_EXITED && si->si_status == KH_EXIT_INIT_FAILED)

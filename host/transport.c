@@ -512,6 +512,44 @@ bool status_draining(const kh_worker_status *s) {
     return __atomic_load_n(&s->drain, __ATOMIC_ACQUIRE) != 0;
 }
 
+/* 0.1 ms to 10 s: handlers are fast, or they talk to something slow. */
+const double kh_handle_bounds_s[KH_HIST_N] = {
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+    0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
+
+/* 1 ms to 5 min: from a message's Kafka timestamp to its ack. */
+const double kh_e2e_bounds_s[KH_HIST_N] = {
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5,   1,      2.5,   5,    10,    30,   60,  300};
+
+void status_observe_call(kh_worker_status *s, int64_t ns) {
+    if (ns < 0)
+        ns = 0;
+    double v = (double)ns / 1e9;
+    int i = 0;
+    while (i < KH_HIST_N && v > kh_handle_bounds_s[i])
+        i++;
+    /* Only this process writes them: load + store is enough. */
+    uint64_t b = __atomic_load_n(&s->handle_bucket[i], __ATOMIC_RELAXED);
+    __atomic_store_n(&s->handle_bucket[i], b + 1, __ATOMIC_RELAXED);
+    uint64_t sum = __atomic_load_n(&s->handle_sum_ns, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->handle_sum_ns, sum + (uint64_t)ns, __ATOMIC_RELAXED);
+}
+
+static uint64_t sat_add(uint64_t a, uint64_t b) {
+    return a + b < a ? UINT64_MAX : a + b;
+}
+
+void status_read_hist(const kh_worker_status *s, kh_hist *h) {
+    for (int i = 0; i <= KH_HIST_N; i++) {
+        uint64_t b = __atomic_load_n(&s->handle_bucket[i], __ATOMIC_RELAXED);
+        h->bucket[i] = sat_add(h->bucket[i], b);
+        h->count = sat_add(h->count, b);
+    }
+    h->sum_s +=
+        (double)__atomic_load_n(&s->handle_sum_ns, __ATOMIC_RELAXED) / 1e9;
+}
+
 void status_leave_call(kh_worker_status *s) {
     __atomic_store_n(&s->call_started_ms, 0, __ATOMIC_RELEASE);
 }

@@ -185,6 +185,29 @@ int conn_next_frame(kh_conn *c, uint16_t *type, kh_reader *payload);
  * path, which message a worker was handling when it died or hung: that
  * is the crash's suspect offset.
  */
+/* A histogram of durations: counts per bucket (not cumulative; the last
+ * one is over the top bound), their sum and count. The host keeps them
+ * for end-to-end latency and folds the handler-duration ones of workers
+ * that are gone; bounds are per use (KH_HANDLE_BOUNDS_S in transport.c,
+ * KH_E2E_BOUNDS_S in metrics.c). */
+#define KH_HIST_N 16
+typedef struct kh_hist {
+    uint64_t bucket[KH_HIST_N + 1];
+    uint64_t count;
+    double sum_s;
+} kh_hist;
+extern const double kh_handle_bounds_s[KH_HIST_N];
+extern const double kh_e2e_bounds_s[KH_HIST_N];
+/* Count v (seconds) in h, against `bounds` (ascending, KH_HIST_N). */
+static inline void kh_hist_observe(kh_hist *h, const double *bounds, double v) {
+    int i = 0;
+    while (i < KH_HIST_N && v > bounds[i])
+        i++;
+    h->bucket[i]++;
+    h->count++;
+    h->sum_s += v;
+}
+
 typedef struct kh_worker_status {
     uint64_t current_token; /* first message of the current handler call */
     uint32_t current_count; /* messages in that call (1, or batch size) */
@@ -197,12 +220,24 @@ typedef struct kh_worker_status {
      * RESUME. The host sets it to drain quickly for a revoke or shutdown
      * instead of waiting for a whole in-flight window to be handled. */
     uint32_t drain;
+    uint32_t pad2;
+    /* Written by the worker after each handler call (a handle_batch call
+     * counts once): its duration in the buckets of kh_handle_bounds_s,
+     * not cumulative, and the sum in ns. The host only displays them
+     * (/metrics): a worker can write anything here. */
+    uint64_t handle_bucket[KH_HIST_N + 1];
+    uint64_t handle_sum_ns;
 } kh_worker_status;
 
 /* Accessors with the right memory ordering for a cross-process page. */
 void status_enter_call(kh_worker_status *s, uint64_t token, uint32_t count,
                        int64_t now_ms);
 void status_leave_call(kh_worker_status *s);
+/* Worker side, after a call: count its duration (ns). */
+void status_observe_call(kh_worker_status *s, int64_t ns);
+/* Host side: add what the page counted to h (bucket counts, sum; count
+ * is the buckets' total), saturating. */
+void status_read_hist(const kh_worker_status *s, kh_hist *h);
 void status_set_drain(kh_worker_status *s, bool on); /* host */
 bool status_draining(const kh_worker_status *s);     /* worker */
 /* Host side: snapshot. */

@@ -31,6 +31,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Smallest message on the wire (see transport.h): bounds how many
@@ -50,6 +51,14 @@ typedef struct token_set {
     size_t cap; /* power of two, or 0 */
     size_t count;
 } token_set;
+
+/* CLOCK_MONOTONIC in ns: handler calls are timed with it (the same clock
+ * as kh_now_ms, so the status page's ms agree). */
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 static size_t token_hash(uint64_t x) {
     /* splitmix64 finaliser: tokens are often sequential, which would
@@ -652,9 +661,11 @@ static void handle_messages(worker *w, kh_reader *r) {
             for (uint32_t i = 0; i < n; i++)
                 if (res[i] == 0xff)
                     call[j++] = w->batch[i];
-            status_enter_call(w->status, call[0]->ack_token, k, kh_now_ms());
+            int64_t t0 = now_ns();
+            status_enter_call(w->status, call[0]->ack_token, k, t0 / 1000000);
             w->desc->handle_batch(w->state, call, k, w->results);
             status_leave_call(w->status);
+            status_observe_call(w->status, now_ns() - t0);
             free(call);
         }
         /* The host redelivers a partition from its first retry/fail on,
@@ -684,10 +695,12 @@ static void handle_messages(worker *w, kh_reader *r) {
                 res[i] = KH_RESULT_SKIPPED;
                 continue;
             }
-            int64_t now = kh_now_ms();
-            status_enter_call(w->status, m->ack_token, 1, now);
+            int64_t t0 = now_ns();
+            status_enter_call(w->status, m->ack_token, 1, t0 / 1000000);
             khost_result got = w->desc->handle(w->state, m);
+            int64_t t1 = now_ns();
             status_leave_call(w->status);
+            status_observe_call(w->status, t1 - t0);
             res[i] = check_result(m, got);
             if (res[i] == KHOST_RETRY || res[i] == KHOST_FAIL) {
                 hold(w, m);
@@ -697,7 +710,7 @@ static void handle_messages(worker *w, kh_reader *r) {
             }
             /* A slow handler reports as it goes, so a crash later in the
              * batch does not cost the acks of what was already done. */
-            now = kh_now_ms();
+            int64_t now = t1 / 1000000;
             if (now - last_flush >= EARLY_RESULTS_MS) {
                 put_results(w, sent, i + 1);
                 sent = i + 1;

@@ -147,14 +147,7 @@ Test(http, ready_names_a_failed_pipeline) {
 
 /* The value of the sample `line` (name{labels}) in the exposition, -1 when
  * absent. */
-static double sample(const char *text, const char *line) {
-    char *needle;
-    cr_assert_neq(asprintf(&needle, "\n%s ", line), -1);
-    const char *p = strstr(text, needle);
-    double v = p ? strtod(p + strlen(needle), NULL) : -1;
-    free(needle);
-    return v;
-}
+#define sample tu_metric
 
 #define PER 40
 Test(http, metrics_count_a_crash_and_a_dead_letter) {
@@ -191,8 +184,12 @@ Test(http, metrics_count_a_crash_and_a_dead_letter) {
     }
     cr_assert(strstr(resp, "Content-Type: text/plain; version=0.0.4"), "%s",
               resp);
-    cr_assert_eq(sample(text, "khost_worker_crashes_total{pipeline=\"p\"}"), 1,
-                 "%s", text);
+    cr_assert_eq(sample(text, "khost_worker_crashes_total{pipeline=\"p\","
+                              "cause=\"signal\"}"),
+                 1, "%s", text);
+    cr_assert_eq(sample(text, "khost_worker_crashes_total{pipeline=\"p\","
+                              "cause=\"exit\"}"),
+                 0, "%s", text);
     cr_assert_eq(sample(text, "khost_dead_lettered_total{pipeline=\"p\"}"), 1,
                  "%s", text);
     cr_assert_eq(sample(text, "khost_messages_failed_total{pipeline=\"p\"}"), 1,

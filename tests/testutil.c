@@ -280,3 +280,12 @@ const char *tu_http_body(const char *resp) {
     const char *b = strstr(resp, "\r\n\r\n");
     return b ? b + 4 : "";
 }
+
+double tu_metric(const char *text, const char *line) {
+    char *needle;
+    cr_assert_neq(asprintf(&needle, "\n%s ", line), -1);
+    const char *p = strstr(text, needle);
+    double v = p ? strtod(p + strlen(needle), NULL) : -1;
+    free(needle);
+    return v;
+}

@@ -50,6 +50,10 @@ int tu_connect_port(int port);
  */
 int tu_http(int port, const char *method, const char *path, const char *headers,
             const char *body, size_t body_len, char **resp);
+/* The value of the Prometheus sample whose name and labels are exactly
+ * `line` (e.g. `khost_x_total{pipeline="p"}`) in a /metrics text, -1
+ * when there is none. */
+double tu_metric(const char *text, const char *line);
 /* The body of a response tu_http returned. */
 const char *tu_http_body(const char *resp);
 
