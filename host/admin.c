@@ -139,6 +139,27 @@ static void do_status(kh_host *host, int fd) {
                  (unsigned long long)pl->dlq_written,
                  (unsigned long long)pl->reloads, pl->failed ? " FAILED" : "");
         reply(fd, line);
+        /* What an operator stopped, or on_failure = pause holds: each
+         * waits for a khost resume. */
+        for (size_t p = 0; p < pl->n_parts; p++) {
+            kh_part *part = pl->parts[p];
+            if (!part->assigned || (!part->held && !part->operator_paused))
+                continue;
+            if (part->held)
+                snprintf(line, sizeof line,
+                         "  partition=%s/%d held at offset=%lld (on_failure "
+                         "= pause): khost resume %s %s %d releases it\n",
+                         part->topic, (int)part->partition,
+                         (long long)part->held_offset, pl->cfg->name,
+                         part->topic, (int)part->partition);
+            else
+                snprintf(line, sizeof line,
+                         "  partition=%s/%d paused by an operator: khost "
+                         "resume %s %s %d\n",
+                         part->topic, (int)part->partition, pl->cfg->name,
+                         part->topic, (int)part->partition);
+            reply(fd, line);
+        }
     }
     if (n_failed && n_failed == host->n_pipelines) {
         snprintf(line, sizeof line,

@@ -232,6 +232,11 @@ Test(admin, pause_and_resume_a_partition, .timeout = 120) {
     r = khost("pause", "p", "pr", "0", "--socket", e.sock);
     cr_assert(strstr(r.out, "already paused"), "%s", r.out);
     tu_result_free(&r);
+    r = khost("status", "--socket", e.sock, NULL, NULL, NULL);
+    cr_assert(strstr(r.out, "  partition=pr/0 paused by an operator: khost "
+                            "resume p pr 0\n"),
+              "%s", r.out);
+    tu_result_free(&r);
     r = khost("pause", "p", "pr", "5", "--socket", e.sock);
     cr_assert_eq(r.exit_code, 2, "%s%s", r.out, r.err);
     tu_result_free(&r);
@@ -291,7 +296,12 @@ Test(admin, resume_releases_an_on_failure_pause_hold, .timeout = 120) {
     json_decref(j);
     th_sleep_ms(500);
     cr_assert_eq(th_committed(&e.c, "g-hold", "hold", 0), 10);
-    tu_result r = khost("resume", "p", "hold", "0", "--socket", e.sock);
+    tu_result r = khost("status", "--socket", e.sock, NULL, NULL, NULL);
+    cr_assert(strstr(r.out, "  partition=hold/0 held at offset=10 "
+                            "(on_failure = pause): khost resume p hold 0"),
+              "%s", r.out);
+    tu_result_free(&r);
+    r = khost("resume", "p", "hold", "0", "--socket", e.sock);
     cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
     cr_assert(strstr(r.out, "resumed, released the hold at offset=10"), "%s",
               r.out);
