@@ -111,6 +111,16 @@ static const char *const cause_names[KH_CRASH_N] = {[KH_CRASH_SIGNAL] =
 static const char *const state_names[] = {"running", "starting", "swapping",
                                           "failed",  "paused",   "stopping"};
 
+/* A copy of `v`, a worker's to choose, with anything but printable ASCII
+ * as '?': invalid UTF-8 or a control byte would make the whole exposition
+ * unparsable. */
+static void printable(char *dst, size_t len, const char *v) {
+    size_t i = 0;
+    for (; v[i] && i + 1 < len; i++)
+        dst[i] = v[i] >= 0x20 && v[i] < 0x7f ? v[i] : '?';
+    dst[i] = '\0';
+}
+
 /* A labelled counter per pipeline: one sample per name in names. */
 static void write_labelled(FILE *out, kh_host *host, const char *name,
                            const char *help, const char *key,
@@ -173,13 +183,19 @@ static void write_pipeline_extras(FILE *out, kh_host *host) {
     }
     family(out, "khost_plugin_info", "gauge",
            "Always 1; the labels name the plugin the pipeline's workers "
-           "run.");
+           "reported at READY (absent before any; bytes other than "
+           "printable ASCII shown as ?).");
     for (size_t i = 0; i < host->n_pipelines; i++) {
         const kh_pipeline_rt *pl = host->pipelines[i];
+        if (!pl->plugin_name[0])
+            continue; /* no worker READY yet */
+        char name[sizeof pl->plugin_name], version[sizeof pl->plugin_version];
+        printable(name, sizeof name, pl->plugin_name);
+        printable(version, sizeof version, pl->plugin_version);
         fputs("khost_plugin_info", out);
         label(out, "{", "pipeline", pl->cfg->name);
-        label(out, ",", "plugin", pl->plugin_name);
-        label(out, ",", "version", pl->plugin_version);
+        label(out, ",", "plugin", name);
+        label(out, ",", "version", version);
         fputs("} 1\n", out);
     }
     family(out, "khost_handler_duration_seconds", "histogram",
