@@ -17,7 +17,8 @@
  *                      crashes its worker once and succeeds when the host
  *                      redelivers it: the demo's "crash once, resume".
  *   defer_all = true|false  (default false) return KHOST_DEFERRED for every
- *                      other message and ack them all at the next tick
+ *                      message no marker matched, and ack them all at the
+ *                      next tick
  *                      (or on_revoke of their partition)
  *   ack_on_revoke = true|false  (default true) with defer_all, false keeps
  *                      on_revoke from acking: acks then come only at tick,
