@@ -11,7 +11,13 @@
 #  4. a second, small build configured with CMAKE_INSTALL_PREFIX=$P and
 #     installed there: its khost finds file_sink.so of the same example
 #     in its compiled-in plugin folder ($P/lib/khost/plugins);
-#  5. systemd-analyze verify of khost.service and khost@demo.service
+#  5. the SDK from outside the tree: a one-file plugin built with
+#     `cc $(pkg-config --cflags --libs khost-plugin)` and the template
+#     (plugins/template, copied out) built with CMake's find_package(khost),
+#     both against the DESTDIR tree only; plugin-info and check-config of
+#     the installed khost accept them, and it runs each on the mock
+#     cluster until every seeded message is handled;
+#  6. systemd-analyze verify of khost.service and khost@demo.service
 #     (copies whose paths point into the DESTDIR tree), systemd-sysusers
 #     --dry-run of the sysusers.d file, and the man page through
 #     groff -ww and man --warnings: any line any of them prints fails.
@@ -58,7 +64,9 @@ for f in usr/bin/khost \
   usr/lib/khost/plugins/noop.so usr/include/khost/plugin.h \
   etc/khost/khost.ini.example \
   usr/lib/systemd/system/khost.service usr/lib/systemd/system/khost@.service \
-  usr/lib/sysusers.d/khost.conf usr/share/man/man1/khost.1; do
+  usr/lib/sysusers.d/khost.conf usr/share/man/man1/khost.1 \
+  usr/share/pkgconfig/khost-plugin.pc usr/share/cmake/khost/khostConfig.cmake \
+  usr/share/cmake/khost/khostConfigVersion.cmake; do
   [ -f "$root/$f" ] || fail "missing $f"
 done
 [ -x "$root/usr/bin/khost" ] || fail "usr/bin/khost is not executable"
@@ -159,7 +167,65 @@ grep -q "^pipeline events: topics events group khost-events plugin file_sink " \
   "$tmp/check.out" || { cat "$tmp/check.out" >&2; fail "check-config output"; }
 echo "$prefix/etc/khost/khost.ini.example: file_sink.so found in $prefix/lib/khost/plugins"
 
-# --- 5. units, sysusers.d, man page -----------------------------------
+# --- 5. the plugin SDK, from outside the tree --------------------------
+step "SDK: pkg-config one-file plugin and the CMake template, out of tree"
+sdk=$tmp/sdk
+mkdir -p "$sdk"
+export PKG_CONFIG_PATH=$root/usr/share/pkgconfig
+hdr=$src/include/khost/plugin.h
+abi="$(sed -n 's/^#define KHOST_ABI_MAJOR //p' "$hdr").$(sed -n 's/^#define KHOST_ABI_MINOR //p' "$hdr")"
+[ "$(pkg-config --variable=abi_major khost-plugin).$(pkg-config --variable=abi_minor khost-plugin)" = "$abi" ] ||
+  fail "pkg-config abi variables"
+[ "$(pkg-config --modversion khost-plugin)" = "$version" ] || fail "pkg-config version"
+pkg-config --variable=plugindir khost-plugin | grep -q "/lib/khost/plugins$" ||
+  fail "pkg-config plugindir: $(pkg-config --variable=plugindir khost-plugin)"
+cp "$src/tests/install/hello.c" "$sdk/hello.c"
+# The installed header only: no -I into the source tree.
+# shellcheck disable=SC2046 # pkg-config's words are flags
+gcc -Wall -Wextra -Werror "$sdk/hello.c" $(pkg-config --cflags --libs khost-plugin) \
+  -o "$sdk/hello.so" 2>"$tmp/hello.log" || { cat "$tmp/hello.log" >&2; fail "cc hello.c"; }
+cp -r "$src/plugins/template" "$sdk/template"
+cmake -S "$sdk/template" -B "$sdk/template/build" -DCMAKE_PREFIX_PATH="$root/usr" \
+  -DCMAKE_C_COMPILER=gcc >"$tmp/template.log" 2>&1 &&
+  cmake --build "$sdk/template/build" >>"$tmp/template.log" 2>&1 ||
+  { cat "$tmp/template.log" >&2; fail "the template does not build"; }
+for so in "$sdk/hello.so" "$sdk/template/build/batch_sink.so"; do
+  out=$("$root/usr/bin/khost" plugin-info "$so") || fail "plugin-info $so: $out"
+  echo "$out" | grep -q "^abi: *$abi (host speaks" || fail "plugin-info $so: $out"
+  exported=$(nm -D --defined-only "$so" | awk '$2 == "T" {print $3}')
+  [ "$exported" = khost_plugin_entry ] || fail "$so exports: $exported"
+done
+# Each runs under the installed khost until the seeded messages are in.
+run_sdk_plugin() { # NAME SO CONFIG_LINES OUTPUT_FILE
+  printf '%s\n' "[host]" "brokers = mock" "mock_partitions = 2" \
+    "mock_seed = $seed" "[pipeline.$1]" "topics = $1" "group = khost-sdk-$1" \
+    "plugin = $2" "workers = 2" "shutdown_timeout_ms = 5000" \
+    "[pipeline.$1.config]" "$3" >"$sdk/$1.ini"
+  "$root/usr/bin/khost" check-config -c "$sdk/$1.ini" >"$tmp/$1.check" 2>&1 ||
+    { cat "$tmp/$1.check" >&2; fail "check-config of $1"; }
+  "$root/usr/bin/khost" run -c "$sdk/$1.ini" --socket "$sdk/$1.sock" \
+    >"$tmp/$1.log" 2>&1 &
+  host_pid=$!
+  for _ in $(seq 1 200); do
+    [ "$(sort -u "$4" 2>/dev/null | wc -l)" -ge $seed ] && break
+    kill -0 $host_pid 2>/dev/null || break
+    sleep 0.1
+  done
+  n=$(sort -u "$4" 2>/dev/null | wc -l)
+  kill -TERM $host_pid
+  rc=0
+  wait $host_pid || rc=$?
+  host_pid=
+  [ "$n" -eq $seed ] || { cat "$tmp/$1.log" >&2; fail "$1 handled $n of $seed"; }
+  [ $rc -eq 0 ] || { cat "$tmp/$1.log" >&2; fail "$1: khost exit status $rc"; }
+  echo "$1: $n of $seed distinct messages, exit status $rc"
+}
+run_sdk_plugin hello "$sdk/hello.so" "count_file = $sdk/hello.count" "$sdk/hello.count"
+run_sdk_plugin batch "$sdk/template/build/batch_sink.so" \
+  "output = $sdk/batch.out" "$sdk/batch.out"
+unset PKG_CONFIG_PATH
+
+# --- 6. units, sysusers.d, man page -----------------------------------
 step "systemd-analyze verify, systemd-sysusers, man page lint"
 # verify checks that ExecStart's binary exists: copies that point into
 # the DESTDIR tree. Documentation=man:khost(1) is checked against it too.
