@@ -140,6 +140,17 @@ static int set_remove(token_set *s, uint64_t token) {
     }
 }
 
+static bool set_has(const token_set *s, uint64_t token) {
+    return s->cap && s->used[set_find(s, token)];
+}
+
+/* Forget every token, keeping the memory. */
+static void set_clear(token_set *s) {
+    if (s->cap)
+        memset(s->used, 0, s->cap);
+    s->count = 0;
+}
+
 static void set_free(token_set *s) {
     free(s->keys);
     free(s->used);
@@ -177,6 +188,12 @@ struct khost_host {
     khost_host_api api;
 
     token_set deferred;
+    /* The handler call in progress (its messages: call[0..call_n)), and
+     * the tokens of it the plugin acked before answering: such an ack
+     * counts, and a KHOST_DEFERRED answer for one becomes KHOST_ACK. */
+    const khost_message *const *call;
+    size_t call_n;
+    token_set early;
     uint64_t *acks; /* acked tokens not yet sent */
     size_t n_acks, cap_acks;
 
@@ -207,6 +224,7 @@ static void worker_free(worker *w) {
     free(w->cfg_values);
     free(w->pipeline);
     set_free(&w->deferred);
+    set_free(&w->early);
     free(w->acks);
     for (size_t i = 0; i < w->cap_slots; i++) {
         buf_free(&w->slots[i].strings);
@@ -341,9 +359,26 @@ static int api_config_entry(khost_host *h, size_t index, const char **key,
     return 0;
 }
 
+/* The token of a message of the handler call in progress? */
+static bool in_call(const khost_host *h, uint64_t token) {
+    for (size_t i = 0; i < h->call_n; i++)
+        if (h->call[i]->ack_token == token)
+            return true;
+    return false;
+}
+
 static int api_ack(khost_host *h, uint64_t token) {
-    /* Only tokens answered KHOST_DEFERRED and not acked yet: the host
-     * would otherwise commit past a message nobody finished. */
+    /* A message of the call in progress, acked before its answer (a
+     * plugin that finishes its work synchronously and then says
+     * DEFERRED): it counts, once the answer is in (answered). */
+    if (in_call(h, token)) {
+        if (set_has(&h->early, token))
+            return -EINVAL; /* acked twice */
+        set_insert(&h->early, token);
+        return 0;
+    }
+    /* Else only tokens answered KHOST_DEFERRED and not acked yet: the
+     * host would otherwise commit past a message nobody finished. */
     if (!set_remove(&h->deferred, token))
         return -EINVAL;
     if (h->n_acks == h->cap_acks) {
@@ -352,6 +387,15 @@ static int api_ack(khost_host *h, uint64_t token) {
     }
     h->acks[h->n_acks++] = token;
     return 0;
+}
+
+/* The answer for m, given the acks its own call made: DEFERRED for a
+ * message the plugin acked already is ACK (its ack counted); any other
+ * answer stands and the early ack is dropped. */
+static uint8_t answered(khost_host *h, const khost_message *m, uint8_t res) {
+    if (!h->early.count || !set_remove(&h->early, m->ack_token))
+        return res;
+    return res == KHOST_DEFERRED ? KHOST_ACK : res;
 }
 
 /* The answer's reason goes out before the RESULTS that carry the answer,
@@ -663,7 +707,10 @@ static void handle_messages(worker *w, kh_reader *r) {
                     call[j++] = w->batch[i];
             int64_t t0 = now_ns();
             status_enter_call(w->status, call[0]->ack_token, k, t0 / 1000000);
+            w->call = call;
+            w->call_n = k;
             w->desc->handle_batch(w->state, call, k, w->results);
+            w->call_n = 0;
             status_leave_call(w->status);
             status_observe_call(w->status, now_ns() - t0);
             free(call);
@@ -681,7 +728,7 @@ static void handle_messages(worker *w, kh_reader *r) {
                 res[i] = KH_RESULT_SKIPPED;
                 continue;
             }
-            res[i] = check_result(m, got);
+            res[i] = answered(w, m, check_result(m, got));
             if (res[i] == KHOST_RETRY || res[i] == KHOST_FAIL)
                 hold(w, m);
             else if (res[i] == KHOST_DEFERRED)
@@ -697,11 +744,14 @@ static void handle_messages(worker *w, kh_reader *r) {
             }
             int64_t t0 = now_ns();
             status_enter_call(w->status, m->ack_token, 1, t0 / 1000000);
+            w->call = &w->batch[i];
+            w->call_n = 1;
             khost_result got = w->desc->handle(w->state, m);
+            w->call_n = 0;
             int64_t t1 = now_ns();
             status_leave_call(w->status);
             status_observe_call(w->status, t1 - t0);
-            res[i] = check_result(m, got);
+            res[i] = answered(w, m, check_result(m, got));
             if (res[i] == KHOST_RETRY || res[i] == KHOST_FAIL) {
                 hold(w, m);
             } else if (res[i] == KHOST_DEFERRED) {
@@ -721,6 +771,8 @@ static void handle_messages(worker *w, kh_reader *r) {
     }
 
     w->frame_n = 0;
+    /* An early ack of a message answered SKIPPED (held) does not count. */
+    set_clear(&w->early);
     /* RESULTS before ACKS, so the host always learns that a message was
      * deferred before it sees the ack. */
     put_results(w, sent, n);

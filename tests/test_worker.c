@@ -614,6 +614,46 @@ Test(worker, ack_validation_and_order) {
     wk_free(&w);
 }
 
+/* ABI contract: acking the token of the message being handled, then
+ * returning KHOST_DEFERRED, counts as an ack (before, the ack was refused
+ * in silence and the token stayed deferred for ever, holding the
+ * partition's commit). The worker answers ACK and sends no ACKS frame. */
+static void self_ack(const char *fixture) {
+    wk w;
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s.so", KHOST_FIXTURE_DIR, fixture);
+    wk_spawn(&w, 0);
+    wk_init(&w, path, 0, "record", w.record, NULL);
+    wk_ready(&w, fixture);
+    const tmsg m[] = {{1, 0, "SELFACK"}, {2, 0, "DEFER"}, {3, 0, "SELFACK"}};
+    wk_messages(&w, m, 3);
+    const uint64_t tok[] = {1, 2, 3};
+    const uint8_t want[] = {KHOST_ACK, KHOST_DEFERRED, KHOST_ACK};
+    wk_results(&w, tok, want, 3);
+    kh_reader r;
+    cr_assert_eq(wk_recv(&w, &r, 200), 0, "no ACKS for self-acked tokens");
+    /* Acked already: a later ack of the same token is refused. */
+    const tmsg m2[] = {{4, 0, "ACK:1"}};
+    wk_messages(&w, m2, 1);
+    const uint64_t tok2[] = {4};
+    const uint8_t want2[] = {KHOST_ACK};
+    wk_results(&w, tok2, want2, 1);
+    wk_shutdown_ok(&w);
+    char *rec = wk_record(&w);
+    cr_assert(strstr(rec, "selfack 1 0 -22\n"), "%s", rec);
+    cr_assert(strstr(rec, "selfack 3 0 -22\n"), "%s", rec);
+    cr_assert(strstr(rec, "ack 1 -22 -22\n"), "%s", rec);
+    free(rec);
+    wk_free(&w);
+}
+
+Test(worker, self_ack_before_deferred_counts) {
+    self_ack("fxw_events");
+}
+Test(worker, self_ack_in_a_batch_call_counts) {
+    self_ack("fxw_batch");
+}
+
 Test(worker, tick_runs_and_precedes_terminate) {
     wk w;
     wk_spawn(&w, 0);

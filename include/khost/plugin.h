@@ -127,10 +127,12 @@ typedef struct khost_host_api {
     int (*config_entry)(khost_host *host, size_t index, const char **key,
                         const char **value);
 
-    /* Acknowledge a message for which handle returned KHOST_DEFERRED.
-     * Returns 0, or a negative errno (-EINVAL: unknown or already acked
-     * token). Acks may arrive in any order; the committed offset only
-     * advances over a contiguous run of acked offsets. */
+    /* Acknowledge a message for which handle returned KHOST_DEFERRED,
+     * or one of the handle/handle_batch call in progress (the ack then
+     * counts if the call answers KHOST_DEFERRED for it). Returns 0, or a
+     * negative errno (-EINVAL: unknown or already acked token). Acks may
+     * arrive in any order; the committed offset only advances over a
+     * contiguous run of acked offsets. */
     int (*ack)(khost_host *host, uint64_t ack_token);
 
     /* ABI 1.1: attach a one-line reason to a message the handler answers
