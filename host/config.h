@@ -43,10 +43,13 @@ typedef struct kh_pipeline {
     char *plugin_path;
     char *plugin_tried; /* NULL unless the plugin was found nowhere */
     int plugin_line;
-    int workers;              /* default 1, 1..256 */
-    int max_restarts;         /* default 30 */
-    int max_seconds;          /* default 5 */
-    int handler_timeout_ms;   /* default 30000; 0 disables the hang check */
+    int workers;            /* default 1, 1..256 */
+    int max_restarts;       /* default 30 */
+    int max_seconds;        /* default 5 */
+    int handler_timeout_ms; /* default 30000; 0 disables the hang check */
+    /* default 300000: a message answered KHOST_DEFERRED and not acked
+     * within it is treated as a RETRY (dispatch.c); 0: never */
+    int deferred_timeout_ms;
     int init_timeout_ms;      /* default 30000; 0 lets init run forever */
     int shutdown_timeout_ms;  /* default 10000 */
     int tick_interval_ms;     /* default 1000; plugin tick, 0 disables */

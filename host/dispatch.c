@@ -408,3 +408,43 @@ int dispatch_read(kh_worker *w) {
     }
     return 0;
 }
+
+/* deferred_timeout_ms: the oldest DEFERRED entry of each partition that
+ * waited longer is given up on as if the handler had asked for a retry
+ * (attempts counted, max_attempts then the failure policy), with a WARN
+ * naming it. Entries are in dispatch order, so the scan stops at the
+ * first one dispatched within the limit. An ack that comes later is stale
+ * (I3) and dropped. */
+void dispatch_expire_deferred(kh_pipeline_rt *pl, int64_t now_ms) {
+    int64_t limit = pl->cfg->deferred_timeout_ms;
+    if (limit <= 0)
+        return;
+    for (size_t i = 0; i < pl->n_parts; i++) {
+        kh_part *part = pl->parts[i];
+        kh_worker *w = part->owner;
+        if (!part->assigned || !w || w->state != KH_W_READY)
+            continue;
+        for (uint64_t seq = part->off.head_seq; seq < part->off.next_seq;
+             seq++) {
+            kh_entry *e;
+            if (part_find(part, seq, &e) != KH_LOOKUP_OK || !e->since_ms)
+                continue;
+            if (now_ms - e->since_ms <= limit)
+                break;
+            if (e->state != KH_ENTRY_DEFERRED)
+                continue;
+            klog_warn("pipeline=%s topic=%s partition=%d offset=%lld: "
+                      "deferred for %lld ms without an ack, over "
+                      "deferred_timeout_ms=%lld; treated as a retry",
+                      pl->cfg->name, part->topic, part->partition,
+                      (long long)e->offset, (long long)(now_ms - e->since_ms),
+                      (long long)limit);
+            pl->deferred_timeouts++;
+            failure_note(part, e->offset,
+                         "no ack within deferred_timeout_ms=%lld",
+                         (long long)limit);
+            stop_partition_after(w, part, seq, KHOST_RETRY);
+            break;
+        }
+    }
+}

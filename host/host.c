@@ -284,6 +284,7 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *ud) {
     for (size_t i = 0; i < host->n_pipelines; i++) {
         kh_pipeline_rt *pl = host->pipelines[i];
         supervisor_check_hangs(pl, now);
+        dispatch_expire_deferred(pl, now);
         failure_poll(pl);
         parts_retry_seeks(pl->parts, pl->n_parts);
         /* I2: a partition stuck longer than this says why. A plugin that

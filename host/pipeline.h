@@ -97,7 +97,7 @@ struct kh_pipeline_rt {
      * end-to-end latency at the ack (dispatch.c) and the handler
      * durations of workers that are gone (folded in by the supervisor
      * when it releases one; live workers' are on their status pages). */
-    uint64_t results[KH_RES_N], deferred_acks;
+    uint64_t results[KH_RES_N], deferred_acks, deferred_timeouts;
     uint64_t crash_causes[KH_CRASH_N];
     kh_hist e2e_hist, handle_hist_gone;
     rd_kafka_t *dlq; /* dead-letter producer, with on_failure = dlq */

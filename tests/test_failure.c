@@ -293,3 +293,37 @@ Test(failure, dlq_write_failing_holds_commit_until_it_succeeds,
     th_cluster_stop(&c);
     tu_rmdir(dir);
 }
+
+/* ABI contract: a deferred token never acked. With deferred_timeout_ms
+ * the message is retried (attempt 2, which the fault plugin acks), the
+ * WARN names its offset, and the partition runs to its end; before, its
+ * commit stayed at the deferred message for ever. */
+Test(failure, deferred_timeout_retries_a_message_never_acked, .timeout = 90) {
+    th_cluster c;
+    th_cluster_start(&c, 1);
+    th_create_topic(&c, "f9", 2);
+    th_produce(&c, "f9", 2, 20, 1, 7, "NEVERACK");
+    char *dir = tu_tmpdir();
+    th_host h;
+    th_host_start(&h, dir, "host",
+                  ini(&c, dir, "f9", "deferred_timeout_ms = 500\n",
+                      "defer_on = NEVERACK\nmisbehave_attempts = 1"));
+    cr_assert(th_wait_committed(&c, "g", "f9", 2, 20, 60000), "%s", th_log(&h));
+    cr_assert_eq(th_log_count(&h, "topic=f9 partition=1 offset=7: deferred "
+                                  "for "),
+                 1, "%s", th_log(&h));
+    cr_assert(strstr(th_log(&h), "over deferred_timeout_ms=500; treated as a "
+                                 "retry"),
+              "%s", th_log(&h));
+    cr_assert_eq(th_host_stop(&h, SIGTERM, 20000), 0);
+    th_ledger l;
+    th_ledger_init(&l, 2, 20);
+    th_ledger_add_file(&l, rec(dir));
+    assert_all_but(&l, -1, -1);
+    cr_assert_eq(l.seen[1][7], 2, "deferred once, retried once");
+    cr_assert_eq(l.attempt[1][7], 2);
+    th_ledger_free(&l);
+    th_host_free(&h);
+    th_cluster_stop(&c);
+    tu_rmdir(dir);
+}
