@@ -327,3 +327,34 @@ Test(failure, deferred_timeout_retries_a_message_never_acked, .timeout = 90) {
     th_cluster_stop(&c);
     tu_rmdir(dir);
 }
+
+/* ABI contract, end to end: a handler that acks its own message inside
+ * handle and then answers DEFERRED. Its ack counts (the partition runs to
+ * its end, the message handled once); before, it was refused and the
+ * commit stayed at it. deferred_timeout_ms = 0 keeps the timeout from
+ * rescuing it. */
+Test(failure, self_ack_inside_handle_counts, .timeout = 90) {
+    th_cluster c;
+    th_cluster_start(&c, 1);
+    th_create_topic(&c, "f10", 2);
+    th_produce(&c, "f10", 2, 20, 0, 4, "SELFACK");
+    char *dir = tu_tmpdir();
+    th_host h;
+    th_host_start(&h, dir, "host",
+                  ini(&c, dir, "f10", "deferred_timeout_ms = 0\n",
+                      "selfack_on = SELFACK"));
+    cr_assert(th_wait_committed(&c, "g", "f10", 2, 20, 60000), "%s",
+              th_log(&h));
+    cr_assert(th_wait_log(&h, "acked it inside handle (0)", 1, 1000), "%s",
+              th_log(&h));
+    cr_assert_eq(th_host_stop(&h, SIGTERM, 20000), 0);
+    th_ledger l;
+    th_ledger_init(&l, 2, 20);
+    th_ledger_add_file(&l, rec(dir));
+    assert_all_but(&l, -1, -1);
+    cr_assert_eq(l.seen[0][4], 1, "handled once");
+    th_ledger_free(&l);
+    th_host_free(&h);
+    th_cluster_stop(&c);
+    tu_rmdir(dir);
+}

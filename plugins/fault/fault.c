@@ -11,6 +11,8 @@
  *   fail_on   = TEXT   return KHOST_FAIL
  *   retry_on  = TEXT   return KHOST_RETRY
  *   defer_on  = TEXT   return KHOST_DEFERRED and never ack
+ *   selfack_on = TEXT  ack the message's own token inside handle, then
+ *                      return KHOST_DEFERRED (legal: the ack counts)
  *   slow_ms   = N      sleep N ms in every handle call (default 0)
  *   misbehave_attempts = N  markers act only on delivery attempts 1..N
  *                      (default 0: every attempt). With 1, a message
@@ -63,10 +65,20 @@ typedef struct deferred {
 } deferred;
 
 /* Markers in the order they are checked. */
-enum marker { M_CRASH, M_EXIT, M_HANG, M_FAIL, M_RETRY, M_DEFER, M_COUNT };
+enum marker {
+    M_CRASH,
+    M_EXIT,
+    M_HANG,
+    M_FAIL,
+    M_RETRY,
+    M_DEFER,
+    M_SELFACK,
+    M_COUNT
+};
 
 static const char *const marker_keys[M_COUNT] = {
-    "crash_on", "exit_on", "hang_on", "fail_on", "retry_on", "defer_on",
+    "crash_on", "exit_on",  "hang_on",    "fail_on",
+    "retry_on", "defer_on", "selfack_on",
 };
 
 typedef struct fault {
@@ -349,6 +361,16 @@ static khost_result fault_handle(void *state, const khost_message *m) {
                    "fault: defer_on marker found at topic %s partition %" PRId32
                    " offset %" PRId64 ", deferring without ever acking",
                    topic, m->partition, m->offset);
+        return KHOST_DEFERRED;
+    }
+    if (has_marker(f, M_SELFACK, m)) {
+        int rc = f->api->ack(f->host, m->ack_token);
+        khost_logf(
+            f->api, f->host, KHOST_LOG_INFO,
+            "fault: selfack_on marker found at topic %s partition %" PRId32
+            " offset %" PRId64 ", acked it inside handle (%d), "
+            "returning DEFERRED",
+            topic, m->partition, m->offset, rc);
         return KHOST_DEFERRED;
     }
     if (f->defer_all) {
