@@ -39,7 +39,8 @@
  *
  * A second test drives the router (dispatch.c), the failure policy
  * (failure.c, on_failure = skip, poison counting), the plugin swap
- * (swap.c: reloads, canary, probation crashes and rollback) and the one
+ * (swap.c: reloads, canary, probation crashes and rollback), the expiry
+ * of deferred messages (dispatch_expire_deferred) and the one
  * bounded wait (drain.c) the same way, over real frames on socketpairs
  * (see "the router model" below): 5,000 scripts in CI
  * (KHOST_MODEL_ROUTER_SCRIPTS), about 20 s. It fails with any of these
@@ -1652,6 +1653,37 @@ static void r_tick(rmodel *r) {
     dispatch_pump(&r->pl);
 }
 
+/* deferred_timeout_ms runs out for every deferred message (the router's
+ * dispatch_expire_deferred, with a clock far ahead): per partition whose
+ * owner serves, the oldest DEFERRED entry is retried like a RETRY answer.
+ * The script expects the same of it first. */
+static void r_expire(rmodel *r) {
+    model *m = r->m;
+    for (int p = 0; p < m->np; p++) {
+        kh_part *part = r->pl.parts[p];
+        if (!m->assigned[p] || !part->owner || part->owner->state != KH_W_READY)
+            continue;
+        for (uint64_t seq = part->off.head_seq; seq < part->off.next_seq;
+             seq++) {
+            kh_entry *e;
+            if (part_find(part, seq, &e) != KH_LOOKUP_OK ||
+                e->state != KH_ENTRY_DEFERRED)
+                continue;
+            TRACE("  expire p%d o=%lld (seq %llu, attempt %u)\n", p,
+                  (long long)e->offset, (unsigned long long)seq, e->attempt);
+            int64_t offset = e->offset;
+            uint32_t attempt = e->attempt;
+            fence(m, p, seq);
+            if (attempt >= MAX_ATTEMPTS) {
+                m->failed[p][offset] = true;
+                resolve_by_policy(m, p, offset);
+            }
+            break;
+        }
+    }
+    dispatch_expire_deferred(&r->pl, kh_now_ms() + 1000000000LL);
+}
+
 static void r_step(rmodel *r) {
     model *m = r->m;
     m->step++;
@@ -1695,8 +1727,10 @@ static void r_step(rmodel *r) {
         r_ready_next(r);
     else if (x < 980)
         r_tick(r);
-    else
+    else if (x < 992)
         parts_retry_seeks(r->pl.parts, r->pl.n_parts);
+    else
+        r_expire(r);
     parts_store(r->pl.parts, r->pl.n_parts);
 }
 
@@ -1775,6 +1809,7 @@ static void r_run(uint64_t seed, uint64_t *events) {
                            .poison_after = 2,
                            .on_failure = KH_ON_FAILURE_SKIP,
                            .shutdown_timeout_ms = 1,
+                           .deferred_timeout_ms = 1,
                            .max_restarts = 1000,
                            .reload_max_crashes = (int)rnd(m, 3),
                            .reload_probation_ms = 1 + (int)rnd(m, 3),
