@@ -15,6 +15,7 @@
 #include "worker.h"
 
 #include <getopt.h>
+#include <jansson.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -60,7 +61,8 @@ static void usage(FILE *out) {
         "names\n"
         "                          (ABI check only, init is not called; no "
         "Kafka)\n"
-        "  plugin-info FILE.so     show a plugin's name, version, ABI and "
+        "  plugin-info FILE.so [--json]\n"
+        "                          show a plugin's name, version, ABI and "
         "callbacks\n"
         "  mock-cluster [OPTIONS]  run a standalone mock Kafka cluster "
         "(--help)\n"
@@ -367,26 +369,100 @@ static int cmd_check_config(int argc, char **argv) {
     return rc;
 }
 
+/* A JSON string of a plugin's text, which need not be UTF-8: bytes of an
+ * invalid sequence become '?' (jansson refuses them). NULL: JSON null. */
+static json_t *plugin_text(const char *s) {
+    if (!s)
+        return json_null();
+    json_t *j = json_string(s);
+    if (j)
+        return j;
+    char *copy = strdup(s);
+    if (!copy)
+        return json_null();
+    for (char *p = copy; *p; p++)
+        if ((unsigned char)*p >= 0x80)
+            *p = '?';
+    j = json_string(copy);
+    free(copy);
+    return j ? j : json_null();
+}
+
+static void print_json(json_t *j) {
+    char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(j);
+    if (text)
+        printf("%s\n", text);
+    free(text);
+}
+
 static int cmd_plugin_info(int argc, char **argv) {
-    if (argc != 2 || argv[1][0] == '-') {
-        if (argc == 2 &&
-            (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
-            printf("usage: khost plugin-info FILE.so\n");
+    static const char usage_line[] =
+        "usage: khost plugin-info FILE.so [--json]";
+    const char *path = NULL;
+    bool json = false, bad = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            printf("%s\n"
+                   "Load one plugin in-process (its entry point only: init is "
+                   "not\n"
+                   "called) and show its descriptor: name, version, "
+                   "description,\n"
+                   "ABI, size and which optional callbacks it has.\n"
+                   "  --json   one JSON object instead, for tooling: path, "
+                   "name,\n"
+                   "           version, description, abi, host_abi, "
+                   "descriptor_size,\n"
+                   "           compatible, callbacks; or path and error\n"
+                   "Exit status: 0 loaded; 2 it cannot be loaded (the reason "
+                   "is\n"
+                   "printed, and is the JSON's error).\n",
+                   usage_line);
             return EXIT_OK;
         }
-        fprintf(stderr, "usage: khost plugin-info FILE.so\n");
+        if (!strcmp(argv[i], "--json"))
+            json = true;
+        else if (argv[i][0] == '-' || path)
+            bad = true;
+        else
+            path = argv[i];
+    }
+    if (bad || !path) {
+        fprintf(stderr, "%s\n", usage_line);
         return EXIT_INVALID;
     }
     kh_plugin plugin;
     char err[1024];
-    if (plugin_load(argv[1], &plugin, err, sizeof err) != 0) {
+    if (plugin_load(path, &plugin, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
+        if (json)
+            print_json(json_pack("{s:o,s:o}", "path", plugin_text(path),
+                                 "error", plugin_text(err)));
         return EXIT_INVALID;
     }
     const khost_plugin_descriptor *d = plugin.desc;
+    if (json) {
+#define HAS(f) json_boolean(KHOST_DESCRIPTOR_HAS(d, f) && d->f)
+        json_t *cb =
+            json_pack("{s:b,s:b,s:b,s:o,s:o,s:o,s:o,s:o}", "init", 1, "handle",
+                      1, "terminate", 1, "handle_batch", HAS(handle_batch),
+                      "on_assign", HAS(on_assign), "on_revoke", HAS(on_revoke),
+                      "tick", HAS(tick), "get_extension", HAS(get_extension));
+#undef HAS
+        print_json(json_pack(
+            "{s:o,s:o,s:o,s:o,s:{s:i,s:i},s:{s:i,s:i},s:i,s:b,s:o}", "path",
+            plugin_text(path), "name", plugin_text(d->name), "version",
+            plugin_text(d->version), "description", plugin_text(d->description),
+            "abi", "major", (int)d->abi_major, "minor", (int)d->abi_minor,
+            "host_abi", "major", KHOST_ABI_MAJOR, "minor", KHOST_ABI_MINOR,
+            "descriptor_size", (int)d->struct_size, "compatible", 1,
+            "callbacks", cb));
+        plugin_unload(&plugin);
+        return EXIT_OK;
+    }
     char optional[256];
     plugin_describe_optional(&plugin, optional, sizeof optional);
-    printf("file:        %s\n", argv[1]);
+    printf("file:        %s\n", path);
     printf("name:        %s\n", d->name);
     printf("version:     %s\n", d->version ? d->version : "-");
     printf("description: %s\n", d->description ? d->description : "-");

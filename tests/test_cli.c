@@ -4,6 +4,7 @@
 
 #include <criterion/criterion.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <signal.h>
 #include <stdio.h>
@@ -78,6 +79,69 @@ Test(cli, plugin_info_bad_plugin_is_one_line_exit_2) {
     cr_assert(strstr(r.err, "fx_abi_major.so: plugin ABI major 2"), "%s",
               r.err);
     cr_assert_str_empty(r.out);
+    tu_result_free(&r);
+}
+
+/* plugin-info --json, for tooling: parsed with jansson, every field
+ * checked against what the fixture declares. */
+static json_t *plugin_info_json(const char *so, int want_exit) {
+    tu_result r =
+        run((char *[]){KHOST, "plugin-info", (char *)so, "--json", NULL});
+    cr_assert_eq(r.exit_code, want_exit, "%s%s", r.out, r.err);
+    json_error_t e;
+    json_t *j = json_loads(r.out, 0, &e);
+    cr_assert(j, "not JSON (%s): %s", e.text, r.out);
+    tu_result_free(&r);
+    return j;
+}
+
+static bool cb(json_t *j, const char *name) {
+    json_t *v = json_object_get(json_object_get(j, "callbacks"), name);
+    cr_assert(json_is_boolean(v), "callbacks.%s missing", name);
+    return json_is_true(v);
+}
+
+Test(cli, plugin_info_json) {
+    json_t *j = plugin_info_json(KHOST_FIXTURE_DIR "/fx_full.so", 0);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "name")), "fx_full");
+    cr_assert_str_eq(json_string_value(json_object_get(j, "version")), "2.3.4");
+    cr_assert_str_eq(json_string_value(json_object_get(j, "description")),
+                     "fixture with all optional callbacks");
+    cr_assert_eq(
+        json_integer_value(json_object_get(json_object_get(j, "abi"), "major")),
+        1);
+    cr_assert_eq(json_integer_value(
+                     json_object_get(json_object_get(j, "host_abi"), "minor")),
+                 1);
+    cr_assert(json_is_true(json_object_get(j, "compatible")));
+    cr_assert_gt(json_integer_value(json_object_get(j, "descriptor_size")), 0);
+    const char *all[] = {"init",         "handle",       "terminate",
+                         "handle_batch", "on_assign",    "on_revoke",
+                         "tick",         "get_extension"};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        cr_assert(cb(j, all[i]), "fx_full has %s", all[i]);
+    json_decref(j);
+    /* noop: the required three and handle_batch. */
+    j = plugin_info_json(PLUGINS "/noop.so", 0);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "name")), "noop");
+    cr_assert(cb(j, "handle") && cb(j, "handle_batch") && !cb(j, "tick") &&
+              !cb(j, "on_revoke") && !cb(j, "get_extension"));
+    json_decref(j);
+    /* file_sink: handle_batch and tick. */
+    j = plugin_info_json(PLUGINS "/file_sink.so", 0);
+    cr_assert(cb(j, "handle_batch") && cb(j, "tick") && !cb(j, "on_assign"));
+    json_decref(j);
+    /* Incompatible: exit 2, the loader's reason as the JSON's error. */
+    j = plugin_info_json(KHOST_FIXTURE_DIR "/fx_abi_major.so", 2);
+    cr_assert(strstr(json_string_value(json_object_get(j, "error")),
+                     "plugin ABI major 2"),
+              "%s", json_dumps(j, 0));
+    cr_assert(!json_object_get(j, "name"));
+    json_decref(j);
+    tu_result r = run((char *[]){KHOST, "plugin-info", "--json", NULL});
+    cr_assert_eq(r.exit_code, 2);
+    cr_assert(strstr(r.err, "usage: khost plugin-info FILE.so [--json]"), "%s",
+              r.err);
     tu_result_free(&r);
 }
 
