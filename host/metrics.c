@@ -256,16 +256,6 @@ static void write_pipelines(FILE *out, kh_host *host) {
 
 /* ---- per partition ---- */
 
-static const struct {
-    unsigned bit;
-    const char *name;
-} pause_reasons[] = {
-    {KH_PAUSE_FLOW, "flow"},         {KH_PAUSE_WORKER, "worker"},
-    {KH_PAUSE_FAILED, "failed"},     {KH_PAUSE_UNACKED, "unacked"},
-    {KH_PAUSE_SHUTDOWN, "shutdown"}, {KH_PAUSE_DLQ, "dlq"},
-    {KH_PAUSE_SEEK, "seek"},         {KH_PAUSE_OPERATOR, "operator"},
-};
-
 enum {
     P_COMMITTED,
     P_STORED,
@@ -391,11 +381,9 @@ static void write_partition_family(FILE *out, kh_host *host, int fam) {
                 break;
             }
             case P_REASON:
-                for (size_t r = 0;
-                     r < sizeof pause_reasons / sizeof *pause_reasons; r++)
-                    if (part->pause & pause_reasons[r].bit)
-                        part_sample(out, fam, pl, part, pause_reasons[r].name,
-                                    1);
+                for (size_t r = 0; r < KH_PAUSE_N_BITS; r++)
+                    if (part->pause & (1u << r))
+                        part_sample(out, fam, pl, part, kh_pause_names[r], 1);
                 if (held)
                     part_sample(out, fam, pl, part, "held", 1);
                 break;

@@ -383,6 +383,10 @@ bool part_unsettled(kh_part *part, bool results_only) {
 
 /* ---- I2: say why a partition makes no progress ---- */
 
+const char *const kh_pause_names[KH_PAUSE_N_BITS] = {
+    "flow",     "worker", "failed", "unacked",
+    "shutdown", "dlq",    "seek",   "operator"};
+
 static void describe_pause(unsigned bits, char *buf, size_t len) {
     static const char *const names[] = {"its queue is full",
                                         "its worker is not ready",

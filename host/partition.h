@@ -52,6 +52,10 @@ enum {
     KH_PAUSE_SEEK = 1 << 6,     /* a seek failed; retried from the tick */
     KH_PAUSE_OPERATOR = 1 << 7, /* an operator paused it (khost pause) */
 };
+#define KH_PAUSE_N_BITS 8
+/* Their short names, by bit number (flow, worker, failed, unacked,
+ * shutdown, dlq, seek, operator): status and metrics labels. */
+extern const char *const kh_pause_names[KH_PAUSE_N_BITS];
 
 typedef struct kh_part kh_part;
 typedef struct kh_worker kh_worker;

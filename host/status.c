@@ -23,16 +23,6 @@
 static const char *const worker_states[KH_W_N_STATES] = {
     "stopped", "starting", "ready", "backoff", "stopping", "killed"};
 
-static const struct {
-    unsigned bit;
-    const char *name;
-} pause_reasons[] = {
-    {KH_PAUSE_FLOW, "flow"},         {KH_PAUSE_WORKER, "worker"},
-    {KH_PAUSE_FAILED, "failed"},     {KH_PAUSE_UNACKED, "unacked"},
-    {KH_PAUSE_SHUTDOWN, "shutdown"}, {KH_PAUSE_DLQ, "dlq"},
-    {KH_PAUSE_SEEK, "seek"},         {KH_PAUSE_OPERATOR, "operator"},
-};
-
 void status_not_ready(kh_host *host, char *why, size_t len) {
     why[0] = '\0';
     if (host->shutting_down || host->stop_requested) {
@@ -106,9 +96,9 @@ static json_t *partition_json(kh_pipeline_rt *pl, kh_part *part) {
         high = -1;
     int64_t pos = part->stored >= 0 ? part->stored : part->committed;
     json_t *reasons = json_array();
-    for (size_t r = 0; r < sizeof pause_reasons / sizeof *pause_reasons; r++)
-        if (part->pause & pause_reasons[r].bit)
-            json_array_append_new(reasons, json_string(pause_reasons[r].name));
+    for (size_t r = 0; r < KH_PAUSE_N_BITS; r++)
+        if (part->pause & (1u << r))
+            json_array_append_new(reasons, json_string(kh_pause_names[r]));
     if (part->held)
         json_array_append_new(reasons, json_string("held"));
     int owner = -1;

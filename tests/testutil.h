@@ -54,6 +54,10 @@ int tu_http(int port, const char *method, const char *path, const char *headers,
  * `line` (e.g. `khost_x_total{pipeline="p"}`) in a /metrics text, -1
  * when there is none. */
 double tu_metric(const char *text, const char *line);
+/* Check a /metrics text with both reference parsers, `promtool check
+ * metrics` and python3-prometheus-client's parser (a missing tool fails),
+ * through a file in dir. Returns how many families the parser read. */
+int tu_metrics_parse(const char *dir, const char *text);
 /* The body of a response tu_http returned. */
 const char *tu_http_body(const char *resp);
 
