@@ -72,12 +72,20 @@ static tu_result khost(const char *a1, const char *a2, const char *a3,
                   30000);
 }
 
-/* `status` through these arguments answers with pipeline `name`. */
+/* `status` through these arguments answers with pipeline `name`. The
+ * control socket opens before the first worker is ready, and the plugin
+ * is named only from then on: ask again for up to 10 s. */
 static void assert_status(const char *name, const char *a1, const char *a2,
                           const char *a3, const char *a4) {
-    tu_result r = khost("status", a1, a2, a3, a4);
     char want[128];
     snprintf(want, sizeof want, "pipeline=%s plugin=noop", name);
+    tu_result r = khost("status", a1, a2, a3, a4);
+    for (int i = 0; i < 100 && r.exit_code == 0 && !strstr(r.out, want);
+         i++) {
+        tu_result_free(&r);
+        usleep(100 * 1000);
+        r = khost("status", a1, a2, a3, a4);
+    }
     cr_assert_eq(r.exit_code, 0, "status %s %s: %s%s", a1 ? a1 : "",
                  a2 ? a2 : "", r.out, r.err);
     cr_assert(strstr(r.out, want), "status %s %s: want %s, got %s", a1, a2,
