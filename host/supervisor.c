@@ -33,16 +33,13 @@
 #include "pipeline.h"
 #include "plugin_loader.h"
 #include "worker.h"
+#include "worker_proc.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -50,9 +47,6 @@
 #define KH_BACKOFF_MAX_MS 100
 #define KH_INIT_BACKOFF_BASE_MS 100
 #define KH_INIT_BACKOFF_MAX_MS 30000
-#define KH_STATUS_PAGE 4096
-
-extern char **environ;
 
 /* ---- the state table ---- */
 
@@ -115,19 +109,7 @@ static void transition(kh_worker *w, kh_worker_event ev) {
 int supervisor_spawn(kh_worker *w);
 
 static void send_init(kh_worker *w) {
-    const kh_pipeline *cfg = w->cfg;
-    kh_buf *b = &w->conn.out;
-    size_t start = tr_frame_begin(b, KH_F_INIT);
-    tr_put_str(b, cfg->name);
-    tr_put_u32(b, (uint32_t)w->index);
-    tr_put_str(b, w->plugin_path);
-    tr_put_u32(b, (uint32_t)cfg->tick_interval_ms);
-    tr_put_u32(b, (uint32_t)cfg->n_config);
-    for (size_t i = 0; i < cfg->n_config; i++) {
-        tr_put_str(b, cfg->config[i].key);
-        tr_put_str(b, cfg->config[i].value);
-    }
-    tr_frame_end(b, start);
+    worker_proc_put_init(&w->conn.out, w->cfg, w->index, w->plugin_path);
 }
 
 static int on_worker_io(sd_event_source *s, int fd, uint32_t revents,
@@ -155,24 +137,13 @@ static void release_process(kh_worker *w) {
         /* Its handler durations outlive it (they are counters). */
         if (w->pl)
             status_read_hist(w->status, &w->pl->handle_hist_gone);
-        munmap(w->status, KH_STATUS_PAGE);
+        worker_proc_unmap(w->status);
         w->status = NULL;
     }
     w->inflight = 0;
     if (w->pid)
         w->last_pid = w->pid;
     w->pid = 0;
-}
-
-static void describe_exit(const siginfo_t *si, char *buf, size_t len) {
-    if (si->si_code == CLD_EXITED)
-        snprintf(buf, len, "exited with status %d", si->si_status);
-    else
-        /* sigabbrev_np gives "SEGV"; operators grep for "SIGSEGV". */
-        snprintf(buf, len, "killed by SIG%s%s",
-                 sigabbrev_np(si->si_status) ? sigabbrev_np(si->si_status)
-                                             : "?",
-                 si->si_code == CLD_DUMPED ? " (core dumped)" : "");
 }
 
 /* Which message was the worker handling? That is the crash's suspect.
@@ -281,7 +252,7 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
     kh_pipeline_rt *pl = w->pl;
     (void)s;
     char how[96], suspect[256];
-    describe_exit(si, how, sizeof how);
+    worker_proc_describe_exit(si, how, sizeof how);
     int64_t suspect_offset = -1;
     uint32_t suspect_count = 0;
     kh_part *suspect_part = find_suspect(w, &suspect_offset, &suspect_count,
@@ -379,125 +350,45 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
     return 0;
 }
 
-/* Limits and identity of the worker (hardening.h): checked here, applied
- * by the worker itself before it loads the plugin. Returns the worker
- * options in args, or -1 when such a worker cannot start in this process
- * at all (then there is no point in retrying: the ids do not change). */
-static int prepare_hardening(kh_worker *w, kh_hardening_args *args) {
-    const kh_pipeline *cfg = w->cfg;
-    char err[512];
-    if (hardening_check_identity(cfg, geteuid(), getegid(), err, sizeof err) !=
-        0) {
-        klog_error("pipeline=%s worker=%d: cannot start a worker process: %s",
-                   cfg->name, w->index, err);
-        return -1;
-    }
-    kh_hardening h;
-    hardening_from_config(cfg, &h);
-    hardening_worker_args(&h, args);
-    /* The snapshot is private to the host's user; a worker running as
-     * another one must be able to read it (never to write it). */
-    if (h.uid >= 0 && (uid_t)h.uid != geteuid() && w->plugin_path &&
-        hardening_share_snapshot(w->plugin_path, err, sizeof err) != 0)
-        klog_warn("pipeline=%s worker=%d: plugin snapshot may be unreadable "
-                  "for user %s: %s",
-                  cfg->name, w->index, cfg->user, err);
-    return 0;
-}
-
 int supervisor_spawn(kh_worker *w) {
     kh_pipeline_rt *pl = w->pl;
-    kh_hardening_args hargs;
-    if (prepare_hardening(w, &hargs) != 0) {
-        transition(w, KH_WE_UNSTARTABLE);
+    kh_worker_proc proc;
+    bool permanent;
+    char err[512];
+    if (worker_proc_spawn(w->cfg, w->index, w->plugin_path, &proc, &permanent,
+                          err, sizeof err) != 0) {
+        klog_error("pipeline=%s worker=%d: cannot start a worker process: %s",
+                   pl->cfg->name, w->index, err);
+        if (permanent)
+            transition(w, KH_WE_UNSTARTABLE);
+        else
+            schedule_restart(w, true);
         return -1;
     }
-    int sv[2] = {-1, -1};
-    int memfd = -1;
-    posix_spawn_file_actions_t fa;
-    posix_spawnattr_t attr;
-    bool fa_ok = false, attr_ok = false;
-
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-        goto error;
-    /* Larger socket buffers let a whole batch sit in the kernel. */
-    int sz = 4 << 20;
-    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
-    setsockopt(sv[0], SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
-    memfd = memfd_create("khost-worker-status", MFD_CLOEXEC);
-    if (memfd < 0 || ftruncate(memfd, KH_STATUS_PAGE) != 0)
-        goto error;
-    w->status = mmap(NULL, KH_STATUS_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
-                     memfd, 0);
-    if (w->status == MAP_FAILED) {
-        w->status = NULL;
-        goto error;
-    }
-
-    posix_spawn_file_actions_init(&fa);
-    fa_ok = true;
-    posix_spawn_file_actions_adddup2(&fa, sv[1], KH_WORKER_CHANNEL_FD);
-    posix_spawn_file_actions_adddup2(&fa, memfd, KH_WORKER_STATUS_FD);
-    posix_spawnattr_init(&attr);
-    attr_ok = true;
-    /* The host blocks its signals for sd-event; the worker starts clean. */
-    sigset_t none, all;
-    sigemptyset(&none);
-    sigfillset(&all);
-    posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setsigdefault(&attr, &all);
-    posix_spawnattr_setflags(&attr,
-                             POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-
-    char host_pid[32], tag[160];
-    snprintf(host_pid, sizeof host_pid, "%d", (int)getpid());
-    snprintf(tag, sizeof tag, "worker %s/%d", pl->cfg->name, w->index);
-    /* "-v" lets the worker's own debug lines through, as the host's. */
-    /* argv[0] names the process in ps until it sets its own title. */
-    char *argv[8 + KH_HARDENING_MAX_ARGS] = {"khost-worker"};
-    int argc = 1;
-    if (klog_level() >= KLOG_DEBUG)
-        argv[argc++] = "-v";
-    argv[argc++] = "worker";
-    argv[argc++] = "--host-pid";
-    argv[argc++] = host_pid;
-    argv[argc++] = "--tag";
-    argv[argc++] = tag;
-    for (int i = 0; i < hargs.argc; i++)
-        argv[argc++] = hargs.argv[i];
-    argv[argc] = NULL;
-    pid_t pid;
-    int rc = posix_spawn(&pid, kh_self_exe(), &fa, &attr, argv, environ);
-    if (rc != 0) {
-        errno = rc;
-        goto error;
-    }
-    close(sv[1]);
-    sv[1] = -1;
-    close(memfd);
-    memfd = -1;
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&attr);
-    fa_ok = attr_ok = false;
-
+    w->status = proc.status;
     /* Only this source (or a drain's waitid) reaps the worker, and an
      * unreaped pid cannot be reused: kill() and waitid() by pid are safe. */
-    rc = sd_event_add_child(pl->host->ev, &w->child_src, pid, WEXITED,
-                            on_worker_exit, w);
+    int rc = sd_event_add_child(pl->host->ev, &w->child_src, proc.pid, WEXITED,
+                                on_worker_exit, w);
     if (rc < 0) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        errno = -rc;
-        goto error;
+        kill(proc.pid, SIGKILL);
+        waitpid(proc.pid, NULL, 0);
+        close(proc.fd);
+        worker_proc_unmap(w->status);
+        w->status = NULL;
+        klog_error("pipeline=%s worker=%d: cannot start a worker process: %s",
+                   pl->cfg->name, w->index, strerror(-rc));
+        schedule_restart(w, true);
+        return -1;
     }
+    pid_t pid = proc.pid;
     w->pid = pid;
     w->spawned_ms = kh_now_ms();
     w->served = false;
     w->inflight = 0;
     w->kill_reason[0] = '\0';
     w->init_error[0] = '\0';
-    conn_init(&w->conn, sv[0], KH_FRAME_MAX_FROM_WORKER);
-    sv[0] = -1;
+    conn_init(&w->conn, proc.fd, KH_FRAME_MAX_FROM_WORKER);
     sd_event_add_io(pl->host->ev, &w->io_src, w->conn.fd, EPOLLIN, on_worker_io,
                     w);
     transition(w, KH_WE_SPAWNED);
@@ -513,25 +404,6 @@ int supervisor_spawn(kh_worker *w) {
                wc->user_group ? " user_group=" : "",
                wc->user_group ? wc->user_group : "");
     return 0;
-
-error:
-    klog_error("pipeline=%s worker=%d: cannot start a worker process: %s",
-               pl->cfg->name, w->index, strerror(errno));
-    if (fa_ok)
-        posix_spawn_file_actions_destroy(&fa);
-    if (attr_ok)
-        posix_spawnattr_destroy(&attr);
-    for (int i = 0; i < 2; i++)
-        if (sv[i] >= 0)
-            close(sv[i]);
-    if (memfd >= 0)
-        close(memfd);
-    if (w->status) {
-        munmap(w->status, KH_STATUS_PAGE);
-        w->status = NULL;
-    }
-    schedule_restart(w, true);
-    return -1;
 }
 
 int supervisor_start(kh_pipeline_rt *pl) {
@@ -733,7 +605,7 @@ bool supervisor_reap(kh_worker *w) {
         si.si_pid == 0)
         return false;
     char how[96];
-    describe_exit(&si, how, sizeof how);
+    worker_proc_describe_exit(&si, how, sizeof how);
     klog_info("pipeline=%s worker=%d pid=%d %s", w->pl->cfg->name, w->index,
               (int)w->pid, how);
     /* What it sends on its way out counts: terminate's and the last
