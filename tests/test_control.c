@@ -80,8 +80,7 @@ static void assert_status(const char *name, const char *a1, const char *a2,
     char want[128];
     snprintf(want, sizeof want, "pipeline=%s plugin=noop", name);
     tu_result r = khost("status", a1, a2, a3, a4);
-    for (int i = 0; i < 100 && r.exit_code == 0 && !strstr(r.out, want);
-         i++) {
+    for (int i = 0; i < 100 && r.exit_code == 0 && !strstr(r.out, want); i++) {
         tu_result_free(&r);
         usleep(100 * 1000);
         r = khost("status", a1, a2, a3, a4);
