@@ -27,6 +27,7 @@
 #include "plugin_test.h"
 #include "config.h"
 #include "log.h"
+#include "plugin_output.h"
 #include "transport.h"
 #include "worker_proc.h"
 
@@ -130,6 +131,9 @@ static void print_help(void) {
         "the input) must match that message's result line in every field it\n"
         "gives; {\"summary\": {...}} must match the summary's given fields.\n"
         "\n"
+        "The plugin's stdout and stderr are logged on stderr, tagged and\n"
+        "rate-limited as by khost run; plugin-test's own lines go there too.\n"
+        "\n"
         "Exit status: 0 every message was acked (with --expect: the results\n"
         "match); 1 a message was not acked; 2 bad usage, ini or plugin, or\n"
         "init failed; 3 malformed input lines (the rest ran); 4 --expect\n"
@@ -200,9 +204,11 @@ typedef struct pt_worker {
     size_t call; /* message in the call in progress, or SIZE_MAX */
     uint64_t call_sum_ns;
     unsigned rr;
-    bool hung;            /* killed by us for a hang */
-    char lie[160];        /* killed by us for another reason */
-    char init_error[512]; /* its INIT_FAILED text */
+    bool hung;               /* killed by us for a hang */
+    char lie[160];           /* killed by us for another reason */
+    char init_error[512];    /* its INIT_FAILED text */
+    kh_plugin_output output; /* the plugin's stdout and stderr */
+    char out_tag[96];
 } pt_worker;
 
 typedef struct pt {
@@ -714,6 +720,8 @@ static int spawn_worker(pt *t, pt_worker *w) {
         return -1;
     }
     conn_init(&w->conn, w->proc.fd, KH_FRAME_MAX_FROM_WORKER);
+    snprintf(w->out_tag, sizeof w->out_tag, "pipeline=%s worker=%d pid=%d",
+             t->pl->name, w->index, (int)w->proc.pid);
     worker_proc_put_init(&w->conn.out, t->pl, w->index, t->plugin);
     w->state = PT_W_STARTING;
     w->started_ms = kh_now_ms();
@@ -746,7 +754,17 @@ static void reap(pt_worker *w, siginfo_t *si) {
     waitid(P_PID, (id_t)w->proc.pid, si, WEXITED);
 }
 
+static void close_output(pt_worker *w) {
+    if (w->proc.out_fd < 0)
+        return;
+    plugin_output_read(&w->output, w->proc.out_fd, w->out_tag);
+    plugin_output_finish(&w->output, w->out_tag);
+    close(w->proc.out_fd);
+    w->proc.out_fd = -1;
+}
+
 static void release(pt_worker *w) {
+    close_output(w);
     conn_close(&w->conn);
     worker_proc_unmap(w->proc.status);
     w->proc.status = NULL;
@@ -1121,6 +1139,8 @@ static int64_t check_timers(pt *t, int64_t now) {
     int64_t next = now + 100;
     for (int i = 0; i < t->n_workers; i++) {
         pt_worker *w = &t->workers[i];
+        if (w->proc.out_fd >= 0)
+            plugin_output_tick(&w->output, w->out_tag);
         if (w->state == PT_W_STARTING && t->pl->init_timeout_ms > 0 &&
             !w->lie[0]) {
             int64_t due = w->started_ms + t->pl->init_timeout_ms;
@@ -1192,19 +1212,24 @@ static bool work_left(const pt *t, bool *deferred) {
     return left;
 }
 
-/* One round of I/O: flush, poll up to wait_ms, read; handle deaths. */
+/* One round of I/O: flush, poll up to wait_ms, read the channels and
+ * the plugins' output; handle deaths (after the revokes and SHUTDOWN, an
+ * exit we did not force is the planned one). */
 static void io_round(pt *t, int64_t wait_ms) {
-    struct pollfd fds[PT_MAX_WORKERS];
-    int idx[PT_MAX_WORKERS], n = 0;
+    struct pollfd fds[2 * PT_MAX_WORKERS];
+    int idx[2 * PT_MAX_WORKERS], n = 0;
     for (int i = 0; i < t->n_workers; i++) {
         pt_worker *w = &t->workers[i];
         if (w->state == PT_W_DOWN)
             continue;
         int rc = conn_flush(&w->conn);
-        fds[n].fd = w->conn.fd;
-        fds[n].events = POLLIN | (rc == 1 ? POLLOUT : 0);
-        fds[n].revents = 0;
+        fds[n] = (struct pollfd){.fd = w->conn.fd,
+                                 .events = POLLIN | (rc == 1 ? POLLOUT : 0)};
         idx[n++] = i;
+        if (w->proc.out_fd >= 0) {
+            fds[n] = (struct pollfd){.fd = w->proc.out_fd, .events = POLLIN};
+            idx[n++] = -1 - i;
+        }
     }
     if (wait_ms < 0)
         wait_ms = 0;
@@ -1215,16 +1240,27 @@ static void io_round(pt *t, int64_t wait_ms) {
     }
     if (poll(fds, (nfds_t)n, (int)wait_ms) < 0 && errno != EINTR)
         return;
+    /* Output first: a dying worker's last lines come before its crash. */
     for (int k = 0; k < n; k++) {
+        if (idx[k] >= 0 || !fds[k].revents)
+            continue;
+        pt_worker *w = &t->workers[-1 - idx[k]];
+        if (w->proc.out_fd >= 0 &&
+            plugin_output_read(&w->output, w->proc.out_fd, w->out_tag) <= 0)
+            close_output(w);
+    }
+    for (int k = 0; k < n; k++) {
+        if (idx[k] < 0 || !fds[k].revents)
+            continue;
         pt_worker *w = &t->workers[idx[k]];
-        if (!fds[k].revents)
+        if (w->state == PT_W_DOWN)
             continue;
         if (fds[k].revents & POLLOUT)
             conn_flush(&w->conn);
         if (read_worker(t, w) < 0) {
             siginfo_t si;
             reap(w, &si);
-            worker_died(t, w, &si, false);
+            worker_died(t, w, &si, t->finishing && !w->lie[0] && !w->hung);
         }
     }
 }
@@ -1299,26 +1335,7 @@ static void run(pt *t) {
             deadline = now + 5000;
         }
         /* A planned exit is not a crash. */
-        struct pollfd fds[PT_MAX_WORKERS];
-        int idx[PT_MAX_WORKERS], n = 0;
-        for (int i = 0; i < t->n_workers; i++) {
-            pt_worker *w = &t->workers[i];
-            if (w->state == PT_W_DOWN)
-                continue;
-            int rc = conn_flush(&w->conn);
-            fds[n] = (struct pollfd){
-                .fd = w->conn.fd, .events = POLLIN | (rc == 1 ? POLLOUT : 0)};
-            idx[n++] = i;
-        }
-        poll(fds, (nfds_t)n, 100);
-        for (int k = 0; k < n; k++) {
-            pt_worker *w = &t->workers[idx[k]];
-            if (fds[k].revents && read_worker(t, w) < 0) {
-                siginfo_t si;
-                reap(w, &si);
-                worker_died(t, w, &si, !w->lie[0]);
-            }
-        }
+        io_round(t, 100);
     }
     for (size_t i = 0; i < t->n_msgs; i++) {
         pt_msg *m = &t->msgs[i];
@@ -1677,6 +1694,7 @@ int plugin_test_main(int argc, char **argv) {
     for (int i = 0; i < t.n_workers; i++) {
         t.workers[i].index = i;
         t.workers[i].call = SIZE_MAX;
+        t.workers[i].proc.out_fd = -1;
         if (spawn_worker(&t, &t.workers[i]) != 0) {
             t.fatal = true;
             t.fatal_code = KH_PT_SETUP;

@@ -128,7 +128,29 @@ static int on_worker_io(sd_event_source *s, int fd, uint32_t revents,
     return 0;
 }
 
+static void close_output(kh_worker *w) {
+    if (w->out_fd < 0)
+        return;
+    /* What a dead worker wrote last is still in the pipe. */
+    plugin_output_read(&w->output, w->out_fd, w->out_tag);
+    plugin_output_finish(&w->output, w->out_tag);
+    w->out_src = sd_event_source_disable_unref(w->out_src);
+    close(w->out_fd);
+    w->out_fd = -1;
+}
+
+static int on_worker_output(sd_event_source *s, int fd, uint32_t revents,
+                            void *userdata) {
+    kh_worker *w = userdata;
+    (void)s;
+    (void)revents;
+    if (plugin_output_read(&w->output, fd, w->out_tag) <= 0)
+        close_output(w);
+    return 0;
+}
+
 static void release_process(kh_worker *w) {
+    close_output(w);
     w->io_src = sd_event_source_disable_unref(w->io_src);
     w->eof_timer = sd_event_source_disable_unref(w->eof_timer);
     w->child_src = sd_event_source_disable_unref(w->child_src);
@@ -374,6 +396,7 @@ int supervisor_spawn(kh_worker *w) {
         kill(proc.pid, SIGKILL);
         waitpid(proc.pid, NULL, 0);
         close(proc.fd);
+        close(proc.out_fd);
         worker_proc_unmap(w->status);
         w->status = NULL;
         klog_error("pipeline=%s worker=%d: cannot start a worker process: %s",
@@ -389,6 +412,11 @@ int supervisor_spawn(kh_worker *w) {
     w->kill_reason[0] = '\0';
     w->init_error[0] = '\0';
     conn_init(&w->conn, proc.fd, KH_FRAME_MAX_FROM_WORKER);
+    w->out_fd = proc.out_fd;
+    snprintf(w->out_tag, sizeof w->out_tag, "pipeline=%s worker=%d pid=%d",
+             pl->cfg->name, w->index, (int)pid);
+    sd_event_add_io(pl->host->ev, &w->out_src, w->out_fd, EPOLLIN,
+                    on_worker_output, w);
     sd_event_add_io(pl->host->ev, &w->io_src, w->conn.fd, EPOLLIN, on_worker_io,
                     w);
     transition(w, KH_WE_SPAWNED);
@@ -420,6 +448,7 @@ int supervisor_start(kh_pipeline_rt *pl) {
         w->plugin_path = pl->snapshot;
         w->index = i;
         w->conn.fd = -1;
+        w->out_fd = -1;
         if (supervisor_spawn(w) != 0)
             return -1;
     }
@@ -483,6 +512,8 @@ void supervisor_check_hangs(kh_pipeline_rt *pl, int64_t now_ms) {
     int init_timeout = pl->cfg->init_timeout_ms;
     for (int i = 0; i < pl_n_all_workers(pl); i++) {
         kh_worker *w = pl_worker(pl, i);
+        if (w->out_fd >= 0)
+            plugin_output_tick(&w->output, w->out_tag);
         /* A hung init would keep the worker's partitions paused forever,
          * with nothing in the log. */
         if (w->state == KH_W_STARTING && w->pid && init_timeout > 0 &&
@@ -546,6 +577,7 @@ int supervisor_start_next(kh_pipeline_rt *pl, const kh_pipeline *cfg,
         w->candidate = true;
         w->index = i;
         w->conn.fd = -1;
+        w->out_fd = -1;
         if (supervisor_spawn(w) != 0)
             return -1;
     }

@@ -469,3 +469,32 @@ Test(plugin_test, help_and_usage_errors) {
     cr_assert(strstr(r.err, "/nonexistent.so: No such file"), "%s", r.err);
     tu_result_free(&r);
 }
+
+/* plugin-test logs the plugin's stdout and stderr as the host does:
+ * tagged, rate-limited, and a dying worker's last line before its crash. */
+Test(plugin_test, plugin_output_is_tagged_and_rate_limited) {
+    run x = plugin_test(KHOST_FIXTURE_DIR "/fxp_print.so",
+                        "{\"value\":\"OUT:to stdout\"}\n"
+                        "{\"value\":\"ERR:to stderr\"}\n"
+                        "{\"value\":\"FLOOD:300\"}\n",
+                        NULL);
+    cr_assert_eq(x.r.exit_code, 0, "%s%s", x.r.out, x.r.err);
+    cr_assert(strstr(x.r.err, "pipeline=plugin-test worker=0 pid="), "%s",
+              x.r.err);
+    cr_assert(strstr(x.r.err, " plugin output: to stdout\n"), "%s", x.r.err);
+    cr_assert(strstr(x.r.err, " plugin output: to stderr\n"), "%s", x.r.err);
+    cr_assert_eq(tu_count(x.r.err, "plugin output: flood line "), 98, "%s",
+                 x.r.err);
+    cr_assert(strstr(x.r.err, "plugin output: 202 lines dropped (over 100 "
+                              "lines/s"),
+              "%s", x.r.err);
+    cr_assert(!strstr(x.r.out, "flood line"), "plugin output on stdout");
+    run_free(&x);
+
+    x = plugin_test(KHOST_FIXTURE_DIR "/fxp_print.so",
+                    "{\"value\":\"DIE:last words\"}\n", NULL);
+    char *words = strstr(x.r.err, "plugin output: last words");
+    char *crash = strstr(x.r.err, "crashed: killed by SIGSEGV");
+    cr_assert(words && crash && words < crash, "%s", x.r.err);
+    run_free(&x);
+}
