@@ -1428,7 +1428,8 @@ static int add_config(pt *t, kh_pipeline *pl, const char *arg) {
     /* A copy of the array (its strings stay the file's): cfg frees its
      * own array and strings, untouched. */
     kh_kv *kv = xrealloc(NULL, (pl->n_config + 1) * sizeof *kv);
-    memcpy(kv, pl->config, pl->n_config * sizeof *kv);
+    if (pl->n_config)
+        memcpy(kv, pl->config, pl->n_config * sizeof *kv);
     free(t->own_config);
     t->own_config = kv;
     pl->config = kv;

@@ -6,8 +6,9 @@
  * loop: sd-event watches a pidfd where the kernel offers pidfd_open, and
  * falls back to SIGCHLD where it does not (kernels before 5.3, seccomp
  * profiles that refuse it, valgrind 3.19). A crash costs that worker's
- * partitions a rewind to their acked watermark and the worker a restart after
- * an exponential, jittered backoff; group membership is never touched.
+ * partitions a rewind to their acked watermark and the worker a restart: at
+ * once after the first crash in a row, then after an exponential, jittered
+ * backoff; group membership is never touched.
  *
  * The restart limit follows the reference (Elsa's supervisor): more than
  * max_restarts within max_seconds marks the pipeline failed. The backoff
@@ -254,9 +255,14 @@ static void schedule_restart(kh_worker *w, bool failed_start) {
     if (failed_start)
         delay = backoff_ms(KH_INIT_BACKOFF_BASE_MS, KH_INIT_BACKOFF_MAX_MS,
                            w->failed_starts++);
+    else if (w->consecutive_crashes++ == 0)
+        /* The first crash after a good run restarts at once: its
+         * partitions wait for nothing but the new process (crash to
+         * resume, issue 14). A crash loop backs off from the second. */
+        delay = 0;
     else
         delay = backoff_ms(KH_BACKOFF_BASE_MS, KH_BACKOFF_MAX_MS,
-                           w->consecutive_crashes++);
+                           w->consecutive_crashes - 2);
     transition(w, KH_WE_RETRY);
     uint64_t now;
     sd_event_now(w->pl->host->ev, CLOCK_MONOTONIC, &now);
