@@ -122,7 +122,12 @@ int worker_proc_spawn(const kh_pipeline *cfg, int index,
     for (int i = 0; i < hargs.argc; i++)
         argv[argc++] = hargs.argv[i];
     argv[argc] = NULL;
-    int rc = posix_spawn(&p->pid, kh_self_exe(), &fa, &attr, argv, environ);
+    /* The small khost-worker executable when there is one (no Kafka
+     * libraries: a smaller, faster-starting worker), else khost itself;
+     * both take the same arguments. */
+    const char *exe = kh_worker_exe();
+    int rc = posix_spawn(&p->pid, exe ? exe : kh_self_exe(), &fa, &attr, argv,
+                         environ);
     if (rc != 0) {
         errno = rc;
         goto error;

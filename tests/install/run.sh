@@ -59,7 +59,7 @@ if [ "$configured_prefix" != /usr ]; then
     grep -q "looks for plugins in $configured_prefix/lib/khost/plugins" ||
     { cat "$tmp/install.log" >&2; fail "no warning about the prefix"; }
 fi
-for f in usr/bin/khost \
+for f in usr/bin/khost usr/libexec/khost/khost-worker \
   usr/lib/khost/plugins/file_sink.so usr/lib/khost/plugins/fault.so \
   usr/lib/khost/plugins/noop.so usr/include/khost/plugin.h \
   etc/khost/khost.ini.example \
@@ -70,6 +70,10 @@ for f in usr/bin/khost \
   [ -f "$root/$f" ] || fail "missing $f"
 done
 [ -x "$root/usr/bin/khost" ] || fail "usr/bin/khost is not executable"
+[ -x "$root/usr/libexec/khost/khost-worker" ] || fail "usr/libexec/khost/khost-worker is not executable"
+# The worker executable needs none of the host's libraries.
+libs=$(ldd "$root/usr/libexec/khost/khost-worker" | grep -c -E 'rdkafka|systemd|microhttpd|jansson|inih' || true)
+[ "$libs" -eq 0 ] || fail "khost-worker links host libraries: $(ldd "$root/usr/libexec/khost/khost-worker")"
 unit=$root/usr/lib/systemd/system
 grep -qx 'ExecStart=/usr/bin/khost run -c /etc/khost/khost.ini' "$unit/khost.service" ||
   fail "khost.service ExecStart: $(grep ExecStart "$unit/khost.service")"
@@ -117,6 +121,15 @@ for _ in $(seq 1 200); do
 done
 n=$(distinct)
 [ "$n" -eq $seed ] || { cat "$tmp/run.log" >&2; fail "handled $n of $seed messages"; }
+# Its workers are the installed khost-worker (found from ../libexec).
+workers=0
+for w in $(cat /proc/$host_pid/task/*/children 2>/dev/null); do
+  exe=$(readlink "/proc/$w/exe" || true)
+  [ "$exe" = "$root/usr/libexec/khost/khost-worker" ] ||
+    fail "worker $w runs $exe, not the installed khost-worker"
+  workers=$((workers + 1))
+done
+[ "$workers" -eq 2 ] || fail "found $workers workers of the installed khost, not 2"
 grep -q "$root/etc/khost/../../usr/lib/khost/plugins/file_sink.so" "$tmp/run.log" ||
   { cat "$tmp/run.log" >&2; fail "the log does not name the installed plugin"; }
 status=$("$root/usr/bin/khost" status --socket "$tmp/k.sock") ||
