@@ -1,0 +1,338 @@
+#!/usr/bin/env bash
+# Latency benchmark (issue 14): end-to-end delay from the send time to the
+# handler call at fixed rates, khost (latency_plugin.so, 1 and 2 workers)
+# against a plain librdkafka group consumer doing the same per message
+# (bench_latency_ref), on ONE standalone mock cluster. Method and
+# figures: tests/bench/README.md, "Transport ceiling and latency".
+#
+#   bash tests/bench/latency.sh      # about 3.5 minutes with the defaults
+#
+# Each run: start the consumer (a fresh group, auto.offset.reset=latest),
+# wait for its assignment, produce RATE msg/s for WARMUP + SECONDS with
+# bench_produce_rate (send time in us at the start of each value), stop
+# the consumer, drop the samples sent in the first WARMUP seconds, and
+# take p50/p99/max of the rest. Contenders run one after another, their
+# order rotating from round to round; the table shows the median over the
+# rounds with the min-max.
+#
+# Environment (all optional):
+#   BENCH_REPS           rounds (default 3)
+#   BENCH_RATES          msg/s (default "5000 50000")
+#   BENCH_SECONDS        measured seconds per run (default 5)
+#   BENCH_WARMUP_S       seconds produced first and discarded (default 1)
+#   BENCH_FETCH_WAIT_MS  fetch.wait.max.ms, the same on both (default 10)
+#   BENCH_WORKERS        khost worker counts (default "1 2")
+#   BENCH_PARTITIONS     partitions per topic (default 4)
+#   BENCH_BUILD_DIR      build directory (default <repo>/build)
+#   BENCH_NO_BUILD=1     do not build, use the binaries as they are
+#   BENCH_KEEP=1         keep the work directory with every log and sample
+#
+# Exit status: 0 when the benchmark ran (whatever the numbers), 1 when it
+# could not run (build failure, a contender failed or timed out).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BUILD=${BENCH_BUILD_DIR:-$ROOT/build}
+REPS=${BENCH_REPS:-3}
+RATES=${BENCH_RATES:-5000 50000}
+SECS=${BENCH_SECONDS:-5}
+WARM=${BENCH_WARMUP_S:-1}
+FW=${BENCH_FETCH_WAIT_MS:-10}
+WORKERS=${BENCH_WORKERS:-1 2}
+PARTS=${BENCH_PARTITIONS:-4}
+READY_TIMEOUT_S=30 # consumer start to assignment (the mock's join takes 3 s)
+
+say() { printf '[latency] %s\n' "$*" >&2; }
+die() {
+    say "error: $*"
+    exit 1
+}
+
+# ---- build ----
+if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
+    if [[ ! -f $BUILD/CMakeCache.txt ]]; then
+        say "configuring $BUILD"
+        cmake -S "$ROOT" -B "$BUILD" -DKHOST_WERROR=ON >/dev/null ||
+            die "cmake configure failed"
+    fi
+    say "building khost, latency_plugin and the latency tools in $BUILD"
+    cmake --build "$BUILD" -j2 --target khost latency_plugin bench_produce_rate \
+        bench_latency_ref >"$BUILD/latency-build.log" 2>&1 || {
+        tail -20 "$BUILD/latency-build.log" >&2
+        die "build failed (log: $BUILD/latency-build.log)"
+    }
+fi
+KHOST=$BUILD/khost
+BIN=$BUILD/bench
+PLUGIN=$BIN/latency_plugin.so
+for f in "$KHOST" "$BIN/bench_produce_rate" "$BIN/bench_latency_ref"; do
+    [[ -x $f ]] || die "missing $f (the bench targets need the test tree configured)"
+done
+[[ -f $PLUGIN ]] || die "missing $PLUGIN"
+
+# cpu_busy: percent of all CPUs busy during one second (as run.sh).
+cpu_busy() {
+    local a b
+    a=$(head -1 /proc/stat)
+    sleep 1
+    b=$(head -1 /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN {
+        n = split(a, x); split(b, y); t = 0
+        for (i = 2; i <= n; i++) t += y[i] - x[i]
+        idle = (y[5] - x[5]) + (y[6] - x[6])
+        printf "%.0f", (t > 0 ? 100 * (t - idle) / t : 0) }'
+}
+
+# ---- processes: every one we start is tracked by pid and ended on exit ----
+WORK=$(mktemp -d /tmp/khost-latency.XXXXXX)
+PIDS=()
+cleanup() {
+    local st=$?
+    set +e
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    if [[ ${BENCH_KEEP:-0} == 1 || $st != 0 ]]; then
+        say "logs kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$st"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+forget() { # drop a pid that has been waited for
+    local keep=() p
+    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]+"${keep[@]}"}")
+}
+
+# stop_wait PID WHAT: SIGTERM, then wait up to 20 s, else SIGKILL (an error).
+stop_wait() {
+    local rc=0
+    kill -TERM "$1" 2>/dev/null || true
+    for _ in $(seq 200); do
+        kill -0 "$1" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$1" 2>/dev/null; then
+        kill -KILL "$1" 2>/dev/null || true
+        wait "$1" 2>/dev/null || true
+        forget "$1"
+        die "$2 did not stop within 20 s of SIGTERM"
+    fi
+    wait "$1" || rc=$?
+    forget "$1"
+    [[ $rc == 0 ]] || die "$2 exited $rc"
+}
+
+# ---- the mock cluster: one topic per rate ----
+topic_args=()
+for rate in $RATES; do topic_args+=(--topic "lat$rate:$PARTS"); done
+for attempt in 1 2 3; do
+    "$KHOST" mock-cluster --brokers 1 "${topic_args[@]}" \
+        --bootstrap-file "$WORK/bootstrap" >"$WORK/mock.out" 2>"$WORK/mock.err" &
+    MOCK=$!
+    PIDS+=("$MOCK")
+    for _ in $(seq 100); do
+        [[ -s $WORK/bootstrap ]] && break
+        kill -0 "$MOCK" 2>/dev/null || die "mock cluster exited: $(cat "$WORK/mock.err")"
+        sleep 0.05
+    done
+    [[ -s $WORK/bootstrap ]] && break
+    say "mock cluster not up after 5 s (attempt $attempt), restarting it"
+    kill -KILL "$MOCK" 2>/dev/null || true
+    wait "$MOCK" 2>/dev/null || true
+    forget "$MOCK"
+done
+[[ -s $WORK/bootstrap ]] || die "mock cluster did not start"
+BOOT=$(cat "$WORK/bootstrap")
+say "mock cluster at $BOOT (pid $MOCK); $REPS round(s), rates: $RATES msg/s," \
+    "${WARM} s warm-up + ${SECS} s measured, fetch.wait.max.ms=$FW"
+
+# kv KEY LINE: the value of KEY=VALUE in LINE
+kv() { sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" <<<" $2"; }
+
+# wait_for FILE REGEX PID WHAT: until FILE has a line matching REGEX.
+wait_for() {
+    local i
+    for i in $(seq $((READY_TIMEOUT_S * 20))); do
+        grep -Eq "$2" "$1" 2>/dev/null && return 0
+        kill -0 "$3" 2>/dev/null || die "$4 exited before it was ready: $(tail -3 "$1")"
+        sleep 0.05
+    done
+    die "$4 not ready within $READY_TIMEOUT_S s"
+}
+
+# produce RATE TAG: the load; prints the producer's start_us.
+produce() {
+    local out
+    out=$("$BIN/bench_produce_rate" "$BOOT" "lat$1" "$PARTS" "$1" \
+        $((WARM + SECS)) 2>"$WORK/$2.produce.err") ||
+        die "bench_produce_rate failed: $out $(tail -3 "$WORK/$2.produce.err")"
+    echo "$out" >"$WORK/$2.produce"
+    [[ $(kv failed "$out") == 0 ]] || die "producer: $out"
+    kv start_us "$out"
+}
+
+# stats TAG START_US FILE...: "P50_MS P99_MS MAX_MS SAMPLES" of the
+# samples sent at or after START_US + WARM seconds.
+stats() {
+    local tag=$1 cut
+    cut=$(($2 + WARM * 1000000))
+    shift 2
+    awk -v cut="$cut" '$1 !~ /^#/ && $1 >= cut { print $2 }' "$@" |
+        sort -n >"$WORK/$tag.sorted"
+    awk '{ v[NR] = $1 } END {
+        if (!NR) { print "- - - 0"; exit }
+        i50 = int(0.50 * NR); if (i50 < 0.50 * NR) i50++
+        i99 = int(0.99 * NR); if (i99 < 0.99 * NR) i99++
+        printf "%.3f %.3f %.3f %d\n", v[i50] / 1000, v[i99] / 1000, v[NR] / 1000, NR
+    }' "$WORK/$tag.sorted"
+    [[ ${BENCH_KEEP:-0} == 1 ]] || rm -f "$WORK/$tag.sorted"
+}
+
+# Results: one line per run in $WORK/results: RATE CONTENDER ROUND P50 P99 MAX SAMPLES
+record() { echo "$*" >>"$WORK/results"; }
+
+run_ref() { # ROUND RATE
+    local tag=ref-$2-r$1 pid start st
+    "$BIN/bench_latency_ref" "$BOOT" "lat$2" "lat-$tag-$$" "$FW" \
+        "$WORK/$tag.samples" >"$WORK/$tag.out" 2>"$WORK/$tag.err" &
+    pid=$!
+    PIDS+=("$pid")
+    wait_for "$WORK/$tag.out" '^ASSIGNED n=[1-9]' "$pid" "bench_latency_ref"
+    sleep 0.5 # the "latest" offset lookup and the first fetch
+    start=$(produce "$2" "$tag")
+    sleep 0.5
+    stop_wait "$pid" bench_latency_ref
+    st=$(stats "$tag" "$start" "$WORK/$tag.samples")
+    record "$2" reference "$1" "$st"
+    say "  reference: p50/p99/max ms, samples: $st"
+}
+
+run_khost() { # ROUND RATE WORKERS
+    local tag=khost-w$3-$2-r$1 ini pid start st
+    ini=$WORK/$tag.ini
+    cat >"$ini" <<EOF
+[host]
+brokers = $BOOT
+[kafka]
+session.timeout.ms = 6000
+heartbeat.interval.ms = 500
+fetch.wait.max.ms = $FW
+auto.offset.reset = latest
+[pipeline.lat]
+topics = lat$2
+group = lat-$tag-$$
+plugin = $PLUGIN
+workers = $3
+handler_timeout_ms = 0
+[pipeline.lat.config]
+out = $WORK/$tag.samples
+EOF
+    "$KHOST" run -c "$ini" 2>"$WORK/$tag.log" &
+    pid=$!
+    PIDS+=("$pid")
+    wait_for "$WORK/$tag.log" 'assigned [1-9][0-9]* partition' "$pid" "khost run"
+    sleep 0.5
+    start=$(produce "$2" "$tag")
+    sleep 0.5
+    stop_wait "$pid" "khost run"
+    local files=()
+    for ((w = 0; w < $3; w++)); do
+        [[ -f $WORK/$tag.samples.w$w ]] || die "no samples from worker $w ($WORK/$tag.samples.w$w)"
+        files+=("$WORK/$tag.samples.w$w")
+    done
+    st=$(stats "$tag" "$start" "${files[@]}")
+    record "$2" "khost-w$3" "$1" "$st"
+    say "  khost $3 worker(s): p50/p99/max ms, samples: $st"
+}
+
+contenders=(reference)
+for w in $WORKERS; do contenders+=("khost:$w"); done
+
+BUSY_BEFORE=$(cpu_busy)
+[[ $BUSY_BEFORE -lt 15 ]] ||
+    say "warning: the machine is already ${BUSY_BEFORE}% busy; results will be noisy"
+t_start=$SECONDS
+for r in $(seq "$REPS"); do
+    for rate in $RATES; do
+        say "round $r, $rate msg/s"
+        k=${#contenders[@]}
+        for i in $(seq 0 $((k - 1))); do
+            c=${contenders[$(((i + r - 1) % k))]}
+            case $c in
+            reference) run_ref "$r" "$rate" ;;
+            khost:*) run_khost "$r" "$rate" "${c#khost:}" ;;
+            esac
+        done
+    done
+done
+BUSY_AFTER=$(cpu_busy)
+
+# ---- the table: medians over the rounds, min-max ----
+# agg RATE NAME COLUMN: "MEDIAN MIN MAX" of that column over the rounds
+agg() {
+    awk -v r="$1" -v n="$2" -v c="$3" '$1 == r && $2 == n && $c != "-" { print $c }' \
+        "$WORK/results" | sort -g | awk '{ v[NR] = $1 } END {
+            if (!NR) { print "- - -"; exit }
+            m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            print m, v[1], v[NR] }'
+}
+cell() { # "MEDIAN MIN MAX" -> "M (min-max)"
+    awk -v s="$1" 'BEGIN { split(s, a, " ")
+        if (a[1] == "-") print "-"; else printf "%.2f (%.2f-%.2f)", a[1], a[2], a[3] }'
+}
+
+echo
+echo "khost latency benchmark: send time -> handler call, $PARTS partitions, 1 mock broker,"
+echo "$(nproc) CPU(s), ${WARM} s warm-up + ${SECS} s measured per run, fetch.wait.max.ms=$FW,"
+echo "median of $REPS round(s) (min-max), librdkafka $(pkg-config --modversion rdkafka 2>/dev/null || echo '?')"
+echo "other load: ${BUSY_BEFORE}% CPU busy before, ${BUSY_AFTER}% after the run"
+echo
+echo "| rate/s | contender | p50 ms | p99 ms | max ms | samples |"
+echo "|---:|---|---:|---:|---:|---:|"
+for rate in $RATES; do
+    for c in "${contenders[@]}"; do
+        case $c in
+        reference) name=reference label="reference (librdkafka)" ;;
+        khost:*)
+            name=khost-w${c#khost:}
+            label="khost, ${c#khost:} worker$([[ ${c#khost:} == 1 ]] || echo s)"
+            ;;
+        esac
+        s=$(agg "$rate" "$name" 7)
+        printf '| %s | %s | %s | %s | %s | %s |\n' "$rate" "$label" \
+            "$(cell "$(agg "$rate" "$name" 4)")" "$(cell "$(agg "$rate" "$name" 5)")" \
+            "$(cell "$(agg "$rate" "$name" 6)")" "${s%% *}"
+    done
+done
+echo
+echo "target: khost p50 within 1 ms of the reference's, p99 within 5 ms (medians over the rounds):"
+for rate in $RATES; do
+    ref50=$(agg "$rate" reference 4)
+    ref99=$(agg "$rate" reference 5)
+    for w in $WORKERS; do
+        k50=$(agg "$rate" "khost-w$w" 4)
+        k99=$(agg "$rate" "khost-w$w" 5)
+        awk -v rate="$rate" -v w="$w" -v a="${k50%% *}" -v b="${ref50%% *}" \
+            -v c="${k99%% *}" -v d="${ref99%% *}" 'BEGIN {
+            if (a == "-" || b == "-" || c == "-" || d == "-") {
+                printf "  %s msg/s, %s worker(s): no samples\n", rate, w; exit }
+            d50 = a - b; d99 = c - d
+            printf "  %s msg/s, %s worker(s): p50 %+.2f ms, p99 %+.2f ms: %s\n", rate, w,
+                   d50, d99, (d50 <= 1 && d99 <= 5 ? "MET" : "NOT MET") }'
+    done
+done
+say "done in $((SECONDS - t_start)) s"
