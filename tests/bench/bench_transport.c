@@ -8,7 +8,7 @@
  * It shows how much headroom the transport leaves above Kafka.
  *
  *   bench_transport [-n MESSAGES] [-b BATCH,BATCH,...] [-w WINDOW]
- *                   [-s VALUE_BYTES] [-r ROUNDS] [-p PLUGIN]
+ *                   [-s VALUE_BYTES] [-r ROUNDS] [-p PLUGIN] [-x]
  *
  * Defaults: 5,000,000 messages of 100 B, batches 64,256,1024 per frame,
  * window 4096 (KH_MAX_INFLIGHT), 3 rounds, build/plugins/noop.so next to
@@ -16,7 +16,9 @@
  * prints the median over the rounds (and the min-max) of msg/s and the
  * CPU seconds of this process (getrusage RUSAGE_SELF) and of the worker
  * (/proc/PID/stat utime+stime, read just before SHUTDOWN), both over the
- * streaming phase only, and one BENCH_TRANSPORT line per run.
+ * streaming phase only, and one BENCH_TRANSPORT line per run. -x keeps
+ * the fd kh_self_exe() execs inheritable, which valgrind
+ * --trace-children=yes needs to follow the worker.
  *
  * kh_self_exe() execs /proc/self/exe, i.e. this binary: main() therefore
  * dispatches `worker` the way host/main.c does, so the worker that runs
@@ -25,11 +27,13 @@
 #define _GNU_SOURCE
 #include "log.h"
 #include "partition.h"
+#include "plugin_loader.h"
 #include "transport.h"
 #include "worker.h"
 #include "worker_proc.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
@@ -322,7 +326,7 @@ static int bench_main(int argc, char **argv) {
     char plugin[PATH_MAX];
     plugin[0] = '\0';
     int opt;
-    while ((opt = getopt(argc, argv, "n:b:w:s:r:p:hv")) != -1) {
+    while ((opt = getopt(argc, argv, "n:b:w:s:r:p:xhv")) != -1) {
         switch (opt) {
         case 'n':
             total = num("-n", optarg, 1, 1000000000L);
@@ -354,10 +358,20 @@ static int bench_main(int argc, char **argv) {
             break;
         case 'v':
             break; /* taken by main() */
+        case 'x': {
+            /* For valgrind --trace-children=yes: kh_self_exe() is
+             * /proc/self/fd/N of a CLOEXEC fd, which valgrind's launcher
+             * in the child can no longer open; keep it inheritable. */
+            int fd = -1;
+            if (sscanf(kh_self_exe(), "/proc/self/fd/%d", &fd) == 1)
+                fcntl(fd, F_SETFD, 0);
+            break;
+        }
         default:
             fprintf(stderr,
                     "usage: bench_transport [-n MESSAGES] [-b BATCH,...] "
-                    "[-w WINDOW] [-s VALUE_BYTES] [-r ROUNDS] [-p PLUGIN]\n");
+                    "[-w WINDOW] [-s VALUE_BYTES] [-r ROUNDS] [-p PLUGIN] "
+                    "[-x]\n");
             return opt == 'h' ? 0 : 2;
         }
     }
