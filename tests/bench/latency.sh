@@ -7,13 +7,15 @@
 #
 #   bash tests/bench/latency.sh      # about 3.5 minutes with the defaults
 #
-# Each run: start the consumer (a fresh group, auto.offset.reset=latest),
-# wait for its assignment, produce RATE msg/s for WARMUP + SECONDS with
-# bench_produce_rate (send time in us at the start of each value), stop
-# the consumer, drop the samples sent in the first WARMUP seconds, and
-# take p50/p99/max of the rest. Contenders run one after another, their
-# order rotating from round to round; the table shows the median over the
-# rounds with the min-max.
+# Each run: start the consumer (a fresh group on a fresh topic of its own,
+# auto.offset.reset=latest), wait for its assignment, produce RATE msg/s
+# for WARMUP + SECONDS with bench_produce_rate (send time in us at the
+# start of each value), wait 1 s, stop the consumer, drop the samples sent
+# in the first WARMUP seconds, and take p50/p99/max of the rest. A message
+# produced but not handled by then counts as "lost" (above any measured
+# delay). Contenders run one after another, their order rotating from
+# round to round; the table shows the median over the rounds with the
+# min-max.
 #
 # Environment (all optional):
 #   BENCH_REPS           rounds (default 3)
@@ -41,6 +43,8 @@ FW=${BENCH_FETCH_WAIT_MS:-10}
 WORKERS=${BENCH_WORKERS:-1 2}
 PARTS=${BENCH_PARTITIONS:-4}
 READY_TIMEOUT_S=30 # consumer start to assignment (the mock's join takes 3 s)
+TAIL_S=1           # producer end to consumer stop
+LOST=99999         # the "delay" of a message never handled, in ms
 
 say() { printf '[latency] %s\n' "$*" >&2; }
 die() {
@@ -136,9 +140,20 @@ stop_wait() {
     [[ $rc == 0 ]] || die "$2 exited $rc"
 }
 
-# ---- the mock cluster: one topic per rate ----
+contenders=(reference)
+for w in $WORKERS; do contenders+=("khost:$w"); done
+
+# ---- the mock cluster: one topic per run ----
+# A fresh topic each run: the mock broker slows down as a partition's log
+# grows (with one topic per rate the 2nd round ran seconds behind).
 topic_args=()
-for rate in $RATES; do topic_args+=(--topic "lat$rate:$PARTS"); done
+for r in $(seq "$REPS"); do
+    for rate in $RATES; do
+        for c in "${contenders[@]}"; do
+            topic_args+=(--topic "lat-$rate-${c/:/}-r$r:$PARTS")
+        done
+    done
+done
 for attempt in 1 2 3; do
     "$KHOST" mock-cluster --brokers 1 "${topic_args[@]}" \
         --bootstrap-file "$WORK/bootstrap" >"$WORK/mock.out" 2>"$WORK/mock.err" &
@@ -174,55 +189,63 @@ wait_for() {
     die "$4 not ready within $READY_TIMEOUT_S s"
 }
 
-# produce RATE TAG: the load; prints the producer's start_us.
+# produce TOPIC RATE TAG: the load; prints the producer's start_us and
+# the number of messages sent.
 produce() {
     local out
-    out=$("$BIN/bench_produce_rate" "$BOOT" "lat$1" "$PARTS" "$1" \
-        $((WARM + SECS)) 2>"$WORK/$2.produce.err") ||
-        die "bench_produce_rate failed: $out $(tail -3 "$WORK/$2.produce.err")"
-    echo "$out" >"$WORK/$2.produce"
+    out=$("$BIN/bench_produce_rate" "$BOOT" "$1" "$PARTS" "$2" \
+        $((WARM + SECS)) 2>"$WORK/$3.produce.err") ||
+        die "bench_produce_rate failed: $out $(tail -3 "$WORK/$3.produce.err")"
+    echo "$out" >"$WORK/$3.produce"
     [[ $(kv failed "$out") == 0 ]] || die "producer: $out"
-    kv start_us "$out"
+    echo "$(kv start_us "$out") $(kv sent "$out")"
 }
 
-# stats TAG START_US FILE...: "P50_MS P99_MS MAX_MS SAMPLES" of the
-# samples sent at or after START_US + WARM seconds.
+# stats TAG "START_US SENT" FILE...: "P50_MS P99_MS MAX_MS SAMPLES LOST"
+# of the samples sent at or after START_US + WARM seconds. LOST = SENT -
+# every sample (warm-up included): messages not handled by the stop. They
+# rank above every measured delay, as $LOST ms.
 stats() {
-    local tag=$1 cut
-    cut=$(($2 + WARM * 1000000))
+    local tag=$1 cut sent lost
+    cut=$((${2% *} + WARM * 1000000))
+    sent=${2#* }
     shift 2
+    lost=$(awk -v sent="$sent" '$1 !~ /^#/ { n++ } END { print sent - n }' "$@")
     awk -v cut="$cut" '$1 !~ /^#/ && $1 >= cut { print $2 }' "$@" |
         sort -n >"$WORK/$tag.sorted"
-    awk '{ v[NR] = $1 } END {
-        if (!NR) { print "- - - 0"; exit }
-        i50 = int(0.50 * NR); if (i50 < 0.50 * NR) i50++
-        i99 = int(0.99 * NR); if (i99 < 0.99 * NR) i99++
-        printf "%.3f %.3f %.3f %d\n", v[i50] / 1000, v[i99] / 1000, v[NR] / 1000, NR
+    awk -v lost="$lost" -v big="$LOST" '{ v[NR] = $1 / 1000 } END {
+        n = NR + (lost > 0 ? lost : 0)
+        if (!n) { print "- - - 0 0"; exit }
+        for (i = NR + 1; i <= n; i++) v[i] = big
+        i50 = int(0.50 * n); if (i50 < 0.50 * n) i50++
+        i99 = int(0.99 * n); if (i99 < 0.99 * n) i99++
+        printf "%.3f %.3f %.3f %d %d\n", v[i50], v[i99], v[n], NR, lost
     }' "$WORK/$tag.sorted"
     [[ ${BENCH_KEEP:-0} == 1 ]] || rm -f "$WORK/$tag.sorted"
 }
 
-# Results: one line per run in $WORK/results: RATE CONTENDER ROUND P50 P99 MAX SAMPLES
+# Results: one line per run in $WORK/results:
+# RATE CONTENDER ROUND P50 P99 MAX SAMPLES LOST
 record() { echo "$*" >>"$WORK/results"; }
 
 run_ref() { # ROUND RATE
-    local tag=ref-$2-r$1 pid start st
-    "$BIN/bench_latency_ref" "$BOOT" "lat$2" "lat-$tag-$$" "$FW" \
+    local tag=ref-$2-r$1 topic=lat-$2-reference-r$1 pid start st
+    "$BIN/bench_latency_ref" "$BOOT" "$topic" "lat-$tag-$$" "$FW" \
         "$WORK/$tag.samples" >"$WORK/$tag.out" 2>"$WORK/$tag.err" &
     pid=$!
     PIDS+=("$pid")
     wait_for "$WORK/$tag.out" '^ASSIGNED n=[1-9]' "$pid" "bench_latency_ref"
     sleep 0.5 # the "latest" offset lookup and the first fetch
-    start=$(produce "$2" "$tag")
-    sleep 0.5
+    start=$(produce "$topic" "$2" "$tag")
+    sleep "$TAIL_S"
     stop_wait "$pid" bench_latency_ref
     st=$(stats "$tag" "$start" "$WORK/$tag.samples")
     record "$2" reference "$1" "$st"
-    say "  reference: p50/p99/max ms, samples: $st"
+    say "  reference: p50/p99/max ms, samples, lost: $st"
 }
 
 run_khost() { # ROUND RATE WORKERS
-    local tag=khost-w$3-$2-r$1 ini pid start st
+    local tag=khost-w$3-$2-r$1 topic=lat-$2-khost$3-r$1 ini pid start st
     ini=$WORK/$tag.ini
     cat >"$ini" <<EOF
 [host]
@@ -233,7 +256,7 @@ heartbeat.interval.ms = 500
 fetch.wait.max.ms = $FW
 auto.offset.reset = latest
 [pipeline.lat]
-topics = lat$2
+topics = $topic
 group = lat-$tag-$$
 plugin = $PLUGIN
 workers = $3
@@ -246,8 +269,8 @@ EOF
     PIDS+=("$pid")
     wait_for "$WORK/$tag.log" 'assigned [1-9][0-9]* partition' "$pid" "khost run"
     sleep 0.5
-    start=$(produce "$2" "$tag")
-    sleep 0.5
+    start=$(produce "$topic" "$2" "$tag")
+    sleep "$TAIL_S"
     stop_wait "$pid" "khost run"
     local files=()
     for ((w = 0; w < $3; w++)); do
@@ -256,11 +279,8 @@ EOF
     done
     st=$(stats "$tag" "$start" "${files[@]}")
     record "$2" "khost-w$3" "$1" "$st"
-    say "  khost $3 worker(s): p50/p99/max ms, samples: $st"
+    say "  khost $3 worker(s): p50/p99/max ms, samples, lost: $st"
 }
-
-contenders=(reference)
-for w in $WORKERS; do contenders+=("khost:$w"); done
 
 BUSY_BEFORE=$(cpu_busy)
 [[ $BUSY_BEFORE -lt 15 ]] ||
@@ -290,9 +310,10 @@ agg() {
             m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
             print m, v[1], v[NR] }'
 }
-cell() { # "MEDIAN MIN MAX" -> "M (min-max)"
-    awk -v s="$1" 'BEGIN { split(s, a, " ")
-        if (a[1] == "-") print "-"; else printf "%.2f (%.2f-%.2f)", a[1], a[2], a[3] }'
+cell() { # "MEDIAN MIN MAX" -> "M (min-max)"; $LOST ms reads "lost"
+    awk -v s="$1" -v big="$LOST" 'function f(x) { return x >= big ? "lost" : sprintf("%.2f", x) }
+        BEGIN { split(s, a, " ")
+        if (a[1] == "-") print "-"; else printf "%s (%s-%s)", f(a[1]), f(a[2]), f(a[3]) }'
 }
 
 echo
@@ -301,8 +322,8 @@ echo "$(nproc) CPU(s), ${WARM} s warm-up + ${SECS} s measured per run, fetch.wai
 echo "median of $REPS round(s) (min-max), librdkafka $(pkg-config --modversion rdkafka 2>/dev/null || echo '?')"
 echo "other load: ${BUSY_BEFORE}% CPU busy before, ${BUSY_AFTER}% after the run"
 echo
-echo "| rate/s | contender | p50 ms | p99 ms | max ms | samples |"
-echo "|---:|---|---:|---:|---:|---:|"
+echo "| rate/s | contender | p50 ms | p99 ms | max ms | samples | lost |"
+echo "|---:|---|---:|---:|---:|---:|---:|"
 for rate in $RATES; do
     for c in "${contenders[@]}"; do
         case $c in
@@ -313,12 +334,16 @@ for rate in $RATES; do
             ;;
         esac
         s=$(agg "$rate" "$name" 7)
-        printf '| %s | %s | %s | %s | %s | %s |\n' "$rate" "$label" \
+        l=$(awk -v r="$rate" -v n="$name" '$1 == r && $2 == n { t += $8 } END { print t + 0 }' \
+            "$WORK/results")
+        printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$rate" "$label" \
             "$(cell "$(agg "$rate" "$name" 4)")" "$(cell "$(agg "$rate" "$name" 5)")" \
-            "$(cell "$(agg "$rate" "$name" 6)")" "${s%% *}"
+            "$(cell "$(agg "$rate" "$name" 6)")" "${s%% *}" "$l"
     done
 done
 echo
+echo "samples: median per run (sent at or after the warm-up); lost: all rounds together,"
+echo "messages not handled ${TAIL_S} s after the producer ended (they rank as the largest delays)."
 echo "target: khost p50 within 1 ms of the reference's, p99 within 5 ms (medians over the rounds):"
 for rate in $RATES; do
     ref50=$(agg "$rate" reference 4)
