@@ -12,11 +12,12 @@
  * and prints one line:
  *
  *   PRODUCE_RATE start_us=S end_us=E sent=N delivered=D failed=F
- *                rate=R late_max_ms=L
+ *                rate=R late_max_ms=L cpu_s=C
  *
  * late_max_ms: the most a message was sent after its due time (the
- * producer kept up if this stays small). Exit 0 only when every message
- * was delivered.
+ * producer kept up if this stays small); cpu_s: this process's CPU
+ * time (getrusage, librdkafka's threads included). Exit 0 only when every
+ * message was delivered.
  */
 #define _GNU_SOURCE
 #include "bench_common.h"
@@ -25,6 +26,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 
 static long delivered, failed;
 
@@ -134,9 +136,14 @@ int main(int argc, char **argv) {
     rd_kafka_destroy(rk);
     free(payload);
     double secs = (double)(end_us - start_us) / 1e6;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double cpu = (double)ru.ru_utime.tv_sec +
+                 (double)ru.ru_utime.tv_usec / 1e6 +
+                 (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
     printf("PRODUCE_RATE start_us=%lld end_us=%lld sent=%ld delivered=%ld "
-           "failed=%ld rate=%.0f late_max_ms=%.3f\n",
+           "failed=%ld rate=%.0f late_max_ms=%.3f cpu_s=%.3f\n",
            (long long)start_us, (long long)end_us, sent, delivered, failed,
-           secs > 0 ? (double)sent / secs : 0.0, late_max * 1000);
+           secs > 0 ? (double)sent / secs : 0.0, late_max * 1000, cpu);
     return delivered == total ? 0 : 1;
 }

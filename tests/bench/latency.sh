@@ -189,26 +189,60 @@ wait_for() {
     die "$4 not ready within $READY_TIMEOUT_S s"
 }
 
-# produce TOPIC RATE TAG: the load; prints the producer's start_us and
-# the number of messages sent.
+# tree_ticks PID: CPU clock ticks (utime + stime) of PID and of its
+# children (khost's workers), from /proc; 0 for a process that is gone.
+tree_ticks() {
+    local p t=0 v
+    for p in "$1" $(ps --ppid "$1" -o pid= 2>/dev/null); do
+        v=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null) || v=0
+        t=$((t + ${v:-0}))
+    done
+    echo "$t"
+}
+# busy_ticks: "BUSY TOTAL" ticks of all CPUs so far (/proc/stat).
+busy_ticks() {
+    awk 'NR == 1 { t = 0; for (i = 2; i <= NF; i++) t += $i
+                   print t - $5 - $6, t; exit }' /proc/stat
+}
+HZ=$(getconf CLK_TCK)
+NCPU=$(nproc)
+
+# produce TOPIC RATE TAG CONSUMER_PID: the load; prints the producer's
+# start_us and the number of messages sent, then the share of the machine
+# (% of all CPUs) over the production that the consumer (with its
+# workers), the mock broker, the producer and everything else took.
 produce() {
-    local out
+    local out c0 c1 m0 m1 b0 b1
+    c0=$(tree_ticks "$4")
+    m0=$(tree_ticks "$MOCK")
+    b0=$(busy_ticks)
     out=$("$BIN/bench_produce_rate" "$BOOT" "$1" "$PARTS" "$2" \
         $((WARM + SECS)) 2>"$WORK/$3.produce.err") ||
         die "bench_produce_rate failed: $out $(tail -3 "$WORK/$3.produce.err")"
+    c1=$(tree_ticks "$4")
+    m1=$(tree_ticks "$MOCK")
+    b1=$(busy_ticks)
     echo "$out" >"$WORK/$3.produce"
     [[ $(kv failed "$out") == 0 ]] || die "producer: $out"
-    echo "$(kv start_us "$out") $(kv sent "$out")"
+    awk -v s="$(kv start_us "$out")" -v n="$(kv sent "$out")" -v c="$((c1 - c0))" \
+        -v m="$((m1 - m0))" -v p="$(kv cpu_s "$out")" -v b0="$b0" -v b1="$b1" \
+        -v hz="$HZ" 'BEGIN {
+        split(b0, x, " "); split(b1, y, " "); tot = y[2] - x[2]; busy = y[1] - x[1]
+        if (tot <= 0) tot = 1
+        pt = p * hz
+        printf "%s %s %.0f %.0f %.0f %.0f\n", s, n, 100 * c / tot, 100 * m / tot,
+               100 * pt / tot, 100 * (busy - c - m - pt) / tot }'
 }
 
-# stats TAG "START_US SENT" FILE...: "P50_MS P99_MS MAX_MS SAMPLES LOST"
-# of the samples sent at or after START_US + WARM seconds. LOST = SENT -
-# every sample (warm-up included): messages not handled by the stop. They
-# rank above every measured delay, as $LOST ms.
+# stats TAG "START_US SENT CPU..." FILE...: "P50_MS P99_MS MAX_MS SAMPLES
+# LOST CPU..." of the samples sent at or after START_US + WARM seconds.
+# LOST = SENT - every sample (warm-up included): messages not handled by
+# the stop. They rank above every measured delay, as $LOST ms. CPU...:
+# produce's shares, passed through.
 stats() {
-    local tag=$1 cut sent lost
-    cut=$((${2% *} + WARM * 1000000))
-    sent=${2#* }
+    local tag=$1 cut sent lost cpu
+    read -r cut sent cpu <<<"$2"
+    cut=$((cut + WARM * 1000000))
     shift 2
     lost=$(awk -v sent="$sent" '$1 !~ /^#/ { n++ } END { print sent - n }' "$@")
     awk -v cut="$cut" '$1 !~ /^#/ && $1 >= cut { print $2 }' "$@" |
@@ -219,13 +253,14 @@ stats() {
         for (i = NR + 1; i <= n; i++) v[i] = big
         i50 = int(0.50 * n); if (i50 < 0.50 * n) i50++
         i99 = int(0.99 * n); if (i99 < 0.99 * n) i99++
-        printf "%.3f %.3f %.3f %d %d\n", v[i50], v[i99], v[n], NR, lost
+        printf "%.3f %.3f %.3f %d %d ", v[i50], v[i99], v[n], NR, lost
     }' "$WORK/$tag.sorted"
+    echo "$cpu"
     [[ ${BENCH_KEEP:-0} == 1 ]] || rm -f "$WORK/$tag.sorted"
 }
 
 # Results: one line per run in $WORK/results:
-# RATE CONTENDER ROUND P50 P99 MAX SAMPLES LOST
+# RATE CONTENDER ROUND P50 P99 MAX SAMPLES LOST CONSUMER% MOCK% PRODUCER% OTHERS%
 record() { echo "$*" >>"$WORK/results"; }
 
 run_ref() { # ROUND RATE
@@ -236,12 +271,12 @@ run_ref() { # ROUND RATE
     PIDS+=("$pid")
     wait_for "$WORK/$tag.out" '^ASSIGNED n=[1-9]' "$pid" "bench_latency_ref"
     sleep 0.5 # the "latest" offset lookup and the first fetch
-    start=$(produce "$topic" "$2" "$tag")
+    start=$(produce "$topic" "$2" "$tag" "$pid")
     sleep "$TAIL_S"
     stop_wait "$pid" bench_latency_ref
     st=$(stats "$tag" "$start" "$WORK/$tag.samples")
     record "$2" reference "$1" "$st"
-    say "  reference: p50/p99/max ms, samples, lost: $st"
+    say "  reference: p50/p99/max ms, samples, lost, CPU% consumer/mock/producer/others: $st"
 }
 
 run_khost() { # ROUND RATE WORKERS
@@ -269,7 +304,7 @@ EOF
     PIDS+=("$pid")
     wait_for "$WORK/$tag.log" 'assigned [1-9][0-9]* partition' "$pid" "khost run"
     sleep 0.5
-    start=$(produce "$topic" "$2" "$tag")
+    start=$(produce "$topic" "$2" "$tag" "$pid")
     sleep "$TAIL_S"
     stop_wait "$pid" "khost run"
     local files=()
@@ -279,7 +314,7 @@ EOF
     done
     st=$(stats "$tag" "$start" "${files[@]}")
     record "$2" "khost-w$3" "$1" "$st"
-    say "  khost $3 worker(s): p50/p99/max ms, samples, lost: $st"
+    say "  khost $3 worker(s): p50/p99/max ms, samples, lost, CPU% consumer/mock/producer/others: $st"
 }
 
 BUSY_BEFORE=$(cpu_busy)
@@ -322,8 +357,8 @@ echo "$(nproc) CPU(s), ${WARM} s warm-up + ${SECS} s measured per run, fetch.wai
 echo "median of $REPS round(s) (min-max), librdkafka $(pkg-config --modversion rdkafka 2>/dev/null || echo '?')"
 echo "other load: ${BUSY_BEFORE}% CPU busy before, ${BUSY_AFTER}% after the run"
 echo
-echo "| rate/s | contender | p50 ms | p99 ms | max ms | samples | lost |"
-echo "|---:|---|---:|---:|---:|---:|---:|"
+echo "| rate/s | contender | p50 ms | p99 ms | max ms | samples | lost | CPU consumer | mock | producer | others |"
+echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for rate in $RATES; do
     for c in "${contenders[@]}"; do
         case $c in
@@ -336,14 +371,22 @@ for rate in $RATES; do
         s=$(agg "$rate" "$name" 7)
         l=$(awk -v r="$rate" -v n="$name" '$1 == r && $2 == n { t += $8 } END { print t + 0 }' \
             "$WORK/results")
-        printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$rate" "$label" \
+        pc=()
+        for col in 9 10 11 12; do
+            v=$(agg "$rate" "$name" "$col")
+            pc+=("${v%% *}%")
+        done
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$rate" "$label" \
             "$(cell "$(agg "$rate" "$name" 4)")" "$(cell "$(agg "$rate" "$name" 5)")" \
-            "$(cell "$(agg "$rate" "$name" 6)")" "${s%% *}" "$l"
+            "$(cell "$(agg "$rate" "$name" 6)")" "${s%% *}" "$l" "${pc[@]}"
     done
 done
 echo
 echo "samples: median per run (sent at or after the warm-up); lost: all rounds together,"
 echo "messages not handled ${TAIL_S} s after the producer ended (they rank as the largest delays)."
+echo "CPU: median share of the whole machine ($NCPU CPUs = 100%) while producing: the consumer"
+echo "(khost: host process and workers), the mock broker, the producer, and everything else"
+echo "(other people's load; this script's own tools are a fraction of 1%)."
 echo "target: khost p50 within 1 ms of the reference's, p99 within 5 ms (medians over the rounds):"
 for rate in $RATES; do
     ref50=$(agg "$rate" reference 4)
