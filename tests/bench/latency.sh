@@ -303,6 +303,8 @@ EOF
     pid=$!
     PIDS+=("$pid")
     wait_for "$WORK/$tag.log" 'assigned [1-9][0-9]* partition' "$pid" "khost run"
+    # Every worker READY too (they start long before the 3 s join ends).
+    wait_for "$WORK/$tag.log" "worker=$(($3 - 1)) pid=[0-9]+ ready: plugin" "$pid" "khost run"
     sleep 0.5
     start=$(produce "$topic" "$2" "$tag" "$pid")
     sleep "$TAIL_S"
