@@ -190,14 +190,20 @@ wait_for() {
 }
 
 # tree_ticks PID: CPU clock ticks (utime + stime) of PID and of its
-# children (khost's workers), from /proc; 0 for a process that is gone.
+# children (khost's workers), from every /proc/N/stat (no procps needed);
+# 0 for a process that is gone.
 tree_ticks() {
-    local p t=0 v
-    for p in "$1" $(ps --ppid "$1" -o pid= 2>/dev/null); do
-        v=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null) || v=0
-        t=$((t + ${v:-0}))
-    done
-    echo "$t"
+    # getline, not awk's file list: a process may be gone by the time its
+    # file is read, which must not end the scan.
+    awk -v pid="$1" 'BEGIN {
+        for (i = 1; i < ARGC; i++) {
+            if ((getline line < ARGV[i]) > 0) {
+                split(line, g, " "); sub(/^[0-9]+ \(.*\) /, "", line); split(line, f, " ")
+                if (g[1] == pid || f[2] == pid) t += f[12] + f[13]
+            }
+            close(ARGV[i])
+        }
+        print t + 0 }' /proc/[0-9]*/stat
 }
 # busy_ticks: "BUSY TOTAL" ticks of all CPUs so far (/proc/stat).
 busy_ticks() {
