@@ -195,6 +195,20 @@ for so in "$sdk/hello.so" "$sdk/template/build/batch_sink.so"; do
   exported=$(nm -D --defined-only "$so" | awk '$2 == "T" {print $3}')
   [ "$exported" = khost_plugin_entry ] || fail "$so exports: $exported"
 done
+# Each passes its plugin-test cases under the installed khost, no Kafka:
+# the template its own (ctest: tests/*.jsonl against their .expect), the
+# one-file plugin a file of its own.
+ctest --test-dir "$sdk/template/build" --output-on-failure >"$tmp/template.ctest" 2>&1 ||
+  { cat "$tmp/template.ctest" >&2; fail "the template's plugin-test cases"; }
+grep -q "100% tests passed, 0 tests failed out of 2" "$tmp/template.ctest" ||
+  { cat "$tmp/template.ctest" >&2; fail "the template's plugin-test cases did not all run"; }
+for i in 0 1 2 3 4; do printf '{"partition": %d, "value": "hello %d"}\n' $((i % 2)) $i; done >"$sdk/hello.jsonl"
+"$root/usr/bin/khost" plugin-test "$sdk/hello.so" --config "count_file=$sdk/hello.pt.count" \
+  --input "$sdk/hello.jsonl" >"$tmp/hello.pt" 2>"$tmp/hello.pt.err" ||
+  { cat "$tmp/hello.pt" "$tmp/hello.pt.err" >&2; fail "plugin-test hello.so"; }
+grep -q '^{"summary":{"messages":5,"ack":5,' "$tmp/hello.pt" ||
+  { cat "$tmp/hello.pt" >&2; fail "plugin-test hello.so: not 5 of 5 acked"; }
+echo "plugin-test: the template's 2 cases pass, hello.so acks 5 of 5"
 # Each runs under the installed khost until the seeded messages are in.
 run_sdk_plugin() { # NAME SO CONFIG_LINES OUTPUT_FILE
   printf '%s\n' "[host]" "brokers = mock" "mock_partitions = 2" \
