@@ -284,6 +284,16 @@ static void one_run(const char *plugin, long total, uint32_t batch,
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
         fprintf(stderr, "bench_transport: worker ended with status 0x%x\n", st);
     out->worker_total_s = rusage_s(RUSAGE_CHILDREN) - ch0;
+    /* What the plugin wrote to stdout or stderr (the pipe worker_proc
+     * gives it; nonblocking): to our stderr, then close. noop writes
+     * nothing; a plugin writing more than the pipe holds during a run
+     * would stall, as nobody reads it meanwhile. */
+    char chunk[4096];
+    ssize_t got;
+    while ((got = read(wp.out_fd, chunk, sizeof chunk)) > 0)
+        if (write(STDERR_FILENO, chunk, (size_t)got) < 0)
+            break;
+    close(wp.out_fd);
     conn_close(&c);
     worker_proc_unmap(wp.status);
     free(value);
