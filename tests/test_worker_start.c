@@ -336,3 +336,30 @@ Test(worker_start, first_crash_restarts_at_once, .timeout = 120) {
     stop_clean(&h);
     end_test(dir);
 }
+
+/* A worker that served for 500 ms or more before it was killed is not in a
+ * crash loop: each such crash restarts it at once. */
+Test(worker_start, crash_after_serving_a_while_restarts_at_once,
+     .timeout = 120) {
+    char *dir = new_dir();
+    start_host(&h, dir, "cs", KHOST_BUILD_DIR "/plugins/noop.so", "");
+    for (int k = 1; k <= 2; k++) {
+        cr_assert(th_wait_log(&h, " ready: plugin", k, LOG_WAIT_MS), "%s",
+                  th_log(&h));
+        th_sleep_ms(700);
+        pid_t pid = th_worker_pid(&h, 0);
+        cr_assert_gt(pid, 0, "%s", th_log(&h));
+        kill(pid, SIGKILL);
+        cr_assert(th_wait_log(&h, "restarting in", k, LOG_WAIT_MS), "%s",
+                  th_log(&h));
+    }
+    log_hit r[2];
+    cr_assert_eq(find_lines(&h, "restarting in", r, 2), 2, "%s", th_log(&h));
+    cr_assert_eq(r[0].delay_ms, 0, "%s", th_log(&h));
+    cr_assert_eq(r[1].delay_ms, 0,
+                 "second crash after 700 ms of serving: "
+                 "%ld ms\n%s",
+                 r[1].delay_ms, th_log(&h));
+    stop_clean(&h);
+    end_test(dir);
+}
