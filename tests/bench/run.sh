@@ -496,6 +496,10 @@ shape_table() {
         ok=0
         ge 4096 "$c" && ok=1
         target "worker RSS peak (noop), $w worker(s): $(awk -v k="$c" 'BEGIN { printf "%.2f", k / 1024 }') MB (<= 4 MB)" "$ok"
+        c=$(med "khost-w$w" 9)
+        ok=0
+        ge 4096 "$c" && ok=1
+        target "  its anonymous part (RssAnon), $w worker(s): $(awk -v k="$c" 'BEGIN { printf "%.2f", k / 1024 }') MB (<= 4 MB)" "$ok"
     done
     if [[ -n $HTTP_W ]]; then
         # The HTTP row against the row with the same worker count without it:
