@@ -17,6 +17,8 @@
 #                      default): a worker that lived longer than this
 #                      before its crash restarts after the base backoff
 #                      (10 ms), else the backoff doubles up to 100 ms
+#   CRASH_KHOST_KAFKA  extra lines for khost's [kafka] section, to try a
+#                      setting, e.g. CRASH_KHOST_KAFKA='fetch.wait.max.ms = 10'
 #   BENCH_BUILD_DIR, BENCH_NO_BUILD=1, BENCH_KEEP=1  as for run.sh
 #
 # The plugin is tests/bench/bench_first.c: noop plus one stderr line
@@ -149,6 +151,7 @@ brokers = $BOOT
 [kafka]
 session.timeout.ms = 6000
 heartbeat.interval.ms = 500
+${CRASH_KHOST_KAFKA:-}
 [pipeline.crash]
 topics = crash
 group = crash-$$
@@ -224,9 +227,9 @@ forget "$PRODUCER"
 
 # ---- the figures ----
 python3 - "$WORK/kills" "$WORK/khost.before-stop.log" "$BUSY_BEFORE" "$BUSY_AFTER" \
-    "$KILLS" "$INTERVAL_MS" "$RATE" "$PARTS" "$MAX_SECONDS" <<'PY'
+    "$KILLS" "$INTERVAL_MS" "$RATE" "$PARTS" "$MAX_SECONDS" "${CRASH_KHOST_KAFKA:-}" <<'PY'
 import calendar, re, sys, time
-kills_f, log_f, busy0, busy1, nk, ivl, rate, parts, maxs = sys.argv[1:]
+kills_f, log_f, busy0, busy1, nk, ivl, rate, parts, maxs, extra = sys.argv[1:]
 
 def ts(line):  # "2026-12-03T05:42:53.865Z ..." -> epoch seconds (ms, truncated)
     m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{3})Z", line)
@@ -290,7 +293,7 @@ for k, victim, tk in kills:
     pid = repl[1]
     sp = started[pid][1] - tk if pid in started else None
     rows.append(dict(detect=tc - tk, spawn=sp, ready=repl[0] - tk,
-                     first=first[pid] - tk, backoff=bo))
+                     first=first[pid] - tk, gap=first[pid] - repl[0], backoff=bo))
 
 def pct(v, p):
     v = sorted(v)
@@ -303,6 +306,8 @@ def pct(v, p):
 print()
 print("khost crash to resume: %s SIGKILLs of a worker, one every %s ms, 2 workers, %s partitions," % (nk, ivl, parts))
 print("a stream of %s msg/s x 100 B, plugin bench_first (noop + a timestamp at its first message), max_seconds=%s" % (rate, maxs))
+if extra:
+    print("khost [kafka] extra: %s" % extra.replace("\n", "; "))
 print("other load: %s%% CPU busy before, %s%% after" % (busy0, busy1))
 print()
 print("| from the kill to ...                          |   n | median |    p90 |    p99 |    max |")
@@ -316,6 +321,7 @@ row("replacement spawned (host log, debug)", "spawn")
 row("replacement READY (host log)", "ready")
 row("first message handled by the replacement", "first")
 row("  the same minus the restart backoff", "first", sub=True)
+row("(from READY to that first message)", "gap")
 bo = [r["backoff"] for r in rows if r["backoff"] is not None]
 if bo:
     print()
