@@ -214,7 +214,6 @@ for _ in $(seq 500); do
     [[ ${#ws[@]} == 2 ]] && first_seen "${ws[0]}" && first_seen "${ws[1]}" && break
     sleep 0.01
 done
-BUSY_AFTER=$(cpu_busy)
 cp "$WORK/khost.log" "$WORK/khost.before-stop.log"
 kill -TERM "$KPID"
 rc=0
@@ -224,6 +223,8 @@ forget "$KPID"
 kill -TERM "$PRODUCER" 2>/dev/null || true
 wait "$PRODUCER" 2>/dev/null || true
 forget "$PRODUCER"
+# Measured once khost and the stream are gone: the other load only.
+BUSY_AFTER=$(cpu_busy)
 
 # ---- the figures ----
 python3 - "$WORK/kills" "$WORK/khost.before-stop.log" "$BUSY_BEFORE" "$BUSY_AFTER" \
