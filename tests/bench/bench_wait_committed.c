@@ -21,12 +21,14 @@
  * found through /proc/PID/task/TID/children, never by name) at the first
  * commit and at the end, and adds to the line:
  *
- *   cpu_first=S cpu_done=S procs=K hwm_kb=H child_hwm_max_kb=H
- *   child_rss_max_kb=R child_anon_max_kb=A
+ *   cpu_first=S cpu_done=S tasks_first=T tasks_done=T procs=K hwm_kb=H
+ *   child_hwm_max_kb=H child_rss_max_kb=R child_anon_max_kb=A
  *
  * cpu_*: on-CPU seconds of every thread of PID and of its children
  * (sum_exec_runtime from /proc/PID/task/TID/schedstat, nanoseconds), so
- * cpu_done - cpu_first is what the consumer spent in the timed window;
+ * cpu_done - cpu_first is what the consumer spent in the timed window
+ * (live threads only: tasks_* count the threads summed, so a thread that
+ * exited in between shows as tasks_done < tasks_first);
  * procs: PID plus its children at the end; hwm_kb: PID's VmHWM (peak
  * RSS) at the end; child_*: the largest VmHWM, VmRSS and RssAnon among
  * the children at the end. A value that could not be read is -1.
@@ -41,7 +43,12 @@
 
 #define BENCH_MAX_CHILDREN 256
 
-/* On-CPU nanoseconds of every thread of process pid, or -1. */
+/* Threads counted by the last proc_cpu_ns calls (see tree_cpu_s). */
+static int tasks_seen;
+
+/* On-CPU nanoseconds of every live thread of process pid, or -1. A
+ * thread that has exited is not counted: the caller compares the thread
+ * counts of its samples (tasks_seen) to notice one. */
 static long long proc_cpu_ns(int pid) {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/task", pid);
@@ -58,8 +65,10 @@ static long long proc_cpu_ns(int pid) {
         FILE *f = fopen(p, "r");
         long long ns;
         if (f) {
-            if (fscanf(f, "%lld", &ns) == 1)
+            if (fscanf(f, "%lld", &ns) == 1) {
                 sum += ns;
+                tasks_seen++;
+            }
             fclose(f);
         }
     }
@@ -113,6 +122,7 @@ static long proc_status_kb(int pid, const char *key) {
 
 /* CPU seconds of pid and its live children, or -1. */
 static double tree_cpu_s(int pid) {
+    tasks_seen = 0;
     long long ns = proc_cpu_ns(pid);
     if (ns < 0)
         return -1;
@@ -141,6 +151,7 @@ int main(int argc, char **argv) {
     long timeout = argc >= 6 ? bench_num("TIMEOUT_S", argv[5], 1, 3600) : 120;
     int pid = argc >= 7 ? (int)bench_num("PID", argv[6], 1, 1 << 30) : 0;
     double cpu_first = -1;
+    int tasks_first = -1;
 
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     bench_set(conf, "bootstrap.servers", argv[1]);
@@ -204,8 +215,10 @@ int main(int argc, char **argv) {
             if (total > 0 && first_wall == 0) {
                 first_wall = now;
                 first_total = total;
-                if (pid)
+                if (pid) {
                     cpu_first = tree_cpu_s(pid);
+                    tasks_first = tasks_seen;
+                }
             }
             for (int i = 0; i < 3; i++)
                 if (t_pct[i] == 0 && total * 100 >= end_total * pct[i])
@@ -218,6 +231,7 @@ int main(int argc, char **argv) {
                        t_pct[2], now, samples);
                 if (pid) {
                     double cpu_done = tree_cpu_s(pid);
+                    int tasks_done = tasks_seen;
                     int kids[BENCH_MAX_CHILDREN];
                     int n = proc_children(pid, kids, BENCH_MAX_CHILDREN);
                     long hwm = -1, rss = -1, anon = -1;
@@ -226,10 +240,11 @@ int main(int argc, char **argv) {
                         rss = lmax(rss, proc_status_kb(kids[i], "VmRSS"));
                         anon = lmax(anon, proc_status_kb(kids[i], "RssAnon"));
                     }
-                    printf(" cpu_first=%.4f cpu_done=%.4f procs=%d hwm_kb=%ld "
+                    printf(" cpu_first=%.4f cpu_done=%.4f tasks_first=%d "
+                           "tasks_done=%d procs=%d hwm_kb=%ld "
                            "child_hwm_max_kb=%ld child_rss_max_kb=%ld "
                            "child_anon_max_kb=%ld",
-                           cpu_first, cpu_done, 1 + n,
+                           cpu_first, cpu_done, tasks_first, tasks_done, 1 + n,
                            proc_status_kb(pid, "VmHWM"), hwm, rss, anon);
                 }
                 printf("\n");

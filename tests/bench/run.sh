@@ -199,6 +199,17 @@ commit_rates() {
             printf "%s %s %s\n", (hh > 0 ? hh : "-"), (wh > 0 ? wh : "-"), (wa > 0 ? wa : "-") }'
 }
 
+# check_tasks FILE WHO: the CPU of the window sums live threads; warn when
+# the thread count changed in it (a thread that exited took its CPU along).
+check_tasks() {
+    local line a b
+    line=$(grep '^COMMITTED' "$1") || return 0
+    a=$(kv tasks_first "$line")
+    b=$(kv tasks_done "$line")
+    [[ -z $a || $a == "$b" ]] ||
+        say "  warning: $2 had $a thread(s) at the first commit and $b at the end; its CPU-s/M may be off"
+}
+
 start_watcher() { # GROUP TOPIC OUTFILE [PID]
     "$BIN/bench_wait_committed" "$BOOT" "$2" "$PARTS" "$1" "$TIMEOUT_S" ${4:+"$4"} \
         >"$3" 2>"$3.err" &
@@ -226,6 +237,7 @@ run_reference() { # ROUND
     forget "$rpid"
     [[ $rc == 0 ]] || die "bench_reference failed ($rc): $(tail -3 "$WORK/$tag.err")"
     finish_watcher "$WORK/$tag.commits"
+    check_tasks "$WORK/$tag.commits" reference
     line=$(grep '^REFERENCE' "$WORK/$tag.out")
     [[ $(kv messages "$line") == "$N" ]] || die "reference got $(kv messages "$line") messages"
     record reference-self "$(kv seconds "$line")" "$(kv msgs_per_s "$line")" -
@@ -349,6 +361,7 @@ EOF
     stopped=$(grep -o 'stopped: handled=[0-9]*' "$WORK/$tag.log" | grep -o '[0-9]*$' || true)
     [[ -n $stopped && $stopped -ge $N ]] || die "khost handled ${stopped:-?} of $N"
     rates=$(commit_rates "$WORK/$tag.commits") || die "no commit timing in $WORK/$tag.commits"
+    check_tasks "$WORK/$tag.commits" "$name"
     grep -q "procs=$(($2 + 1)) " "$WORK/$tag.commits" ||
         say "  warning: the watcher did not see $2 worker(s) of khost at the end: $(cat "$WORK/$tag.commits")"
     # shellcheck disable=SC2086
