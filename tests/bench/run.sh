@@ -28,6 +28,9 @@
 #                    "none" leaves it out)
 #   BENCH_KHOST_KAFKA  extra lines for khost's [kafka] section, to try a
 #                    setting, e.g. BENCH_KHOST_KAFKA='fetch.wait.max.ms = 10'
+#   BENCH_KAFKA      extra "key = value" lines for both khost's [kafka] and
+#                    the reference (bench_reference reads them from
+#                    BENCH_REFERENCE_KAFKA), to compare both with a setting
 #   BENCH_BUILD_DIR  build directory (default <repo>/build)
 #   BENCH_NO_BUILD=1 do not build, use the binaries as they are
 #   BENCH_KEEP=1     keep the work directory with every log
@@ -226,7 +229,7 @@ finish_watcher() { # OUTFILE
 
 run_reference() { # ROUND
     local tag=ref-$TPFX-r$1 line rates rpid rc=0
-    timeout "$TIMEOUT_S" "$BIN/bench_reference" "$BOOT" "${TPFX}$1" \
+    BENCH_REFERENCE_KAFKA=${BENCH_KAFKA:-} timeout "$TIMEOUT_S" "$BIN/bench_reference" "$BOOT" "${TPFX}$1" \
         "bench-$tag-$$" "$N" "$COMMIT_MS" >"$WORK/$tag.out" 2>"$WORK/$tag.err" &
     rpid=$!
     PIDS+=("$rpid")
@@ -337,6 +340,7 @@ session.timeout.ms = 6000
 heartbeat.interval.ms = 500
 ; the benchmark times khost through its commits: commit often
 auto.commit.interval.ms = $COMMIT_MS
+${BENCH_KAFKA:-}
 ${BENCH_KHOST_KAFKA:-}
 [pipeline.bench]
 topics = ${TPFX}$1
@@ -553,7 +557,8 @@ per_shape_n() {
 
 echo "khost throughput suite: $(nproc) CPU(s), 1 mock broker per shape, auto.commit.interval.ms=$COMMIT_MS," \
     "librdkafka $(pkg-config --modversion rdkafka 2>/dev/null || echo '?'), khost $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u +%Y-%m-%dT%H:%MZ)"
-[[ -z ${BENCH_KHOST_KAFKA:-} ]] || echo "khost [kafka] extra: $BENCH_KHOST_KAFKA"
+[[ -z ${BENCH_KAFKA:-} ]] || echo "[kafka] extra for khost and the reference: ${BENCH_KAFKA//$'\n'/; }"
+[[ -z ${BENCH_KHOST_KAFKA:-} ]] || echo "khost [kafka] extra: ${BENCH_KHOST_KAFKA//$'\n'/; }"
 t_start=$SECONDS
 first_shape=1
 for shape in $SHAPES; do
