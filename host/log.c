@@ -80,6 +80,13 @@ static void ensure_init(void) {
     pthread_once(&log_once, log_init);
 }
 
+static atomic_int log_fd = STDERR_FILENO;
+
+void klog_set_fd(int fd) {
+    ensure_init();
+    atomic_store(&log_fd, fd);
+}
+
 bool klog_journald(void) {
     ensure_init();
     return atomic_load(&log_journald);
@@ -438,6 +445,6 @@ void klog(int level, const char *fmt, ...) {
     size_t len =
         klog_format_line(line, sizeof line, klog_format(),
                          atomic_load(&log_journald), &tv, level, log_tag, msg);
-    ssize_t ignored = write(STDERR_FILENO, line, len);
+    ssize_t ignored = write(atomic_load(&log_fd), line, len);
     (void)ignored;
 }

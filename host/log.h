@@ -31,6 +31,10 @@ const char *klog_level_str(int level);
  * KHOST_LOG_LEVEL, which workers (spawned with this environment) read
  * when they start. */
 void klog_export(void);
+/* Write lines to fd instead of stderr (a worker whose stderr carries its
+ * plugin's output keeps its own lines on the original stderr). Whether
+ * that is journald is still decided on the original stderr. */
+void klog_set_fd(int fd);
 /* Prefix every line of this process, e.g. "worker orders/1". */
 void klog_set_tag(const char *tag);
 void klog(int level, const char *fmt, ...)

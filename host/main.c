@@ -12,6 +12,7 @@
 #include "log.h"
 #include "mock_cluster.h"
 #include "plugin_loader.h"
+#include "plugin_test.h"
 #include "worker.h"
 
 #include <getopt.h>
@@ -64,6 +65,10 @@ static void usage(FILE *out) {
         "  plugin-info FILE.so [--json]\n"
         "                          show a plugin's name, version, ABI and "
         "callbacks\n"
+        "  plugin-test PLUGIN.so [OPTIONS] < MESSAGES.jsonl\n"
+        "                          run a plugin on chosen messages in real\n"
+        "                          workers, no Kafka; a JSON line each "
+        "(--help)\n"
         "  mock-cluster [OPTIONS]  run a standalone mock Kafka cluster "
         "(--help)\n"
         "\n"
@@ -604,6 +609,8 @@ int main(int argc, char **argv) {
         return cmd_check_config(sub_argc, sub_argv);
     if (!strcmp(cmd, "plugin-info"))
         return cmd_plugin_info(sub_argc, sub_argv);
+    if (!strcmp(cmd, "plugin-test"))
+        return plugin_test_main(sub_argc, sub_argv);
     if (!strcmp(cmd, "reload") || !strcmp(cmd, "status") ||
         !strcmp(cmd, "restart") || !strcmp(cmd, "pause") ||
         !strcmp(cmd, "resume"))

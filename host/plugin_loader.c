@@ -18,6 +18,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -274,6 +275,55 @@ const char *kh_self_exe(void) {
             snprintf(path, sizeof path, "/proc/self/exe");
     }
     return path;
+}
+
+/* Pin path by an O_PATH fd above every fd a child is given; the exec
+ * path into out, or -1 when it is not an executable regular file. */
+static int pin_exe(const char *path, char *out, size_t len) {
+    int fd = open(path, O_PATH | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+        !(st.st_mode & S_IXUSR)) {
+        close(fd);
+        return -1;
+    }
+    if (fd < KH_SELF_EXE_MIN_FD) {
+        int high = fcntl(fd, F_DUPFD_CLOEXEC, KH_SELF_EXE_MIN_FD);
+        close(fd);
+        fd = high;
+    }
+    if (fd < 0)
+        return -1;
+    snprintf(out, len, "/proc/self/fd/%d", fd);
+    return 0;
+}
+
+const char *kh_worker_exe(void) {
+    static char path[64];
+    static bool looked;
+    if (!looked) {
+        looked = true;
+        char self[PATH_MAX];
+        ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+        if (n > 0) {
+            self[n] = '\0';
+            char *slash = strrchr(self, '/');
+            if (slash) {
+                *slash = '\0';
+                static const char *const rel[] = {
+                    "/khost-worker", "/../libexec/khost/khost-worker"};
+                for (size_t i = 0; i < 2; i++) {
+                    char cand[PATH_MAX + 64];
+                    snprintf(cand, sizeof cand, "%s%s", self, rel[i]);
+                    if (pin_exe(cand, path, sizeof path) == 0)
+                        break;
+                }
+            }
+        }
+    }
+    return path[0] ? path : NULL;
 }
 
 /* Keep an answer on one line: control bytes (a newline in a plugin's

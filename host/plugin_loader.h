@@ -84,5 +84,10 @@ void plugin_describe_optional(const kh_plugin *plugin, char *buf, size_t len);
 /* The path to exec the host's own binary from (workers, probes): pinned
  * by an fd opened once, see plugin_loader.c. */
 const char *kh_self_exe(void);
+/* The path to exec a worker from: the khost-worker executable next to
+ * this binary (a build tree) or in ../libexec/khost (an install), pinned
+ * the same way, or NULL when there is none: then workers are
+ * `kh_self_exe() worker ...`. Looked for once. */
+const char *kh_worker_exe(void);
 
 #endif

@@ -6,8 +6,9 @@
  * loop: sd-event watches a pidfd where the kernel offers pidfd_open, and
  * falls back to SIGCHLD where it does not (kernels before 5.3, seccomp
  * profiles that refuse it, valgrind 3.19). A crash costs that worker's
- * partitions a rewind to their acked watermark and the worker a restart after
- * an exponential, jittered backoff; group membership is never touched.
+ * partitions a rewind to their acked watermark and the worker a restart: at
+ * once after the first crash in a row, then after an exponential, jittered
+ * backoff; group membership is never touched.
  *
  * The restart limit follows the reference (Elsa's supervisor): more than
  * max_restarts within max_seconds marks the pipeline failed. The backoff
@@ -128,7 +129,29 @@ static int on_worker_io(sd_event_source *s, int fd, uint32_t revents,
     return 0;
 }
 
+static void close_output(kh_worker *w) {
+    if (w->out_fd < 0)
+        return;
+    /* What a dead worker wrote last is still in the pipe. */
+    plugin_output_read(&w->output, w->out_fd, w->out_tag);
+    plugin_output_finish(&w->output, w->out_tag);
+    w->out_src = sd_event_source_disable_unref(w->out_src);
+    close(w->out_fd);
+    w->out_fd = -1;
+}
+
+static int on_worker_output(sd_event_source *s, int fd, uint32_t revents,
+                            void *userdata) {
+    kh_worker *w = userdata;
+    (void)s;
+    (void)revents;
+    if (plugin_output_read(&w->output, fd, w->out_tag) <= 0)
+        close_output(w);
+    return 0;
+}
+
 static void release_process(kh_worker *w) {
+    close_output(w);
     w->io_src = sd_event_source_disable_unref(w->io_src);
     w->eof_timer = sd_event_source_disable_unref(w->eof_timer);
     w->child_src = sd_event_source_disable_unref(w->child_src);
@@ -232,9 +255,14 @@ static void schedule_restart(kh_worker *w, bool failed_start) {
     if (failed_start)
         delay = backoff_ms(KH_INIT_BACKOFF_BASE_MS, KH_INIT_BACKOFF_MAX_MS,
                            w->failed_starts++);
+    else if (w->consecutive_crashes++ == 0)
+        /* The first crash after a good run restarts at once: its
+         * partitions wait for nothing but the new process (crash to
+         * resume, issue 14). A crash loop backs off from the second. */
+        delay = 0;
     else
         delay = backoff_ms(KH_BACKOFF_BASE_MS, KH_BACKOFF_MAX_MS,
-                           w->consecutive_crashes++);
+                           w->consecutive_crashes - 2);
     transition(w, KH_WE_RETRY);
     uint64_t now;
     sd_event_now(w->pl->host->ev, CLOCK_MONOTONIC, &now);
@@ -374,6 +402,7 @@ int supervisor_spawn(kh_worker *w) {
         kill(proc.pid, SIGKILL);
         waitpid(proc.pid, NULL, 0);
         close(proc.fd);
+        close(proc.out_fd);
         worker_proc_unmap(w->status);
         w->status = NULL;
         klog_error("pipeline=%s worker=%d: cannot start a worker process: %s",
@@ -389,6 +418,11 @@ int supervisor_spawn(kh_worker *w) {
     w->kill_reason[0] = '\0';
     w->init_error[0] = '\0';
     conn_init(&w->conn, proc.fd, KH_FRAME_MAX_FROM_WORKER);
+    w->out_fd = proc.out_fd;
+    snprintf(w->out_tag, sizeof w->out_tag, "pipeline=%s worker=%d pid=%d",
+             pl->cfg->name, w->index, (int)pid);
+    sd_event_add_io(pl->host->ev, &w->out_src, w->out_fd, EPOLLIN,
+                    on_worker_output, w);
     sd_event_add_io(pl->host->ev, &w->io_src, w->conn.fd, EPOLLIN, on_worker_io,
                     w);
     transition(w, KH_WE_SPAWNED);
@@ -420,6 +454,7 @@ int supervisor_start(kh_pipeline_rt *pl) {
         w->plugin_path = pl->snapshot;
         w->index = i;
         w->conn.fd = -1;
+        w->out_fd = -1;
         if (supervisor_spawn(w) != 0)
             return -1;
     }
@@ -483,6 +518,8 @@ void supervisor_check_hangs(kh_pipeline_rt *pl, int64_t now_ms) {
     int init_timeout = pl->cfg->init_timeout_ms;
     for (int i = 0; i < pl_n_all_workers(pl); i++) {
         kh_worker *w = pl_worker(pl, i);
+        if (w->out_fd >= 0)
+            plugin_output_tick(&w->output, w->out_tag);
         /* A hung init would keep the worker's partitions paused forever,
          * with nothing in the log. */
         if (w->state == KH_W_STARTING && w->pid && init_timeout > 0 &&
@@ -546,6 +583,7 @@ int supervisor_start_next(kh_pipeline_rt *pl, const kh_pipeline *cfg,
         w->candidate = true;
         w->index = i;
         w->conn.fd = -1;
+        w->out_fd = -1;
         if (supervisor_spawn(w) != 0)
             return -1;
     }

@@ -7,6 +7,7 @@
 
 #include "config.h"
 #include "partition.h"
+#include "plugin_output.h"
 #include "transport.h"
 
 #include <stdbool.h>
@@ -39,6 +40,10 @@ struct kh_worker {
     pid_t last_pid; /* the last process's, kept after it is reaped */
     kh_conn conn;
     sd_event_source *io_src;
+    int out_fd; /* the plugin's stdout and stderr, or -1 */
+    sd_event_source *out_src;
+    kh_plugin_output output; /* their lines, tagged and rate-limited */
+    char out_tag[96];        /* "pipeline=P worker=N pid=X" */
     sd_event_source *child_src;
     sd_event_source *restart_timer;
     sd_event_source *eof_timer; /* channel closed: is it dying, or hiding? */

@@ -23,6 +23,7 @@
 #include "transport.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <signal.h>
@@ -885,8 +886,8 @@ static void __attribute__((noreturn)) run(worker *w) {
 static void __attribute__((noreturn)) usage_error(const char *why) {
     fprintf(stderr,
             "khost worker: %s\n"
-            "usage: khost worker --host-pid PID [--tag NAME] [--rlimit-as "
-            "BYTES]\n"
+            "usage: khost worker --host-pid PID [--tag NAME] [--output-fd N] "
+            "[--rlimit-as BYTES]\n"
             "       [--rlimit-nofile N] [--rlimit-cpu SECONDS] [--uid UID] "
             "[--gid GID]\n"
             "       (internal: started by khost run)\n",
@@ -929,7 +930,7 @@ static void set_process_title(const char *tag, int argc, char **argv) {
 }
 
 int worker_main(int argc, char **argv) {
-    long host_pid = -1;
+    long host_pid = -1, output_fd = -1;
     const char *tag = "worker";
     kh_hardening hard = {.uid = -1, .gid = -1};
     for (int i = 1; i < argc; i++) {
@@ -947,6 +948,12 @@ int worker_main(int argc, char **argv) {
                 usage_error("--host-pid needs a process id");
         } else if (!strcmp(argv[i], "--tag") && i + 1 < argc) {
             tag = argv[++i];
+        } else if (!strcmp(argv[i], "--output-fd") && i + 1 < argc) {
+            char *end;
+            errno = 0;
+            output_fd = strtol(argv[++i], &end, 10);
+            if (errno || *end || end == argv[i] || output_fd < 3)
+                usage_error("--output-fd needs a descriptor number above 2");
         } else {
             usage_error("unexpected argument");
         }
@@ -969,6 +976,22 @@ int worker_main(int argc, char **argv) {
     signal(SIGHUP, SIG_IGN);
     klog_set_tag(tag);
     set_process_title(tag, argc, argv);
+    /* The plugin's stdout and stderr go to the host, which tags and
+     * rate-limits them; the worker's own lines keep the original stderr
+     * (journald's stream under systemd). Done before the limits: a low
+     * RLIMIT_NOFILE must not refuse the descriptor. */
+    if (output_fd >= 0) {
+        int logfd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 10);
+        if (logfd >= 0 && dup2((int)output_fd, STDOUT_FILENO) >= 0 &&
+            dup2((int)output_fd, STDERR_FILENO) >= 0) {
+            klog_set_fd(logfd);
+            /* A pipe makes stdout fully buffered: lines would show up
+             * late, or never when the worker is killed. */
+            setvbuf(stdout, NULL, _IOLBF, 0);
+        } else if (logfd >= 0)
+            close(logfd);
+        close((int)output_fd);
+    }
     /* Limits and identity before anything of the plugin's is loaded. */
     char hard_err[512];
     bool hardened =

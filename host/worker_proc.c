@@ -11,6 +11,7 @@
 #include "worker.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -52,11 +53,12 @@ int worker_proc_spawn(const kh_pipeline *cfg, int index,
     *permanent = false;
     memset(p, 0, sizeof *p);
     p->fd = -1;
+    p->out_fd = -1;
     if (prepare_hardening(cfg, index, plugin_path, &hargs, err, len) != 0) {
         *permanent = true;
         return -1;
     }
-    int sv[2] = {-1, -1};
+    int sv[2] = {-1, -1}, out[2] = {-1, -1};
     int memfd = -1;
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t attr;
@@ -68,6 +70,12 @@ int worker_proc_spawn(const kh_pipeline *cfg, int index,
     int sz = 4 << 20;
     setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
     setsockopt(sv[0], SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
+    /* Only the host's end is nonblocking: a plugin that prints faster
+     * than the host reads waits (the host always reads, and drops what
+     * is over the rate limit). */
+    if (pipe2(out, O_CLOEXEC) != 0 ||
+        fcntl(out[0], F_SETFL, fcntl(out[0], F_GETFL) | O_NONBLOCK) != 0)
+        goto error;
     memfd = memfd_create("khost-worker-status", MFD_CLOEXEC);
     if (memfd < 0 || ftruncate(memfd, KH_STATUS_PAGE) != 0)
         goto error;
@@ -82,6 +90,7 @@ int worker_proc_spawn(const kh_pipeline *cfg, int index,
     fa_ok = true;
     posix_spawn_file_actions_adddup2(&fa, sv[1], KH_WORKER_CHANNEL_FD);
     posix_spawn_file_actions_adddup2(&fa, memfd, KH_WORKER_STATUS_FD);
+    posix_spawn_file_actions_adddup2(&fa, out[1], KH_WORKER_OUTPUT_FD);
     posix_spawnattr_init(&attr);
     attr_ok = true;
     /* The host blocks its signals for sd-event; the worker starts clean. */
@@ -93,12 +102,13 @@ int worker_proc_spawn(const kh_pipeline *cfg, int index,
     posix_spawnattr_setflags(&attr,
                              POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
 
-    char host_pid[32], tag[160];
+    char host_pid[32], tag[160], out_fd_arg[16];
+    snprintf(out_fd_arg, sizeof out_fd_arg, "%d", KH_WORKER_OUTPUT_FD);
     snprintf(host_pid, sizeof host_pid, "%d", (int)getpid());
     snprintf(tag, sizeof tag, "worker %s/%d", cfg->name, index);
     /* "-v" lets the worker's own debug lines through, as the host's.
      * argv[0] names the process in ps until it sets its own title. */
-    char *argv[8 + KH_HARDENING_MAX_ARGS] = {"khost-worker"};
+    char *argv[10 + KH_HARDENING_MAX_ARGS] = {"khost-worker"};
     int argc = 1;
     if (klog_level() >= KLOG_DEBUG)
         argv[argc++] = "-v";
@@ -107,19 +117,28 @@ int worker_proc_spawn(const kh_pipeline *cfg, int index,
     argv[argc++] = host_pid;
     argv[argc++] = "--tag";
     argv[argc++] = tag;
+    argv[argc++] = "--output-fd";
+    argv[argc++] = out_fd_arg;
     for (int i = 0; i < hargs.argc; i++)
         argv[argc++] = hargs.argv[i];
     argv[argc] = NULL;
-    int rc = posix_spawn(&p->pid, kh_self_exe(), &fa, &attr, argv, environ);
+    /* The small khost-worker executable when there is one (no Kafka
+     * libraries: a smaller, faster-starting worker), else khost itself;
+     * both take the same arguments. */
+    const char *exe = kh_worker_exe();
+    int rc = posix_spawn(&p->pid, exe ? exe : kh_self_exe(), &fa, &attr, argv,
+                         environ);
     if (rc != 0) {
         errno = rc;
         goto error;
     }
     close(sv[1]);
+    close(out[1]);
     close(memfd);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
     p->fd = sv[0];
+    p->out_fd = out[0];
     return 0;
 
 error:
@@ -128,9 +147,12 @@ error:
         posix_spawn_file_actions_destroy(&fa);
     if (attr_ok)
         posix_spawnattr_destroy(&attr);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 2; i++) {
         if (sv[i] >= 0)
             close(sv[i]);
+        if (out[i] >= 0)
+            close(out[i]);
+    }
     if (memfd >= 0)
         close(memfd);
     worker_proc_unmap(p->status);

@@ -3,10 +3,11 @@
  *
  * The supervisor and `khost plugin-test` both start workers through this:
  * the same socketpair channel (fd 3), the same status page memfd (fd 4),
- * the same hardening options (hardening.h), exec of `khost worker` by
+ * the same plugin output pipe (fd 5, plugin_output.h), the same
+ * hardening options (hardening.h), exec of `khost worker` by
  * posix_spawn with a clean signal mask, and the same INIT frame. It owns
  * nothing after it returns: the caller owns the pid (and reaps it), the
- * channel fd and the mapped page.
+ * channel fd, the output fd and the mapped page.
  */
 #ifndef KHOST_WORKER_PROC_H
 #define KHOST_WORKER_PROC_H
@@ -23,7 +24,9 @@
 
 typedef struct kh_worker_proc {
     pid_t pid;
-    int fd;                   /* host end of the channel (CLOEXEC) */
+    int fd;     /* host end of the channel (CLOEXEC) */
+    int out_fd; /* read end of the plugin's stdout and stderr (CLOEXEC,
+                   nonblocking): for plugin_output_read */
     kh_worker_status *status; /* the shared page, KH_STATUS_PAGE bytes */
 } kh_worker_proc;
 

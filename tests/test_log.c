@@ -638,3 +638,52 @@ Test(log, host_under_journald_prefixes_every_line, .timeout = 60) {
     free(dir);
     free(log);
 }
+
+/* A plugin's stdout and stderr reach the host's log as INFO lines tagged
+ * with pipeline, worker and pid, at most 100 a second per worker, the rest
+ * counted in a WARN; the worker's own lines are untouched. On the mock
+ * cluster, with fxp_print (tests/fixtures/fxp_print.c). */
+Test(log, plugin_output_is_tagged_and_rate_limited, .timeout = 90) {
+    th_cluster c;
+    th_cluster_start(&c, 1);
+    th_create_topic(&c, "po", 1);
+    th_produce(&c, "po", 1, 3, 0, 1, " OUT:hello from stdout");
+    th_produce(&c, "po", 1, 3, 0, 1, " ERR:hello from stderr");
+    th_produce(&c, "po", 1, 3, 0, 1, " FLOOD:500");
+    char *dir = tu_tmpdir();
+    char *text;
+    cr_assert_neq(asprintf(&text,
+                           "[host]\nbrokers = %s\n"
+                           "[kafka]\nsession.timeout.ms = 6000\n"
+                           "heartbeat.interval.ms = 500\n"
+                           "[pipeline.po]\ntopics = po\ngroup = g-po\n"
+                           "plugin = %s/fxp_print.so\n",
+                           c.bootstraps, KHOST_FIXTURE_DIR),
+                  -1);
+    th_host h;
+    th_host_start(&h, dir, "po", text);
+    cr_assert(th_wait_committed(&c, "g-po", "po", 1, 9, 60000), "%s",
+              th_log(&h));
+    cr_assert(th_wait_log(&h, "lines dropped (over 100 lines/s", 1, 10000),
+              "%s", th_log(&h));
+    pid_t pid = th_worker_pid(&h, 0);
+    char want[128];
+    snprintf(want, sizeof want,
+             "pipeline=po worker=0 pid=%d plugin output: hello from stdout",
+             (int)pid);
+    cr_assert_eq(th_log_count(&h, want), 1, "%s\n%s", want, th_log(&h));
+    snprintf(want, sizeof want,
+             "pipeline=po worker=0 pid=%d plugin output: hello from stderr",
+             (int)pid);
+    cr_assert_eq(th_log_count(&h, want), 1, "%s\n%s", want, th_log(&h));
+    int flood = th_log_count(&h, "plugin output: flood line ");
+    cr_assert(flood >= 1 && flood <= 100, "%d flood lines logged", flood);
+    /* The worker's own lines still come as they are. */
+    cr_assert(th_log_count(&h, "worker po/0 pid=") > 0, "%s", th_log(&h));
+    cr_assert_eq(th_host_stop(&h, SIGTERM, 20000), 0, "%s", th_log(&h));
+    th_host_free(&h);
+    th_cluster_stop(&c);
+    free(text);
+    tu_rmdir(dir);
+    free(dir);
+}

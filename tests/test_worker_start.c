@@ -303,3 +303,36 @@ Test(worker_start, stale_snapshot_of_a_killed_host_is_removed, .timeout = 120) {
     free(base);
     end_test(dir);
 }
+
+/* A worker that crashes after running well is restarted at once; a crash
+ * loop backs off from its second crash: 10 ms, then 20 ms (+-25%). The
+ * message crashes it every time (poison after 3, then it is
+ * dead-lettered). */
+Test(worker_start, first_crash_restarts_at_once, .timeout = 120) {
+    char *dir = new_dir();
+    char *ini;
+    cr_assert_neq(asprintf(&ini,
+                           "[host]\nbrokers = mock\nmock_partitions = 1\n"
+                           "mock_seed = 1\n"
+                           "[pipeline.fc]\ntopics = t-fc\ngroup = g-fc\n"
+                           "plugin = %s\nworkers = 1\n"
+                           "[pipeline.fc.config]\ncrash_on = seed message\n",
+                           KHOST_BUILD_DIR "/plugins/fault.so"),
+                  -1);
+    th_host_start(&h, dir, "fc", ini);
+    free(ini);
+    cr_assert(th_wait_log(&h, "restarting in", 3, LOG_WAIT_MS), "%s",
+              th_log(&h));
+    log_hit r[3];
+    cr_assert_eq(find_lines(&h, "restarting in", r, 3), 3, "%s", th_log(&h));
+    cr_assert_eq(r[0].delay_ms, 0, "first crash: %ld ms\n%s", r[0].delay_ms,
+                 th_log(&h));
+    cr_assert(r[1].delay_ms >= 7 && r[1].delay_ms <= 13,
+              "second crash: %ld ms, expected 10 +-25%%\n%s", r[1].delay_ms,
+              th_log(&h));
+    cr_assert(r[2].delay_ms >= 15 && r[2].delay_ms <= 25,
+              "third crash: %ld ms, expected 20 +-25%%\n%s", r[2].delay_ms,
+              th_log(&h));
+    stop_clean(&h);
+    end_test(dir);
+}

@@ -49,6 +49,9 @@ if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
             die "cmake configure failed"
     fi
     targets="khost"
+    if cmake --build "$BUILD" --target help 2>/dev/null | grep -q ' khost-worker$'; then
+        targets="$targets khost-worker"
+    fi
     if cmake --build "$BUILD" --target help 2>/dev/null | grep -q bench_first; then
         targets="$targets bench_produce bench_first"
     fi
@@ -169,7 +172,9 @@ say "mock at $BOOT, stream of $RATE msg/s over $PARTS partitions, khost pid $KPI
 
 # workers: khost's children (the workers are its only children), by pid.
 workers() { cat /proc/"$KPID"/task/*/children 2>/dev/null | tr ' ' '\n' | grep . || true; }
-first_seen() { grep -q "^BENCH_FIRST pid=$1 " "$WORK/khost.log"; }
+# The plugin's line reaches the log as is, or tagged by the host's
+# plugin-output pipe ("... plugin output: BENCH_FIRST pid=...").
+first_seen() { grep -q "BENCH_FIRST pid=$1 " "$WORK/khost.log"; }
 
 # Wait for the assignment and for both workers' first messages.
 for _ in $(seq 300); do
@@ -244,7 +249,7 @@ crashed, restart_ms, started, ready, first = {}, {}, {}, {}, {}
 assigned = revoked = 0
 pending_restart = {}
 for l in lines:
-    m = re.match(r"BENCH_FIRST pid=(\d+) wall=([\d.]+)", l)
+    m = re.search(r"BENCH_FIRST pid=(\d+) wall=([\d.]+)", l)
     if m:
         first.setdefault(m.group(1), float(m.group(2)))
         continue

@@ -64,6 +64,11 @@ if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
     # Only what the benchmark needs; bench targets exist only when the test
     # tree is configured (it needs Criterion), else they are compiled below.
     targets="khost noop"
+    # The small worker executable, where the tree has one (khost falls back
+    # to "khost worker" without it).
+    if cmake --build "$BUILD" --target help 2>/dev/null | grep -q ' khost-worker$'; then
+        targets="$targets khost-worker"
+    fi
     if cmake --build "$BUILD" --target help 2>/dev/null | grep -q bench_produce; then
         targets="$targets $TOOLS"
     fi

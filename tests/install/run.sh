@@ -59,7 +59,7 @@ if [ "$configured_prefix" != /usr ]; then
     grep -q "looks for plugins in $configured_prefix/lib/khost/plugins" ||
     { cat "$tmp/install.log" >&2; fail "no warning about the prefix"; }
 fi
-for f in usr/bin/khost \
+for f in usr/bin/khost usr/libexec/khost/khost-worker \
   usr/lib/khost/plugins/file_sink.so usr/lib/khost/plugins/fault.so \
   usr/lib/khost/plugins/noop.so usr/include/khost/plugin.h \
   etc/khost/khost.ini.example \
@@ -70,6 +70,10 @@ for f in usr/bin/khost \
   [ -f "$root/$f" ] || fail "missing $f"
 done
 [ -x "$root/usr/bin/khost" ] || fail "usr/bin/khost is not executable"
+[ -x "$root/usr/libexec/khost/khost-worker" ] || fail "usr/libexec/khost/khost-worker is not executable"
+# The worker executable needs none of the host's libraries.
+libs=$(ldd "$root/usr/libexec/khost/khost-worker" | grep -c -E 'rdkafka|systemd|microhttpd|jansson|inih' || true)
+[ "$libs" -eq 0 ] || fail "khost-worker links host libraries: $(ldd "$root/usr/libexec/khost/khost-worker")"
 unit=$root/usr/lib/systemd/system
 grep -qx 'ExecStart=/usr/bin/khost run -c /etc/khost/khost.ini' "$unit/khost.service" ||
   fail "khost.service ExecStart: $(grep ExecStart "$unit/khost.service")"
@@ -117,6 +121,15 @@ for _ in $(seq 1 200); do
 done
 n=$(distinct)
 [ "$n" -eq $seed ] || { cat "$tmp/run.log" >&2; fail "handled $n of $seed messages"; }
+# Its workers are the installed khost-worker (found from ../libexec).
+workers=0
+for w in $(cat /proc/$host_pid/task/*/children 2>/dev/null); do
+  exe=$(readlink "/proc/$w/exe" || true)
+  [ "$exe" = "$root/usr/libexec/khost/khost-worker" ] ||
+    fail "worker $w runs $exe, not the installed khost-worker"
+  workers=$((workers + 1))
+done
+[ "$workers" -eq 2 ] || fail "found $workers workers of the installed khost, not 2"
 grep -q "$root/etc/khost/../../usr/lib/khost/plugins/file_sink.so" "$tmp/run.log" ||
   { cat "$tmp/run.log" >&2; fail "the log does not name the installed plugin"; }
 status=$("$root/usr/bin/khost" status --socket "$tmp/k.sock") ||
@@ -195,6 +208,20 @@ for so in "$sdk/hello.so" "$sdk/template/build/batch_sink.so"; do
   exported=$(nm -D --defined-only "$so" | awk '$2 == "T" {print $3}')
   [ "$exported" = khost_plugin_entry ] || fail "$so exports: $exported"
 done
+# Each passes its plugin-test cases under the installed khost, no Kafka:
+# the template its own (ctest: tests/*.jsonl against their .expect), the
+# one-file plugin a file of its own.
+ctest --test-dir "$sdk/template/build" --output-on-failure >"$tmp/template.ctest" 2>&1 ||
+  { cat "$tmp/template.ctest" >&2; fail "the template's plugin-test cases"; }
+grep -q "100% tests passed, 0 tests failed out of 2" "$tmp/template.ctest" ||
+  { cat "$tmp/template.ctest" >&2; fail "the template's plugin-test cases did not all run"; }
+for i in 0 1 2 3 4; do printf '{"partition": %d, "value": "hello %d"}\n' $((i % 2)) $i; done >"$sdk/hello.jsonl"
+"$root/usr/bin/khost" plugin-test "$sdk/hello.so" --config "count_file=$sdk/hello.pt.count" \
+  --input "$sdk/hello.jsonl" >"$tmp/hello.pt" 2>"$tmp/hello.pt.err" ||
+  { cat "$tmp/hello.pt" "$tmp/hello.pt.err" >&2; fail "plugin-test hello.so"; }
+grep -q '^{"summary":{"messages":5,"ack":5,' "$tmp/hello.pt" ||
+  { cat "$tmp/hello.pt" >&2; fail "plugin-test hello.so: not 5 of 5 acked"; }
+echo "plugin-test: the template's 2 cases pass, hello.so acks 5 of 5"
 # Each runs under the installed khost until the seeded messages are in.
 run_sdk_plugin() { # NAME SO CONFIG_LINES OUTPUT_FILE
   printf '%s\n' "[host]" "brokers = mock" "mock_partitions = 2" \

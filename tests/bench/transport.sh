@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Transport ceiling (issue 14): builds bench_transport and the noop plugin,
+# runs bench_transport (host -> ONE real worker -> results, no Kafka) and
+# prints its table, with the machine's load before and after. Method and
+# figures: tests/bench/README.md, "Transport ceiling and latency".
+#
+#   bash tests/bench/transport.sh    # about 30 s with the defaults
+#
+# Environment (all optional):
+#   BENCH_MESSAGES   messages per run (default 5000000)
+#   BENCH_BATCHES    messages per MESSAGES frame, comma-separated
+#                    (default 64,256,1024)
+#   BENCH_WINDOW     messages in flight at most (default 4096, the host's
+#                    KH_MAX_INFLIGHT)
+#   BENCH_VALUE_BYTES  value size (default 100)
+#   BENCH_REPS       rounds; the table shows medians (default 5)
+#   BENCH_BUILD_DIR  build directory (default <repo>/build)
+#   BENCH_NO_BUILD=1 do not build, use the binaries as they are
+#
+# Exit status: 0 when the benchmark ran (whatever the numbers), 1 when it
+# could not run.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BUILD=${BENCH_BUILD_DIR:-$ROOT/build}
+
+say() { printf '[transport] %s\n' "$*" >&2; }
+die() {
+    say "error: $*"
+    exit 1
+}
+
+if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
+    if [[ ! -f $BUILD/CMakeCache.txt ]]; then
+        say "configuring $BUILD"
+        cmake -S "$ROOT" -B "$BUILD" -DKHOST_WERROR=ON >/dev/null ||
+            die "cmake configure failed"
+    fi
+    say "building bench_transport and noop in $BUILD"
+    cmake --build "$BUILD" -j2 --target bench_transport noop \
+        >"$BUILD/transport-build.log" 2>&1 || {
+        tail -20 "$BUILD/transport-build.log" >&2
+        die "build failed (log: $BUILD/transport-build.log)"
+    }
+fi
+BIN=$BUILD/bench/bench_transport
+NOOP=$BUILD/plugins/noop.so
+[[ -x $BIN ]] || die "missing $BIN (the bench targets need the test tree configured)"
+[[ -f $NOOP ]] || die "missing $NOOP"
+
+cpu_busy() { # percent of all CPUs busy during one second (as run.sh)
+    local a b
+    a=$(head -1 /proc/stat)
+    sleep 1
+    b=$(head -1 /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN {
+        n = split(a, x); split(b, y); t = 0
+        for (i = 2; i <= n; i++) t += y[i] - x[i]
+        idle = (y[5] - x[5]) + (y[6] - x[6])
+        printf "%.0f", (t > 0 ? 100 * (t - idle) / t : 0) }'
+}
+
+LOG=$(mktemp /tmp/khost-transport.XXXXXX)
+OUT=$(mktemp /tmp/khost-transport-out.XXXXXX)
+PID=""
+cleanup() {
+    local st=$?
+    set +e
+    if [[ -n $PID ]]; then
+        # bench_transport's worker dies with it (PR_SET_PDEATHSIG).
+        kill -TERM "$PID" 2>/dev/null
+        wait "$PID" 2>/dev/null
+    fi
+    rm -f "$OUT"
+    if [[ $st != 0 ]]; then
+        say "worker log kept in $LOG"
+    else
+        rm -f "$LOG"
+    fi
+    exit "$st"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+BUSY_BEFORE=$(cpu_busy)
+[[ $BUSY_BEFORE -lt 15 ]] ||
+    say "warning: the machine is already ${BUSY_BEFORE}% busy; results will be noisy"
+"$BIN" -p "$NOOP" -n "${BENCH_MESSAGES:-5000000}" -b "${BENCH_BATCHES:-64,256,1024}" \
+    -w "${BENCH_WINDOW:-4096}" -s "${BENCH_VALUE_BYTES:-100}" -r "${BENCH_REPS:-5}" \
+    >"$OUT" 2>"$LOG" &
+PID=$!
+rc=0
+wait "$PID" || rc=$?
+PID=""
+BUSY_AFTER=$(cpu_busy)
+grep '^BENCH_TRANSPORT' "$OUT" >&2 || true
+grep -v '^BENCH_TRANSPORT' "$OUT"
+[[ $rc == 0 ]] || die "bench_transport exited $rc: $(tail -3 "$LOG")"
+echo "$(nproc) CPU(s); other load: ${BUSY_BEFORE}% CPU busy before, ${BUSY_AFTER}% after the run"
