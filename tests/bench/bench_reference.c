@@ -14,13 +14,47 @@
  * rebalance delay of the group is not part of it. assign_to_first_s is
  * from the assignment to the first message. run.sh also times this
  * consumer from the outside, through its commits, like khost.
+ *
+ * BENCH_REFERENCE_KAFKA, if set, holds extra librdkafka properties, one
+ * "key = value" per line (the format of khost's [kafka] section), applied
+ * after the settings above: run.sh's BENCH_KAFKA gives both contenders
+ * the same ones.
  */
 #define _GNU_SOURCE
 #include "bench_common.h"
 
+#include <ctype.h>
 #include <string.h>
 
 #define BENCH_MAX_PARTS 1024
+
+/* Apply "key = value" lines from the environment variable
+ * BENCH_REFERENCE_KAFKA. */
+static void apply_extra(rd_kafka_conf_t *conf) {
+    const char *env = getenv("BENCH_REFERENCE_KAFKA");
+    if (!env)
+        return;
+    char *copy = strdup(env), *save = NULL;
+    for (char *line = strtok_r(copy, "\n", &save); line;
+         line = strtok_r(NULL, "\n", &save)) {
+        char *eq = strchr(line, '=');
+        if (!eq)
+            continue;
+        *eq = '\0';
+        char *k = line, *v = eq + 1;
+        while (isspace((unsigned char)*k))
+            k++;
+        while (isspace((unsigned char)*v))
+            v++;
+        for (char *e = k + strlen(k); e > k && isspace((unsigned char)e[-1]);)
+            *--e = '\0';
+        for (char *e = v + strlen(v); e > v && isspace((unsigned char)e[-1]);)
+            *--e = '\0';
+        if (*k)
+            bench_set(conf, k, v);
+    }
+    free(copy);
+}
 
 static double t_assign_wall, t_assign_mono;
 
@@ -60,6 +94,7 @@ int main(int argc, char **argv) {
     char commit_str[32];
     snprintf(commit_str, sizeof commit_str, "%ld", commit_ms);
     bench_set(conf, "auto.commit.interval.ms", commit_str);
+    apply_extra(conf);
     rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
     char errstr[512];
     rd_kafka_t *rk =
