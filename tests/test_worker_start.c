@@ -337,7 +337,7 @@ Test(worker_start, first_crash_restarts_at_once, .timeout = 120) {
     end_test(dir);
 }
 
-/* A worker that served for 500 ms or more before it was killed is not in a
+/* A worker that served for 100 ms or more before it was killed is not in a
  * crash loop: each such crash restarts it at once. */
 Test(worker_start, crash_after_serving_a_while_restarts_at_once,
      .timeout = 120) {
