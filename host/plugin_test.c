@@ -1682,6 +1682,9 @@ int plugin_test_main(int argc, char **argv) {
     t.restart_times =
         xrealloc(NULL, ((size_t)pl->max_restarts + 1) * sizeof(int64_t));
 
+    if (in == stdin && isatty(STDIN_FILENO))
+        fprintf(stderr, "khost plugin-test: reading JSON lines from the "
+                        "terminal; end with Ctrl-D\n");
     read_input(&t, in, input ? input : "stdin");
     if (in != stdin)
         fclose(in);
