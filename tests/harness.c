@@ -256,6 +256,34 @@ void th_host_start(th_host *h, const char *dir, const char *name,
     th_host_start_args(h, dir, name, ini, NULL);
 }
 
+/* Every host started here, by pid: whatever a test does (a failed
+ * assertion leaves it before its own stop), the test process ends them
+ * when it exits. Only a pid that is still our unreaped child is killed,
+ * so a pid reused by someone else never is. */
+static pid_t started[64];
+static size_t n_started;
+
+static void end_started_hosts(void) {
+    for (size_t i = 0; i < n_started; i++) {
+        int st;
+        if (started[i] > 0 && waitpid(started[i], &st, WNOHANG) == 0) {
+            kill(started[i], SIGKILL);
+            waitpid(started[i], &st, 0);
+        }
+    }
+    n_started = 0;
+}
+
+static void register_started(pid_t pid) {
+    static bool registered;
+    if (!registered) {
+        atexit(end_started_hosts);
+        registered = true;
+    }
+    if (n_started < sizeof started / sizeof started[0])
+        started[n_started++] = pid;
+}
+
 void th_host_start_args(th_host *h, const char *dir, const char *name,
                         const char *ini, const char *const *extra) {
     memset(h, 0, sizeof *h);
@@ -284,6 +312,7 @@ void th_host_start_args(th_host *h, const char *dir, const char *name,
         _exit(127);
     }
     h->pid = pid;
+    register_started(pid);
 }
 
 bool th_host_alive(th_host *h) {
