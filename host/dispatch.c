@@ -247,6 +247,8 @@ static bool handle_results(kh_worker *w, kh_reader *r) {
             return lie(w, "sent a result for a message it was never given");
         if (found == KH_LOOKUP_STALE)
             continue;
+        if (result != KH_RESULT_SKIPPED)
+            w->answered++; /* it works: its next crash is not a loop */
         if (e->state != KH_ENTRY_INFLIGHT)
             return lie(w, "sent a second result for one message");
         switch (result) {

@@ -46,7 +46,6 @@
 
 #define KH_BACKOFF_BASE_MS 10
 #define KH_BACKOFF_MAX_MS 100
-#define KH_BACKOFF_RESET_MS 100
 #define KH_INIT_BACKOFF_BASE_MS 100
 #define KH_INIT_BACKOFF_MAX_MS 30000
 
@@ -366,12 +365,11 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
     pl->supervisor_events->crashed(w, &crash);
 
     int64_t now = kh_now_ms();
-    /* A worker that ran well for a whole window, or served for
-     * KH_BACKOFF_RESET_MS, is not in a crash loop: a fresh backoff (its
-     * restart is immediate). One that dies soon after READY keeps
-     * doubling. The restart limit counts every restart either way. */
-    if (now - w->spawned_ms > pl->cfg->max_seconds * 1000LL ||
-        (w->ready_ms && now - w->ready_ms >= KH_BACKOFF_RESET_MS))
+    /* A worker that answered a message, or ran for a whole window, is not
+     * in a crash loop: a fresh backoff (its restart is immediate). One
+     * that dies again before answering anything keeps doubling. The
+     * restart limit counts every restart either way. */
+    if (now - w->spawned_ms > pl->cfg->max_seconds * 1000LL || w->answered)
         w->consecutive_crashes = 0;
     if (intensity_exceeded(pl, now)) {
         pl->supervisor_events->exhausted(pl);
@@ -418,7 +416,7 @@ int supervisor_spawn(kh_worker *w) {
     pid_t pid = proc.pid;
     w->pid = pid;
     w->spawned_ms = kh_now_ms();
-    w->ready_ms = 0;
+    w->answered = 0;
     w->served = false;
     w->inflight = 0;
     w->kill_reason[0] = '\0';
@@ -471,7 +469,6 @@ void supervisor_worker_ready(kh_worker *w, const char *name,
                              const char *version) {
     kh_pipeline_rt *pl = w->pl;
     transition(w, KH_WE_READY);
-    w->ready_ms = kh_now_ms();
     w->served = true;
     w->failed_starts = 0;
     snprintf(w->plugin_version, sizeof w->plugin_version, "%s", version);

@@ -59,7 +59,7 @@ struct kh_worker {
     bool restart_requested;
     int64_t stop_sent_ms;
     int64_t spawned_ms;
-    int64_t ready_ms;      /* when this process answered READY; 0 before */
+    uint64_t answered;     /* messages this process answered (dispatch.c) */
     char kill_reason[160]; /* why the host killed it, for the crash log */
     char plugin_name[128];
     char init_error[512]; /* INIT_FAILED text */
