@@ -277,6 +277,17 @@ const char *kh_self_exe(void) {
     return path;
 }
 
+void kh_spawnattr_init_clean(posix_spawnattr_t *attr) {
+    posix_spawnattr_init(attr);
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_setsigmask(attr, &none);
+    posix_spawnattr_setsigdefault(attr, &all);
+    posix_spawnattr_setflags(attr,
+                             POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+}
+
 /* Pin path by an O_PATH fd above every fd a child is given; the exec
  * path into out, or -1 when it is not an executable regular file. */
 static int pin_exe(const char *path, char *out, size_t len) {
@@ -455,15 +466,7 @@ static int probe_spawn(kh_probe *p, probe_run *r, int timeout_ms) {
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, wfd, KH_PROBE_RESULT_FD);
     posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawnattr_init(&attr);
-    /* The host blocks its signals for sd-event; the child starts clean. */
-    sigset_t none, all;
-    sigemptyset(&none);
-    sigfillset(&all);
-    posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setsigdefault(&attr, &all);
-    posix_spawnattr_setflags(&attr,
-                             POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    kh_spawnattr_init_clean(&attr);
     char fd_arg[16], pid_arg[32];
     snprintf(fd_arg, sizeof fd_arg, "%d", KH_PROBE_RESULT_FD);
     snprintf(pid_arg, sizeof pid_arg, "%d", (int)getpid());

@@ -12,6 +12,7 @@
 #include "config.h"
 
 #include <khost/plugin.h>
+#include <spawn.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -84,6 +85,10 @@ void plugin_describe_optional(const kh_plugin *plugin, char *buf, size_t len);
 /* The path to exec the host's own binary from (workers, probes): pinned
  * by an fd opened once, see plugin_loader.c. */
 const char *kh_self_exe(void);
+/* posix_spawnattr_init, set so that the child starts with no signal
+ * blocked and every handler at its default (the host blocks its signals
+ * for sd-event): for workers and probes alike. */
+void kh_spawnattr_init_clean(posix_spawnattr_t *attr);
 /* The path to exec a worker from: the khost-worker executable next to
  * this binary (a build tree) or in ../libexec/khost (an install), pinned
  * the same way, or NULL when there is none: then workers are

@@ -91,16 +91,8 @@ int worker_proc_spawn(const kh_pipeline *cfg, int index,
     posix_spawn_file_actions_adddup2(&fa, sv[1], KH_WORKER_CHANNEL_FD);
     posix_spawn_file_actions_adddup2(&fa, memfd, KH_WORKER_STATUS_FD);
     posix_spawn_file_actions_adddup2(&fa, out[1], KH_WORKER_OUTPUT_FD);
-    posix_spawnattr_init(&attr);
+    kh_spawnattr_init_clean(&attr);
     attr_ok = true;
-    /* The host blocks its signals for sd-event; the worker starts clean. */
-    sigset_t none, all;
-    sigemptyset(&none);
-    sigfillset(&all);
-    posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setsigdefault(&attr, &all);
-    posix_spawnattr_setflags(&attr,
-                             POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
 
     char host_pid[32], tag[160], out_fd_arg[16];
     snprintf(out_fd_arg, sizeof out_fd_arg, "%d", KH_WORKER_OUTPUT_FD);

@@ -274,7 +274,7 @@ static void end_started_hosts(void) {
     n_started = 0;
 }
 
-static void register_started(pid_t pid) {
+void th_register_pid(pid_t pid) {
     static bool registered;
     if (!registered) {
         atexit(end_started_hosts);
@@ -312,7 +312,7 @@ void th_host_start_args(th_host *h, const char *dir, const char *name,
         _exit(127);
     }
     h->pid = pid;
-    register_started(pid);
+    th_register_pid(pid);
 }
 
 bool th_host_alive(th_host *h) {

@@ -64,6 +64,9 @@ typedef struct th_host {
  * dir/name.log. */
 void th_host_start(th_host *h, const char *dir, const char *name,
                    const char *ini);
+/* A host (or other child) started another way, ended like th_host_start's
+ * when the test process exits, if it is still running. */
+void th_register_pid(pid_t pid);
 /* The same with more arguments after `run -c FILE` (NULL-terminated, at
  * most 11), e.g. {"--socket", path, NULL}. The host inherits the test's
  * environment (setenv before, to give it RUNTIME_DIRECTORY). */

@@ -20,36 +20,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #define FAULT KHOST_BUILD_DIR "/plugins/fault.so"
-
-/* Hosts the tests started, by pid: ended on teardown whatever the test
- * did (a failed assertion leaves the test before its own stop). Only a
- * pid that is still our unreaped child is killed, so a reused pid never
- * is. */
-static pid_t started[16];
-static size_t n_started;
-
-static void started_host(const th_host *h) {
-    if (n_started < sizeof started / sizeof started[0])
-        started[n_started++] = h->pid;
-}
-
-static void stop_started_hosts(void) {
-    for (size_t i = 0; i < n_started; i++) {
-        int st;
-        if (started[i] > 0 && waitpid(started[i], &st, WNOHANG) == 0) {
-            kill(started[i], SIGKILL);
-            waitpid(started[i], &st, 0);
-        }
-    }
-    n_started = 0;
-}
-
-TestSuite(log, .fini = stop_started_hosts);
 
 /* ---- unit: the formatter ---- */
 
@@ -377,7 +351,6 @@ Test(log, json_log_parses_line_by_line, .timeout = 90) {
                      "crash_on = CRASH");
     th_host h;
     th_host_start(&h, dir, "host", text);
-    started_host(&h);
     cr_assert(th_wait_log(&h, "crashed: killed by SIGSEGV", 1, 30000), "%s",
               th_log(&h));
     cr_assert(th_wait_log(&h, "message skipped after", 1, 30000), "%s",
@@ -440,7 +413,7 @@ Test(log, verbose_after_the_command_gives_debug_lines, .timeout = 60) {
     char *text = ini(c.bootstraps, "", "", dir, "", "");
     th_host h;
     start_argv(&h, dir, text, (char *[]){"-v", NULL});
-    started_host(&h);
+    th_register_pid(h.pid);
     cr_assert(th_wait_log(&h, "rebalance #1: assigned", 1, 30000), "%s",
               th_log(&h));
     /* The worker's own (it gets -v) and the host's. */
@@ -453,7 +426,6 @@ Test(log, verbose_after_the_command_gives_debug_lines, .timeout = 60) {
     /* Without -v: none. */
     char *dir2 = tu_tmpdir();
     th_host_start(&h, dir2, "host", text);
-    started_host(&h);
     cr_assert(th_wait_log(&h, "rebalance #1: assigned", 1, 30000), "%s",
               th_log(&h));
     th_sleep_ms(500);
@@ -486,7 +458,6 @@ Test(log, log_level_warn_hides_info_until_reloaded, .timeout = 90) {
     char *warn = ini(c.bootstraps, "log_level = warn", "", dir, "", "");
     th_host h;
     th_host_start(&h, dir, "host", warn);
-    started_host(&h);
     bool up = false;
     for (int i = 0; i < 100 && !up; i++) {
         th_sleep_ms(200);
@@ -526,7 +497,6 @@ Test(log, unreachable_broker_is_reported_once_per_handle, .timeout = 60) {
     char *text = ini("127.0.0.1:1", "", "", dir, "dlq_topic = lt.dead", "");
     th_host h;
     th_host_start(&h, dir, "host", text);
-    started_host(&h);
     cr_assert(th_wait_log(&h, "khost 0", 1, 10000), "%s", th_log(&h));
     th_sleep_ms(5000);
     cr_assert_eq(th_host_stop(&h, SIGTERM, 20000), 0, "%s", th_log(&h));
@@ -561,7 +531,6 @@ Test(log, broker_outage_is_reported_once_then_its_end, .timeout = 90) {
     char *text = ini(c.bootstraps, "", "", dir, "on_failure = skip", "");
     th_host h;
     th_host_start(&h, dir, "host", text);
-    started_host(&h);
     cr_assert(th_wait_log(&h, "rebalance #1: assigned", 1, 30000), "%s",
               th_log(&h));
     cr_assert_eq(rd_kafka_mock_broker_set_down(c.mock.cluster, 1), 0);
@@ -643,7 +612,6 @@ Test(log, host_under_journald_prefixes_every_line, .timeout = 60) {
     th_host h;
     th_host_start(&h, dir, "jd", text); /* appends to jd.log */
     unsetenv("JOURNAL_STREAM");
-    started_host(&h);
     cr_assert(th_wait_log(&h, " ready: plugin", 2, 30000), "%s", th_log(&h));
     cr_assert_eq(th_host_stop(&h, SIGTERM, 20000), 0, "%s", th_log(&h));
     char *all = th_log(&h);
@@ -695,7 +663,6 @@ Test(log, plugin_output_is_tagged_and_rate_limited, .timeout = 90) {
                   -1);
     th_host h;
     th_host_start(&h, dir, "po", text);
-    started_host(&h);
     cr_assert(th_wait_committed(&c, "g-po", "po", 1, 9, 60000), "%s",
               th_log(&h));
     cr_assert(th_wait_log(&h, "lines dropped (over 100 lines/s", 1, 10000),
