@@ -185,6 +185,8 @@ typedef struct pt_part {
     size_t *msgs; /* indices into pt.msgs, by offset */
     size_t n, cap;
     size_t lo;             /* messages before lo are done */
+    size_t hi;             /* messages from hi on were never sent */
+    size_t pending;        /* messages PT_PENDING */
     int64_t backoff_until; /* retry backoff, kh_now_ms */
     bool held;             /* on_failure = pause */
     int64_t held_offset;
@@ -225,6 +227,7 @@ typedef struct pt {
     size_t *tokens; /* token - 1 -> message */
     size_t n_tokens, cap_tokens;
     pt_worker workers[PT_MAX_WORKERS];
+    size_t n_state[4]; /* messages per pt_state */
     int64_t *restart_times;
     size_t n_restart_times;
     json_t *results; /* object "topic/partition/offset" -> result line */
@@ -266,6 +269,19 @@ static char *xstrdup(const char *s) {
     if (!d)
         xrealloc(NULL, SIZE_MAX / 2);
     return d;
+}
+
+/* Every change of a message's state goes through here: the counts keep
+ * the main loop's questions (work left? anything deferred?) from
+ * scanning every message. */
+static void set_state(pt *t, pt_msg *m, pt_state s) {
+    t->n_state[m->state]--;
+    if (m->state == PT_PENDING)
+        t->parts[m->part].pending--;
+    m->state = s;
+    t->n_state[s]++;
+    if (s == PT_PENDING)
+        t->parts[m->part].pending++;
 }
 
 /* ---- input ---- */
@@ -549,6 +565,8 @@ static int parse_line(pt *t, const char *text, int line, char *err,
     GROW(t->msgs, t->n_msgs, t->cap_msgs);
     GROW(p->msgs, p->n, p->cap);
     p->msgs[p->n++] = t->n_msgs;
+    p->pending++;
+    t->n_state[PT_PENDING]++;
     t->msgs[t->n_msgs++] = m;
     rc = 0;
 out:
@@ -624,7 +642,7 @@ static void resolve(pt *t, pt_msg *m, const char *result, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static void resolve(pt *t, pt_msg *m, const char *result, const char *fmt,
                     ...) {
-    m->state = PT_DONE;
+    set_state(t, m, PT_DONE);
     m->result = result;
     m->reason[0] = '\0';
     if (fmt) {
@@ -693,7 +711,7 @@ static void retry_msg(pt *t, pt_msg *m, const char *why) {
         return;
     }
     t->retries++;
-    m->state = PT_PENDING;
+    set_state(t, m, PT_PENDING);
     pt_part *p = &t->parts[m->part];
     int64_t until = kh_now_ms() + retry_delay(t, attempt);
     if (until > p->backoff_until)
@@ -876,7 +894,7 @@ static void worker_died(pt *t, pt_worker *w, const siginfo_t *si,
         for (size_t j = p->lo; j < p->n; j++) {
             pt_msg *m = &t->msgs[p->msgs[j]];
             if (m->state == PT_IN_CALL || m->state == PT_DEFERRED)
-                m->state = PT_PENDING;
+                set_state(t, m, PT_PENDING);
         }
     }
     w->call = SIZE_MAX;
@@ -950,7 +968,7 @@ static void on_result(pt *t, pt_worker *w, uint64_t token, uint8_t result) {
         resolve(t, m, "ack", NULL);
         break;
     case KHOST_DEFERRED:
-        m->state = PT_DEFERRED;
+        set_state(t, m, PT_DEFERRED);
         m->deferred_at_ms = now_ms();
         break;
     case KHOST_RETRY:
@@ -964,7 +982,7 @@ static void on_result(pt *t, pt_worker *w, uint64_t token, uint8_t result) {
     case KH_RESULT_SKIPPED:
         /* It held the partition (we owe it a RESUME): hand it again. */
         p->resume_owed = true;
-        m->state = PT_PENDING;
+        set_state(t, m, PT_PENDING);
         m->next_attempt--;
         m->attempts--;
         break;
@@ -1105,7 +1123,9 @@ static void dispatch(pt *t, pt_worker *w, int64_t now) {
         m->token = t->n_tokens;
         m->attempts++;
         uint32_t attempt = m->next_attempt++;
-        m->state = PT_IN_CALL;
+        set_state(t, m, PT_IN_CALL);
+        if (j + 1 > p->hi)
+            p->hi = j + 1;
         w->call = mi;
         w->call_sum_ns =
             __atomic_load_n(&w->proc.status->handle_sum_ns, __ATOMIC_RELAXED);
@@ -1167,9 +1187,12 @@ static int64_t check_timers(pt *t, int64_t now) {
         } else if (due < next)
             next = due;
     }
-    if (t->deferred_timeout_ms > 0 && !t->finishing)
-        for (size_t i = 0; i < t->n_msgs; i++) {
-            pt_msg *m = &t->msgs[i];
+    /* Deferred messages lie between a partition's lo and hi. */
+    for (size_t pi = 0; t->deferred_timeout_ms > 0 && !t->finishing &&
+                        t->n_state[PT_DEFERRED] && pi < t->n_parts;
+         pi++)
+        for (size_t j = t->parts[pi].lo; j < t->parts[pi].hi; j++) {
+            pt_msg *m = &t->msgs[t->parts[pi].msgs[j]];
             if (m->state != PT_DEFERRED)
                 continue;
             int64_t due = (int64_t)m->deferred_at_ms + t->deferred_timeout_ms;
@@ -1199,17 +1222,13 @@ static int64_t check_timers(pt *t, int64_t now) {
 
 /* Anything left to hand to a worker or to wait for a result of? */
 static bool work_left(const pt *t, bool *deferred) {
-    *deferred = false;
-    bool left = false;
-    for (size_t i = 0; i < t->n_msgs; i++) {
-        const pt_msg *m = &t->msgs[i];
-        if (m->state == PT_IN_CALL ||
-            (m->state == PT_PENDING && !t->parts[m->part].held))
-            left = true;
-        else if (m->state == PT_DEFERRED)
-            *deferred = true;
-    }
-    return left;
+    *deferred = t->n_state[PT_DEFERRED] > 0;
+    if (t->n_state[PT_IN_CALL])
+        return true;
+    for (size_t i = 0; i < t->n_parts; i++)
+        if (t->parts[i].pending && !t->parts[i].held)
+            return true;
+    return false;
 }
 
 /* One round of I/O: flush, poll up to wait_ms, read the channels and
