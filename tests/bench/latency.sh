@@ -46,11 +46,9 @@ READY_TIMEOUT_S=30 # consumer start to assignment (the mock's join takes 3 s)
 TAIL_S=1           # producer end to consumer stop
 LOST=99999         # the "delay" of a message never handled, in ms
 
-say() { printf '[latency] %s\n' "$*" >&2; }
-die() {
-    say "error: $*"
-    exit 1
-}
+BENCH_TAG=latency
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$ROOT/tests/bench/lib.sh"
 
 # ---- build ----
 if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
@@ -74,52 +72,8 @@ for f in "$KHOST" "$BIN/bench_produce_rate" "$BIN/bench_latency_ref"; do
 done
 [[ -f $PLUGIN ]] || die "missing $PLUGIN"
 
-# cpu_busy: percent of all CPUs busy during one second (as run.sh).
-cpu_busy() {
-    local a b
-    a=$(head -1 /proc/stat)
-    sleep 1
-    b=$(head -1 /proc/stat)
-    awk -v a="$a" -v b="$b" 'BEGIN {
-        n = split(a, x); split(b, y); t = 0
-        for (i = 2; i <= n; i++) t += y[i] - x[i]
-        idle = (y[5] - x[5]) + (y[6] - x[6])
-        printf "%.0f", (t > 0 ? 100 * (t - idle) / t : 0) }'
-}
-
 # ---- processes: every one we start is tracked by pid and ended on exit ----
-WORK=$(mktemp -d /tmp/khost-latency.XXXXXX)
-PIDS=()
-cleanup() {
-    local st=$?
-    set +e
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
-    if [[ ${BENCH_KEEP:-0} == 1 || $st != 0 ]]; then
-        say "logs kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$st"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-forget() { # drop a pid that has been waited for
-    local keep=() p
-    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]+"${keep[@]}"}")
-}
+bench_track_processes latency
 
 # stop_wait PID WHAT: SIGTERM, then wait up to 20 s, else SIGKILL (an error).
 stop_wait() {

@@ -46,11 +46,9 @@ COMMIT_MS=${BENCH_COMMIT_MS:-10}
 DEFAULT_WORKERS=${BENCH_WORKERS:-1 2 4}
 TIMEOUT_S=90 # per contender run
 
-say() { printf '[bench] %s\n' "$*" >&2; }
-die() {
-    say "error: $*"
-    exit 1
-}
+BENCH_TAG=bench
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$ROOT/tests/bench/lib.sh"
 
 # ---- build ----
 TOOLS="bench_produce bench_reference bench_wait_committed"
@@ -94,53 +92,8 @@ done
 [[ -x $KHOST && -f $NOOP ]] || die "missing $KHOST or $NOOP"
 command -v kcat >/dev/null || die "kcat not found (apt-get install kcat)"
 
-# cpu_busy: percent of all CPUs busy during one second (other people's load
-# skews a benchmark on a small machine; it is printed with the results).
-cpu_busy() {
-    local a b
-    a=$(head -1 /proc/stat)
-    sleep 1
-    b=$(head -1 /proc/stat)
-    awk -v a="$a" -v b="$b" 'BEGIN {
-        n = split(a, x); split(b, y); t = 0
-        for (i = 2; i <= n; i++) t += y[i] - x[i]
-        idle = (y[5] - x[5]) + (y[6] - x[6])
-        printf "%.0f", (t > 0 ? 100 * (t - idle) / t : 0) }'
-}
-
 # ---- processes: every one we start is tracked by pid and ended on exit ----
-WORK=$(mktemp -d /tmp/khost-bench.XXXXXX)
-PIDS=()
-cleanup() {
-    local st=$?
-    set +e
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
-    if [[ ${BENCH_KEEP:-0} == 1 || $st != 0 ]]; then
-        say "logs kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$st"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-forget() { # drop a pid that has been waited for
-    local keep=() p
-    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]+"${keep[@]}"}")
-}
+bench_track_processes bench
 
 # ---- one mock cluster per shape: one topic per round ----
 # start_mock: a standalone mock with topics ${TPFX}1..${TPFX}$REPS of

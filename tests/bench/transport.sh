@@ -24,11 +24,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD=${BENCH_BUILD_DIR:-$ROOT/build}
 
-say() { printf '[transport] %s\n' "$*" >&2; }
-die() {
-    say "error: $*"
-    exit 1
-}
+BENCH_TAG=transport
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$ROOT/tests/bench/lib.sh"
 
 if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
     if [[ ! -f $BUILD/CMakeCache.txt ]]; then
@@ -47,18 +45,6 @@ BIN=$BUILD/bench/bench_transport
 NOOP=$BUILD/plugins/noop.so
 [[ -x $BIN ]] || die "missing $BIN (the bench targets need the test tree configured)"
 [[ -f $NOOP ]] || die "missing $NOOP"
-
-cpu_busy() { # percent of all CPUs busy during one second (as run.sh)
-    local a b
-    a=$(head -1 /proc/stat)
-    sleep 1
-    b=$(head -1 /proc/stat)
-    awk -v a="$a" -v b="$b" 'BEGIN {
-        n = split(a, x); split(b, y); t = 0
-        for (i = 2; i <= n; i++) t += y[i] - x[i]
-        idle = (y[5] - x[5]) + (y[6] - x[6])
-        printf "%.0f", (t > 0 ? 100 * (t - idle) / t : 0) }'
-}
 
 LOG=$(mktemp /tmp/khost-transport.XXXXXX)
 OUT=$(mktemp /tmp/khost-transport-out.XXXXXX)
