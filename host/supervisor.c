@@ -42,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define KH_BACKOFF_BASE_MS 10
@@ -264,8 +265,12 @@ static void schedule_restart(kh_worker *w, bool failed_start) {
         delay = backoff_ms(KH_BACKOFF_BASE_MS, KH_BACKOFF_MAX_MS,
                            w->consecutive_crashes - 2);
     transition(w, KH_WE_RETRY);
-    uint64_t now;
-    sd_event_now(w->pl->host->ev, CLOCK_MONOTONIC, &now);
+    /* The delay counts from now, not from the loop's wakeup
+     * (sd_event_now): a slow turn (valgrind, a long batch) would
+     * otherwise shorten the backoff the log line below announces. */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
     sd_event_add_time(w->pl->host->ev, &w->restart_timer, CLOCK_MONOTONIC,
                       now + (uint64_t)delay * 1000, 1000, on_restart_timer, w);
     klog_info("pipeline=%s worker=%d restarting in %lld ms (restart %llu%s)",
