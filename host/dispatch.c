@@ -82,7 +82,7 @@ static size_t fill_frame(kh_pipeline_rt *pl, kh_worker *w, int64_t now) {
                           rd_kafka_message_timestamp(m, NULL));
             bytes += m->len + m->key_len;
             n++;
-            rd_kafka_message_destroy(m);
+            part_keep(part, seq, m); /* for a rewind to requeue */
             if (isolate) {
                 frame_full = true;
                 break;

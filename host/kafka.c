@@ -753,8 +753,10 @@ void kafka_pipeline_close(kh_pipeline_rt *pl, int timeout_ms) {
                       pl->cfg->name, timeout_ms);
     }
     rd_kafka_queue_destroy(q);
-    for (size_t i = 0; i < pl->n_parts; i++)
+    for (size_t i = 0; i < pl->n_parts; i++) {
         part_drop_pending(pl->parts[i]);
+        part_drop_kept(pl->parts[i]);
+    }
     if (pl->queue) {
         rd_kafka_queue_io_event_enable(pl->queue, -1, NULL, 0);
         rd_kafka_queue_destroy(pl->queue);

@@ -18,22 +18,37 @@ void offsets_init(kh_offsets *o) {
     o->first_seen = -1;
 }
 
+static kh_entry *entry_at(kh_offsets *o, uint64_t seq) {
+    return &o->ring[(o->head + (size_t)(seq - o->head_seq)) & (o->cap - 1)];
+}
+
+static void release_msg(kh_offsets *o, kh_entry *e) {
+    if (e->msg && o->release)
+        o->release(o->release_ud, e->msg);
+    e->msg = NULL;
+}
+
+static void release_all(kh_offsets *o) {
+    for (uint64_t seq = o->head_seq; seq < o->next_seq; seq++)
+        release_msg(o, entry_at(o, seq));
+}
+
 void offsets_free(kh_offsets *o) {
+    if (o->ring)
+        release_all(o);
     free(o->ring);
     free(o->replay);
     memset(o, 0, sizeof *o);
 }
 
 void offsets_reset(kh_offsets *o) {
+    if (o->ring)
+        release_all(o);
     o->head_seq = o->next_seq;
     o->head = 0;
     o->acked = -1;
     o->first_seen = -1;
     o->n_replay = 0;
-}
-
-static kh_entry *entry_at(kh_offsets *o, uint64_t seq) {
-    return &o->ring[(o->head + (size_t)(seq - o->head_seq)) & (o->cap - 1)];
 }
 
 static void grow_ring(kh_offsets *o) {
@@ -78,6 +93,7 @@ static uint64_t push(kh_offsets *o, int64_t offset, uint32_t attempt,
     e->state = (uint8_t)state;
     e->since_ms = 0;
     e->ts_ms = -1;
+    e->msg = NULL;
     if (o->first_seen < 0)
         o->first_seen = offset;
     return seq;
@@ -142,8 +158,8 @@ uint64_t offsets_dispatch(kh_offsets *o, int64_t offset, uint32_t attempt) {
     return push(o, offset, attempt, KH_ENTRY_INFLIGHT);
 }
 
-void offsets_skip(kh_offsets *o, int64_t offset) {
-    push(o, offset, 0, KH_ENTRY_ACKED);
+uint64_t offsets_skip(kh_offsets *o, int64_t offset) {
+    return push(o, offset, 0, KH_ENTRY_ACKED);
 }
 
 kh_lookup offsets_find(kh_offsets *o, uint64_t seq, kh_entry **entry) {
@@ -168,6 +184,7 @@ bool offsets_advance(kh_offsets *o) {
         } else if (e->state != KH_ENTRY_DROPPED) {
             break;
         }
+        release_msg(o, e);
         o->head_seq++;
         o->head = (o->head + 1) & (o->cap - 1);
     }
@@ -241,6 +258,7 @@ int64_t offsets_rewind(kh_offsets *o, uint64_t from_seq, kh_bump bump,
                        false);
         }
         e->state = KH_ENTRY_DROPPED;
+        release_msg(o, e);
         if (seek_to < 0 || e->offset < seek_to)
             seek_to = e->offset;
     }

@@ -54,6 +54,11 @@ typedef struct kh_entry {
      * (ms since the epoch, -1 none). */
     int64_t since_ms;
     int64_t ts_ms;
+    /* The message itself, when its owner kept it (partition.c's
+     * part_keep) so that a rewind can deliver it again without fetching
+     * it from Kafka; NULL otherwise. Handed to the release callback when
+     * the entry pops, is reset or is dropped by a rewind. */
+    void *msg;
 } kh_entry;
 
 /* An offset to treat specially when it is dispatched again after a
@@ -75,6 +80,9 @@ typedef struct kh_offsets {
     int64_t first_seen; /* first offset ever dispatched; -1 before */
     kh_replay *replay;  /* sorted by offset */
     size_t n_replay, cap_replay;
+    /* Frees an entry's kept msg; NULL when none are ever kept. */
+    void (*release)(void *ud, void *msg);
+    void *release_ud;
 } kh_offsets;
 
 /* The outcome of looking up a token. */
@@ -85,8 +93,10 @@ typedef enum kh_lookup {
 } kh_lookup;
 
 void offsets_init(kh_offsets *o);
+/* Releases every kept msg, then frees the ledger. */
 void offsets_free(kh_offsets *o);
-/* Forget everything dispatched (on assign/revoke); seqs stay unique. */
+/* Forget everything dispatched (on assign/revoke); seqs stay unique.
+ * Kept msgs are released. */
 void offsets_reset(kh_offsets *o);
 
 static inline size_t offsets_outstanding(const kh_offsets *o) {
@@ -136,14 +146,16 @@ bool offsets_has_inflight(const kh_offsets *o);
 /* Record a dispatch; returns the seq for the token. */
 uint64_t offsets_dispatch(kh_offsets *o, int64_t offset, uint32_t attempt);
 
-/* Record an offset that is acked without dispatch (replayed duplicate). */
-void offsets_skip(kh_offsets *o, int64_t offset);
+/* Record an offset that is acked without dispatch (replayed duplicate);
+ * returns its seq. */
+uint64_t offsets_skip(kh_offsets *o, int64_t offset);
 
 /* Find the entry of `seq`. */
 kh_lookup offsets_find(kh_offsets *o, uint64_t seq, kh_entry **entry);
 
-/* Pop acked/dropped entries off the head. Returns true when the
- * watermark moved; the offset to store is then acked + 1. */
+/* Pop acked/dropped entries off the head (releasing their kept msgs).
+ * Returns true when the watermark moved; the offset to store is then
+ * acked + 1. */
 bool offsets_advance(kh_offsets *o);
 
 /* Which abandoned messages count as attempted when replayed. */
@@ -162,6 +174,8 @@ typedef enum kh_bump {
  * watermark are replayed as already_acked. *abandoned (if not NULL) gets
  * how many unacked entries were abandoned: after a crash, the most
  * messages the dead worker can have handled that will be handled again.
+ * The kept msgs of the abandoned entries are released: a caller that
+ * delivers them again itself takes them out of the entries first.
  */
 int64_t offsets_rewind(kh_offsets *o, uint64_t from_seq, kh_bump bump,
                        size_t *abandoned);

@@ -18,6 +18,13 @@
  * (refetch_from). A failed seek keeps it owed, pauses the partition and
  * is retried (part_retry_seek); what Kafka delivers meanwhile comes from
  * the old position and is discarded. Nothing owed is ever skipped.
+ *
+ * A rewind that can deliver again from memory does (requeue): every
+ * message it gives up on was kept (part_keep), their offsets rise, they
+ * all lie below the queue's head and no seek is owed. They then go back
+ * to the front of the queue, which is the sequence a seek would have made
+ * Kafka deliver, so I1 and I4 hold as for a seek: they are in the queue,
+ * which part_commit_offset counts, and nothing was dropped.
  */
 #define _GNU_SOURCE
 #include "partition.h"
@@ -27,6 +34,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+static size_t msg_bytes(const rd_kafka_message_t *m) {
+    return m->len + m->key_len;
+}
+
+/* The ledger frees a kept message (offsets.c's release callback). */
+static void release_kept(void *ud, void *msg) {
+    kh_part *part = ud;
+    rd_kafka_message_t *m = msg;
+    part->kept_n--;
+    part->kept_bytes -= msg_bytes(m);
+    rd_kafka_message_destroy(m);
+}
 
 kh_part *part_new(kh_pipeline_rt *pl, const char *pipeline,
                   const kh_consumer_port *port, const char *topic,
@@ -49,6 +69,8 @@ kh_part *part_new(kh_pipeline_rt *pl, const char *pipeline,
     part->isolate_through = -1;
     part->fail_offset = -1;
     offsets_init(&part->off);
+    part->off.release = release_kept;
+    part->off.release_ud = part;
     return part;
 }
 
@@ -116,8 +138,30 @@ static rd_kafka_message_t *pend_pop(kh_part *part) {
     rd_kafka_message_t *m = part->pend[part->pend_head];
     part->pend_head = (part->pend_head + 1) % part->pend_cap;
     part->pend_len--;
-    part->pend_bytes -= m->len + m->key_len;
+    part->pend_bytes -= msg_bytes(m);
     return m;
+}
+
+static void pend_reserve(kh_part *part) {
+    if (part->pend_len < part->pend_cap)
+        return;
+    size_t cap = part->pend_cap ? part->pend_cap * 2 : 256;
+    rd_kafka_message_t **ring = malloc(cap * sizeof *ring);
+    if (!ring)
+        abort();
+    for (size_t i = 0; i < part->pend_len; i++)
+        ring[i] = part->pend[(part->pend_head + i) % part->pend_cap];
+    free(part->pend);
+    part->pend = ring;
+    part->pend_cap = cap;
+    part->pend_head = 0;
+}
+
+/* Above a high mark, fetching pauses (KH_PAUSE_FLOW). */
+static void check_high_marks(kh_part *part) {
+    if (part->pend_len >= KH_PENDING_HIGH ||
+        part->pend_bytes >= KH_PENDING_HIGH_BYTES)
+        part_pause(part, KH_PAUSE_FLOW, true);
 }
 
 bool part_accept(kh_part *part, rd_kafka_message_t *m) {
@@ -137,24 +181,11 @@ bool part_accept(kh_part *part, rd_kafka_message_t *m) {
         return false;
     }
     part->next_offset = m->offset + 1;
-    if (part->pend_len == part->pend_cap) {
-        size_t cap = part->pend_cap ? part->pend_cap * 2 : 256;
-        rd_kafka_message_t **ring = malloc(cap * sizeof *ring);
-        if (!ring)
-            abort();
-        for (size_t i = 0; i < part->pend_len; i++)
-            ring[i] = part->pend[(part->pend_head + i) % part->pend_cap];
-        free(part->pend);
-        part->pend = ring;
-        part->pend_cap = cap;
-        part->pend_head = 0;
-    }
+    pend_reserve(part);
     part->pend[(part->pend_head + part->pend_len) % part->pend_cap] = m;
     part->pend_len++;
-    part->pend_bytes += m->len + m->key_len;
-    if (part->pend_len >= KH_PENDING_HIGH ||
-        part->pend_bytes >= KH_PENDING_HIGH_BYTES)
-        part_pause(part, KH_PAUSE_FLOW, true);
+    part->pend_bytes += msg_bytes(m);
+    check_high_marks(part);
     return true;
 }
 
@@ -172,6 +203,17 @@ void part_drop_pending(kh_part *part) {
     while (part->pend_len)
         rd_kafka_message_destroy(pend_pop(part));
     part_pause(part, KH_PAUSE_FLOW, false);
+}
+
+void part_drop_kept(kh_part *part) {
+    for (uint64_t seq = part->off.head_seq; seq < part->off.next_seq; seq++) {
+        kh_entry *e;
+        offsets_find(&part->off, seq, &e);
+        if (e && e->msg) {
+            release_kept(part, e->msg);
+            e->msg = NULL;
+        }
+    }
 }
 
 /* ---- seeks ---- */
@@ -218,26 +260,90 @@ static int64_t rewind_to(kh_part *part, int64_t seek_to, size_t unacked,
     if (part->refetch_from < 0)
         return -1; /* nothing dispatched or queued: the position is right */
     seek_to = part->refetch_from;
+    part->n_sought++;
     seek_owed(part);
     klog(strstr(why, "skipped") ? KLOG_DEBUG : KLOG_INFO,
          "pipeline=%s topic=%s partition=%d rewound to offset=%lld "
-         "(acked=%lld, unacked=%zu): %s",
+         "(acked=%lld, unacked=%zu, by a seek): %s",
          part->pipeline, part->topic, part->partition, (long long)seek_to,
          (long long)part->off.acked, unacked, why);
     return seek_to;
 }
 
+/* Can the rewind from from_seq deliver again from memory (see the rules
+ * at the top)? *n gets how many messages it would requeue. */
+static bool can_requeue(kh_part *part, uint64_t from_seq, size_t *n) {
+    *n = 0;
+    if (!part->assigned || part->refetch_from >= 0)
+        return false;
+    int64_t last = part->off.acked;
+    for (uint64_t seq = from_seq; seq < part->off.next_seq; seq++) {
+        kh_entry *e;
+        if (offsets_find(&part->off, seq, &e) == KH_LOOKUP_STALE) {
+            if (!e)
+                return false; /* (before the head: not reached) */
+            continue;         /* dropped by an earlier rewind */
+        }
+        if (!e->msg || e->offset <= last)
+            return false;
+        last = e->offset;
+        (*n)++;
+    }
+    return !part->pend_len || part_head(part)->offset > last;
+}
+
+static int64_t rewind_range(kh_part *part, uint64_t from_seq, kh_bump bump,
+                            const char *why) {
+    if (from_seq < part->off.head_seq)
+        from_seq = part->off.head_seq;
+    size_t n, unacked = 0;
+    if (!can_requeue(part, from_seq, &n)) {
+        int64_t seek_to = offsets_rewind(&part->off, from_seq, bump, &unacked);
+        return rewind_to(part, seek_to, unacked, why);
+    }
+    rd_kafka_message_t **ms = n ? malloc(n * sizeof *ms) : NULL;
+    if (n && !ms)
+        abort();
+    size_t i = 0;
+    for (uint64_t seq = from_seq; seq < part->off.next_seq; seq++) {
+        kh_entry *e;
+        if (offsets_find(&part->off, seq, &e) != KH_LOOKUP_OK)
+            continue;
+        ms[i++] = e->msg; /* out of the ledger's keeping, into the queue */
+        part->kept_n--;
+        part->kept_bytes -= msg_bytes(e->msg);
+        e->msg = NULL;
+    }
+    offsets_rewind(&part->off, from_seq, bump, &unacked);
+    for (i = n; i-- > 0;) {
+        pend_reserve(part);
+        part->pend_head =
+            (part->pend_head + part->pend_cap - 1) % part->pend_cap;
+        part->pend[part->pend_head] = ms[i];
+        part->pend_len++;
+        part->pend_bytes += msg_bytes(ms[i]);
+    }
+    free(ms);
+    if (!n)
+        return -1;
+    check_high_marks(part);
+    part->n_requeued++;
+    int64_t from = part_head(part)->offset;
+    klog(strstr(why, "skipped") ? KLOG_DEBUG : KLOG_INFO,
+         "pipeline=%s topic=%s partition=%d rewound to offset=%lld "
+         "(acked=%lld, unacked=%zu, from memory): %s",
+         part->pipeline, part->topic, part->partition, (long long)from,
+         (long long)part->off.acked, unacked, why);
+    return from;
+}
+
 int64_t part_rewind_from(kh_part *part, uint64_t seq, kh_bump bump,
                          const char *why) {
-    size_t unacked = 0;
-    int64_t seek_to = offsets_rewind(&part->off, seq, bump, &unacked);
-    return rewind_to(part, seek_to, unacked, why);
+    return rewind_range(part, seq, bump, why);
 }
 
 int64_t part_rewind_all(kh_part *part, const char *why) {
-    size_t unacked = 0;
-    int64_t seek_to = offsets_rewind_all(&part->off, &unacked);
-    return rewind_to(part, seek_to, unacked, why);
+    return rewind_range(part, part->off.head_seq, KH_BUMP_ALL, why);
 }
 
 void part_mark_failed(kh_part *part, int64_t offset) {
@@ -275,15 +381,30 @@ rd_kafka_message_t *part_take(kh_part *part, uint64_t *seq, uint32_t *attempt) {
     rd_kafka_message_t *m = pend_pop(part);
     *attempt = offsets_plan(&part->off, m->offset);
     if (*attempt == 0) {
-        /* Acked before a rewind: Kafka sent it again, we do not. */
-        offsets_skip(&part->off, m->offset);
-        rd_kafka_message_destroy(m);
+        /* Acked before a rewind: Kafka sent it again, we do not. Kept
+         * like a dispatched one: a later rewind over it requeues it. */
+        part_keep(part, offsets_skip(&part->off, m->offset), m);
         after_take(part);
         return NULL;
     }
     *seq = offsets_dispatch(&part->off, m->offset, *attempt);
     after_take(part);
     return m;
+}
+
+void part_keep(kh_part *part, uint64_t seq, rd_kafka_message_t *m) {
+    kh_entry *e;
+    size_t bytes = msg_bytes(m);
+    if (part->assigned && part->kept_n < KH_KEEP_MAX &&
+        part->kept_bytes + bytes <= KH_KEEP_BYTES &&
+        offsets_find(&part->off, seq, &e) == KH_LOOKUP_OK && !e->msg &&
+        e->offset == m->offset) {
+        e->msg = m;
+        part->kept_n++;
+        part->kept_bytes += bytes;
+        return;
+    }
+    rd_kafka_message_destroy(m);
 }
 
 rd_kafka_message_t *part_take_failed(kh_part *part, uint32_t *attempts) {
@@ -366,8 +487,13 @@ void part_ack(kh_part *part, kh_entry *e) {
 }
 
 void part_defer(kh_part *part, kh_entry *e) {
-    (void)part;
     e->state = KH_ENTRY_DEFERRED;
+    /* A deferred ack can take long, and a kept message holds its whole
+     * fetch buffer: freed now (a rewind over it seeks). */
+    if (e->msg) {
+        release_kept(part, e->msg);
+        e->msg = NULL;
+    }
 }
 
 /* ---- waiting ---- */

@@ -1,10 +1,10 @@
 /*
  * partition: one partition's delivery state, and the only code that
  * writes it. It owns the queue of fetched, undispatched messages, the
- * ledger (offsets.c), the owed seek (refetch_from), the fetch position
- * (next_offset), the pause bits and the stored offset. It is the only
- * place that computes a rewind target or an offset to store: I1 and I4
- * are enforced here (see partition.c).
+ * ledger (offsets.c) with the dispatched messages it keeps for a rewind, the
+ * owed seek (refetch_from), the fetch position (next_offset), the pause bits
+ * and the stored offset. It is the only place that computes a rewind target or
+ * an offset to store: I1 and I4 are enforced here (see partition.c).
  *
  * It talks down to the consumer through kh_consumer_port (kafka.c gives
  * the real one; the model test a simulated one) and calls nothing else
@@ -40,6 +40,13 @@
 #define KH_PENDING_HIGH_BYTES (16u << 20)
 #define KH_PENDING_LOW_BYTES (4u << 20)
 #define KH_MAX_UNACKED 100000
+/* What a partition keeps of messages it dispatched (part_keep), so that a
+ * rewind delivers them again from memory instead of fetching them again
+ * (a refetch waits out the consumer's fetch in flight: up to
+ * fetch.wait.max.ms). Past either bound, dispatched messages are freed
+ * and a rewind over them seeks. */
+#define KH_KEEP_MAX 4096
+#define KH_KEEP_BYTES (2u << 20)
 
 /* Why fetching of a partition is paused; paused while any bit is set. */
 enum {
@@ -90,7 +97,12 @@ struct kh_part {
     kh_offsets off;
     rd_kafka_message_t **pend; /* ring of polled, undispatched messages */
     size_t pend_head, pend_len, pend_cap;
-    size_t pend_bytes;   /* payload + key bytes queued */
+    size_t pend_bytes; /* payload + key bytes queued */
+    /* Dispatched messages kept in their ledger entries (part_keep), and
+     * their payload + key bytes: bounded by KH_KEEP_MAX/KH_KEEP_BYTES. */
+    size_t kept_n, kept_bytes;
+    /* Rewinds that delivered again from memory, and those that sought. */
+    uint64_t n_requeued, n_sought;
     unsigned pause;      /* KH_PAUSE_* bits as last told to the consumer */
     int64_t retry_at_ms; /* no dispatch before this (retry backoff) */
     bool held;           /* stopped at a failed message, at held_offset */
@@ -149,6 +161,10 @@ void part_pause(kh_part *part, unsigned reason, bool on);
 bool part_accept(kh_part *part, rd_kafka_message_t *m);
 /* Drop the queue. The lowest message dropped is owed a seek. */
 void part_drop_pending(kh_part *part);
+/* Free the dispatched messages the ledger keeps (part_keep); their
+ * entries stay, and a rewind over them seeks. Before the consumer is
+ * destroyed: librdkafka waits for its messages to be freed. */
+void part_drop_kept(kh_part *part);
 
 /* ---- dispatching ---- */
 static inline rd_kafka_message_t *part_head(const kh_part *part) {
@@ -161,10 +177,14 @@ bool part_dispatchable(const kh_part *part, int64_t now_ms);
  * a handler)? */
 bool part_head_failed(const kh_part *part);
 /* Take the head for a handler: returns it with its seq and attempt, or
- * NULL when it was acked before a rewind (then it is resolved and freed
- * here, and the caller goes on with the next). The caller frees a message
- * it got. */
+ * NULL when it was acked before a rewind (then it is resolved here, and
+ * the caller goes on with the next). The caller hands a message it got
+ * back with part_keep once it has copied it out. */
 rd_kafka_message_t *part_take(kh_part *part, uint64_t *seq, uint32_t *attempt);
+/* The caller is done with m, taken as seq: the partition keeps it in the
+ * ledger entry, within KH_KEEP_MAX/KH_KEEP_BYTES, until the entry is
+ * resolved and passed by the watermark, or frees it now. */
+void part_keep(kh_part *part, uint64_t seq, rd_kafka_message_t *m);
 /* Take a failed head for the failure policy; *attempts gets how often a
  * handler had it. The caller then resolves it with part_skip or tracks
  * its dead-letter write with part_track_dlq. */
@@ -193,10 +213,15 @@ bool part_operator_pause(kh_part *part, bool on);
 kh_lookup part_find(kh_part *part, uint64_t seq, kh_entry **e);
 void part_ack(kh_part *part, kh_entry *e);
 void part_defer(kh_part *part, kh_entry *e);
-/* Give up on seq and everything after it that is not acked, and seek
- * back to the lowest offset given up on (or owed). `bump` says which
- * count as attempted. Returns the offset Kafka resumes from, -1 when
- * nothing was given up on or owed. */
+/* Give up on seq and everything after it that is not acked, and deliver
+ * them again from the lowest offset given up on (or owed). `bump` says
+ * which count as attempted. When the partition kept every message given
+ * up on (part_keep) and owes no seek, they go back to the front of the
+ * queue in offset order, and Kafka's position does not change; otherwise
+ * the queue is dropped and the partition seeks. Either way the same
+ * messages come next, with the same attempt numbers and replay facts.
+ * Returns the offset delivered next, -1 when nothing was given up on or
+ * owed. */
 int64_t part_rewind_from(kh_part *part, uint64_t seq, kh_bump bump,
                          const char *why);
 /* Give up on everything past the acked watermark (a crash, a hand-over,

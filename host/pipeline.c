@@ -137,11 +137,13 @@ static void on_crashed(kh_worker *w, const kh_crash *c) {
         kh_part *part = pl->parts[i];
         if (!part->assigned || part->owner != w)
             continue;
-        /* Not paused: the rewind's seek makes librdkafka fetch again from
-         * the acked watermark while the replacement starts, so its first
-         * message is already queued when it is READY (crash to resume,
-         * issue 14). The queue's own marks bound what piles up meanwhile,
-         * and nothing is dispatched to a worker that is not READY. */
+        /* Not paused: the rewind puts the messages the partition kept
+         * back at the front of its queue (or, when it did not keep them
+         * all, seeks, and librdkafka fetches again from the acked
+         * watermark while the replacement starts), so its first message
+         * is queued when it is READY (crash to resume, issue 14). The
+         * queue's own marks bound what piles up meanwhile, and nothing is
+         * dispatched to a worker that is not READY. */
         if (c->suspect_count > 1)
             part->isolate_through = offsets_last_dispatched(&part->off);
         part_rewind_all(part, "worker crashed");

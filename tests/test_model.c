@@ -319,9 +319,10 @@ static int port_store(void *ud, kh_part *part, int64_t offset, char *why,
 
 /* ---- fencing, as the script sees it ---- */
 
-static void fence_list(item *items, int n, int p, uint64_t from_seq) {
+static void fence_list(item *items, int n, int p, uint64_t from_seq,
+                       uint64_t hi) {
     for (int i = 0; i < n; i++)
-        if (items[i].p == p && items[i].seq >= from_seq)
+        if (items[i].p == p && items[i].seq >= from_seq && items[i].seq < hi)
             items[i].fenced = true;
 }
 
@@ -334,8 +335,8 @@ static bool fenced_seq(const model *m, int p, uint64_t seq) {
     return false;
 }
 
-static void fence(model *m, int p, uint64_t from_seq) {
-    uint64_t hi = m->parts[p]->off.next_seq;
+/* Fence seqs from_seq .. hi-1 of p. */
+static void fence_upto(model *m, int p, uint64_t from_seq, uint64_t hi) {
     if (from_seq < hi) {
         while (m->n_fences[p] &&
                from_seq <= m->fences[p][m->n_fences[p] - 1].lo)
@@ -352,10 +353,14 @@ static void fence(model *m, int p, uint64_t from_seq) {
         }
     }
     for (int k = 0; k < NS; k++) {
-        fence_list(m->w[k].inflight, m->w[k].n_inflight, p, from_seq);
-        fence_list(m->w[k].deferred, m->w[k].n_deferred, p, from_seq);
+        fence_list(m->w[k].inflight, m->w[k].n_inflight, p, from_seq, hi);
+        fence_list(m->w[k].deferred, m->w[k].n_deferred, p, from_seq, hi);
     }
-    fence_list(m->zombies, m->n_zombies, p, from_seq);
+    fence_list(m->zombies, m->n_zombies, p, from_seq, hi);
+}
+
+static void fence(model *m, int p, uint64_t from_seq) {
+    fence_upto(m, p, from_seq, m->parts[p]->off.next_seq);
 }
 
 static void remove_at(item *items, int *n, int i) {
@@ -492,7 +497,7 @@ static void ev_dispatch(model *m) {
             if (!msg)
                 continue;
             int64_t o = msg->offset;
-            rd_kafka_message_destroy(msg);
+            part_keep(part, seq, msg);
             CHECK(!m->failed[p][o],
                   "a failed message, partition %d offset=%lld, went back to "
                   "a handler (attempt %u)",
@@ -881,6 +886,15 @@ static void settle(model *m) {
     }
 }
 
+/* Rewinds over all scripts, by how they delivered again: both ways must
+ * be exercised (run_many checks). */
+static uint64_t n_requeued, n_sought;
+
+static void count_rewinds(const kh_part *part) {
+    n_requeued += part->n_requeued;
+    n_sought += part->n_sought;
+}
+
 static void run_script(uint64_t seed, uint64_t *events) {
     model *m = calloc(1, sizeof *m);
     cr_assert_not_null(m);
@@ -910,8 +924,10 @@ static void run_script(uint64_t seed, uint64_t *events) {
         step(m);
     settle(m);
     *events += m->n_events;
-    for (int p = 0; p < m->np; p++)
+    for (int p = 0; p < m->np; p++) {
+        count_rewinds(m->parts[p]);
         part_free(m->parts[p]);
+    }
     CHECK(live_msgs == 0, "%ld message object(s) leaked", live_msgs);
     M = NULL;
     free(m);
@@ -944,6 +960,7 @@ static void run_many(const char *what, const char *count_env, uint64_t dflt,
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     uint64_t events = 0;
+    n_requeued = n_sought = 0;
     for (uint64_t s = first; s < first + n; s++)
         run(s, &events);
     clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -951,8 +968,14 @@ static void run_many(const char *what, const char *count_env, uint64_t dflt,
                   (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     dprintf(saved_stderr,
             "test_model%s: %" PRIu64 " scripts (seeds %" PRIu64 "..%" PRIu64
-            "), %" PRIu64 " events, %.1f s\n",
-            what, n, first, first + n - 1, events, secs);
+            "), %" PRIu64 " events, %.1f s; rewinds: %" PRIu64
+            " requeued, %" PRIu64 " sought\n",
+            what, n, first, first + n - 1, events, secs, n_requeued, n_sought);
+    if (n >= 100)
+        cr_assert(n_requeued && n_sought,
+                  "the scripts never %s: the model no longer covers it",
+                  n_requeued ? "sought after a rewind"
+                             : "requeued kept messages after a rewind");
 }
 
 Test(model, partition_core_under_random_scripts, .timeout = 240) {
@@ -1042,6 +1065,142 @@ Test(model, a_stalled_partition_names_its_oldest_unresolved_message) {
     free(m);
 }
 
+/* ---- a rewind delivers again from memory, or seeks (part_keep) ---- */
+
+static int unit_seeks;
+static int64_t unit_seek_to;
+
+static void unit_paused(void *ud, kh_part *part, bool paused) {
+    (void)ud, (void)part, (void)paused;
+}
+static int unit_seek(void *ud, kh_part *part, int64_t offset, char *why,
+                     size_t len) {
+    (void)ud, (void)part, (void)why, (void)len;
+    unit_seeks++;
+    unit_seek_to = offset;
+    return 0;
+}
+static int unit_store(void *ud, kh_part *part, int64_t offset, char *why,
+                      size_t len) {
+    (void)ud, (void)part, (void)offset, (void)why, (void)len;
+    return 0;
+}
+
+/* Offsets 0..n-1 fetched, all dispatched and kept. */
+static kh_part *unit_part(const kh_consumer_port *port, int n, uint64_t *seq) {
+    kh_part *part = part_new(NULL, "keep", port, "t", 0, 0);
+    part_assign(part);
+    for (int64_t o = 0; o < n; o++)
+        part_accept(part, new_msg(0, o));
+    for (int i = 0; i < n; i++) {
+        uint32_t attempt;
+        rd_kafka_message_t *msg = part_take(part, &seq[i], &attempt);
+        cr_assert_not_null(msg);
+        part_keep(part, seq[i], msg);
+    }
+    return part;
+}
+
+Test(model, a_crash_requeues_kept_messages_without_a_seek) {
+    kh_consumer_port port = {
+        .set_paused = unit_paused, .seek = unit_seek, .store = unit_store};
+    klog_set_level(KLOG_ERROR);
+    unit_seeks = 0;
+    uint64_t seq[5];
+    kh_part *part = unit_part(&port, 5, seq);
+    cr_assert_eq(part->kept_n, 5);
+    part_accept(part, new_msg(0, 5)); /* fetched, not dispatched yet */
+    kh_entry *e;
+    part_find(part, seq[0], &e);
+    part_ack(part, e);
+    part_find(part, seq[2], &e);
+    part_ack(part, e); /* acked behind the unacked 1 */
+    part_store(part);
+    cr_assert_eq(part->kept_n, 4, "the popped entry's message is freed");
+
+    cr_assert_eq(part_rewind_all(part, "worker crashed"), 1);
+    cr_assert_eq(unit_seeks, 0, "a crash with every message kept sought");
+    cr_assert_eq(part->refetch_from, -1);
+    cr_assert_eq(part->kept_n, 0);
+    cr_assert_eq(part->pend_len, 5, "1..4 requeued before the fetched 5");
+    /* The same sequence a refetch gives: 1 and 3, 4 again with their
+     * attempt bumped (a crash), 2 acked before and not sent again. */
+    int64_t want_off[] = {1, 3, 4, 5};
+    uint32_t want_att[] = {2, 2, 2, 1};
+    for (int i = 0; i < 4; i++) {
+        uint64_t s;
+        uint32_t attempt;
+        rd_kafka_message_t *msg = part_take(part, &s, &attempt);
+        if (!msg && want_off[i] == 3) /* 2, acked before the crash */
+            msg = part_take(part, &s, &attempt);
+        cr_assert_not_null(msg, "offset %lld skipped", (long long)want_off[i]);
+        cr_assert_eq(msg->offset, want_off[i]);
+        cr_assert_eq(attempt, want_att[i], "offset %lld attempt %u",
+                     (long long)msg->offset, attempt);
+        part_keep(part, s, msg);
+        part_find(part, s, &e);
+        part_ack(part, e);
+    }
+    cr_assert_eq(part->pend_len, 0);
+    part_store(part);
+    cr_assert_eq(part->stored, 6);
+    cr_assert_eq(part->kept_n, 0);
+    cr_assert_eq(part->n_requeued, 1);
+    part_free(part);
+    cr_assert_eq(live_msgs, 0);
+}
+
+Test(model, a_rewind_over_a_deferred_message_seeks) {
+    kh_consumer_port port = {
+        .set_paused = unit_paused, .seek = unit_seek, .store = unit_store};
+    klog_set_level(KLOG_ERROR);
+    unit_seeks = 0;
+    uint64_t seq[4];
+    kh_part *part = unit_part(&port, 4, seq);
+    kh_entry *e;
+    part_find(part, seq[1], &e);
+    part_defer(part, e); /* frees its message: deferred acks can take long */
+    cr_assert_eq(part->kept_n, 3);
+    part_accept(part, new_msg(0, 4));
+    cr_assert_eq(part_rewind_all(part, "worker crashed"), 0);
+    cr_assert_eq(unit_seeks, 1);
+    cr_assert_eq(unit_seek_to, 0);
+    cr_assert_eq(part->pend_len, 0, "the queue is dropped for the seek");
+    cr_assert_eq(part->kept_n, 0, "what was kept is freed");
+    cr_assert_eq(part->n_sought, 1);
+    /* A retry past the deferred one still requeues. */
+    for (int64_t o = 0; o < 4; o++)
+        part_accept(part, new_msg(0, o));
+    for (int i = 0; i < 4; i++) {
+        uint32_t attempt;
+        rd_kafka_message_t *msg = part_take(part, &seq[i], &attempt);
+        part_keep(part, seq[i], msg);
+    }
+    part_find(part, seq[1], &e);
+    part_defer(part, e);
+    cr_assert_eq(part_rewind_from(part, seq[2], KH_BUMP_FIRST, "retry"), 2);
+    cr_assert_eq(unit_seeks, 1, "the retry past the deferred one sought");
+    cr_assert_eq(part->pend_len, 2);
+    part_free(part);
+    cr_assert_eq(live_msgs, 0);
+}
+
+Test(model, kept_messages_stay_within_their_bound) {
+    kh_consumer_port port = {
+        .set_paused = unit_paused, .seek = unit_seek, .store = unit_store};
+    klog_set_level(KLOG_ERROR);
+    unit_seeks = 0;
+    static uint64_t seq[KH_KEEP_MAX + 10];
+    kh_part *part = unit_part(&port, KH_KEEP_MAX + 10, seq);
+    cr_assert_eq(part->kept_n, KH_KEEP_MAX);
+    cr_assert_eq(live_msgs, KH_KEEP_MAX, "past the bound, messages are freed");
+    /* Not all kept: the crash seeks. */
+    cr_assert_eq(part_rewind_all(part, "worker crashed"), 0);
+    cr_assert_eq(unit_seeks, 1);
+    cr_assert_eq(live_msgs, 0);
+    part_free(part);
+}
+
 /* ---- the router model: dispatch.c, failure.c, swap.c, drain.c ----
  *
  * The same world, one level up: the script's workers sit at the far end
@@ -1108,7 +1267,17 @@ typedef struct rmodel {
     kh_buf strings;
     khost_header *hdrs;
     size_t hdrs_cap;
+    /* Each partition's next seq before the last event that may move it
+     * (r_snap): a move rewinds what was dispatched before it, while what
+     * the new owner gets in the same event (a rewind can requeue kept
+     * messages, which go out at once) is live. */
+    uint64_t snap[NP_MAX];
 } rmodel;
+
+static void r_snap(rmodel *r) {
+    for (int p = 0; p < r->m->np; p++)
+        r->snap[p] = r->pl.parts[p]->off.next_seq;
+}
 
 static rmodel *RM;
 
@@ -1175,7 +1344,7 @@ static void resync(rmodel *r) {
               "owner)",
               p);
         if (k != m->owner[p]) {
-            fence(m, p, 0);
+            fence_upto(m, p, 0, r->snap[p]);
             m->owner[p] = k;
         }
         worker *w = &m->w[k];
@@ -1522,6 +1691,7 @@ static void r_crash(rmodel *r, int k, bool lie) {
     bool starting = w->candidate;
     w->state = KH_W_STOPPED;
     w->pid = 0;
+    r_snap(r);
     swap_worker_died(w, "killed"); /* may abandon the swap and free w */
     resync(r);
     if (r->kw[k] != w)
@@ -1624,6 +1794,7 @@ static void r_reload(rmodel *r) {
         return;
     const kh_pipeline *to = r->pl.cfg == &r->cfg ? &r->cfg2 : &r->cfg;
     TRACE("  reload\n");
+    r_snap(r);
     swap_begin(&r->pl, to, NULL, NULL, false);
     resync(r);
 }
@@ -1642,12 +1813,15 @@ static void r_ready_next(rmodel *r) {
         tr_frame_end(b, start);
         while (buf_pending(b))
             CHECK(conn_flush(&r->wend[k]) >= 0, "worker end cannot write");
-        dispatch_read(w);
+        r_snap(r);
+        dispatch_read(w); /* a canary or cutover moves partitions */
+        resync(r);
         return;
     }
 }
 
 static void r_tick(rmodel *r) {
+    r_snap(r);
     swap_tick(&r->pl, kh_now_ms());
     resync(r);
     dispatch_pump(&r->pl);
@@ -1851,8 +2025,10 @@ static void r_run(uint64_t seed, uint64_t *events) {
     free(r->pl.workers);
     free(r->pl.next);
     free(r->pl.restarts); /* a cutover's new restart window */
-    for (int p = 0; p < m->np; p++)
+    for (int p = 0; p < m->np; p++) {
+        count_rewinds(parts[p]);
         part_free(parts[p]);
+    }
     buf_free(&r->strings);
     free(r->hdrs);
     CHECK(live_msgs == 0, "%ld message object(s) leaked", live_msgs);

@@ -6,21 +6,36 @@
  *
  * wall is CLOCK_REALTIME at the entry of the first handle or handle_batch
  * call (N: that batch's size). Every message is acked, as noop does; the
- * only extra cost is one branch per call. A worker shares the host's
+ * only extra cost is one branch per call. With hold_us set in
+ * [pipeline.NAME.config], each call sleeps that long (after the first
+ * call's time is taken), so that a kill finds messages in flight
+ * (crash.sh's CRASH_HOLD_US). A worker shares the host's
  * stderr, so the line lands in khost's log next to the host's own lines.
  * Benchmark only: not installed.
  */
 #include <khost/plugin.h>
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
 
 static int first_done;
+static long hold_us;
 
+static void hold(void) {
+    if (hold_us > 0) {
+        struct timespec d = {hold_us / 1000000, (hold_us % 1000000) * 1000};
+        nanosleep(&d, NULL);
+    }
+}
+
+/* The time is taken before the hold: it is when the message arrived. */
 static void first_call(size_t n) {
-    if (first_done)
+    if (first_done) {
+        hold();
         return;
+    }
     first_done = 1;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -30,10 +45,12 @@ static void first_call(size_t n) {
         (int)getpid(), (long long)ts.tv_sec, ts.tv_nsec / 1000, n);
     if (len > 0 && write(STDERR_FILENO, line, (size_t)len) < 0)
         first_done = 1; /* nothing to do about it */
+    hold();
 }
 
 static int first_init(const khost_init_args *args, void **state) {
-    (void)args;
+    const char *hold = args->api->config_get(args->host, "hold_us");
+    hold_us = hold ? strtol(hold, NULL, 10) : 0;
     *state = NULL;
     return 0;
 }

@@ -19,6 +19,8 @@
 #                      (10 ms), else the backoff doubles up to 100 ms
 #   CRASH_KHOST_KAFKA  extra lines for khost's [kafka] section, to try a
 #                      setting, e.g. CRASH_KHOST_KAFKA='fetch.wait.max.ms = 10'
+#   CRASH_HOLD_US      each handler call sleeps this long first (default 0),
+#                      so that kills find messages in flight
 #   BENCH_BUILD_DIR, BENCH_NO_BUILD=1, BENCH_KEEP=1  as for run.sh
 #
 # The plugin is tests/bench/bench_first.c: noop plus one stderr line
@@ -34,6 +36,7 @@ INTERVAL_MS=${CRASH_INTERVAL_MS:-300}
 RATE=${CRASH_RATE:-5000}
 PARTS=${CRASH_PARTITIONS:-8}
 MAX_SECONDS=${CRASH_MAX_SECONDS:-5}
+HOLD_US=${CRASH_HOLD_US:-0}
 
 BENCH_TAG=crash
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -118,6 +121,8 @@ workers = 2
 ; 50 kills must not exhaust the restart limit
 max_restarts = 100000
 max_seconds = $MAX_SECONDS
+[pipeline.crash.config]
+hold_us = $HOLD_US
 EOF
 # -v (debug): the host logs "started pid=" when it spawns a replacement.
 "$KHOST" -v run -c "$WORK/crash.ini" 2>"$WORK/khost.log" &
@@ -188,9 +193,10 @@ BUSY_AFTER=$(cpu_busy)
 
 # ---- the figures ----
 python3 - "$WORK/kills" "$WORK/khost.before-stop.log" "$BUSY_BEFORE" "$BUSY_AFTER" \
-    "$KILLS" "$INTERVAL_MS" "$RATE" "$PARTS" "$MAX_SECONDS" "${CRASH_KHOST_KAFKA:-}" <<'PY'
+    "$KILLS" "$INTERVAL_MS" "$RATE" "$PARTS" "$MAX_SECONDS" "${CRASH_KHOST_KAFKA:-}" \
+    "$HOLD_US" <<'PY'
 import calendar, re, sys, time
-kills_f, log_f, busy0, busy1, nk, ivl, rate, parts, maxs, extra = sys.argv[1:]
+kills_f, log_f, busy0, busy1, nk, ivl, rate, parts, maxs, extra, hold = sys.argv[1:]
 
 def ts(line):  # "2026-12-03T05:42:53.865Z ..." -> epoch seconds (ms, truncated)
     m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{3})Z", line)
@@ -203,6 +209,19 @@ lines = open(log_f, errors="replace").read().splitlines()
 crashed, restart_ms, started, ready, first = {}, {}, {}, {}, {}
 assigned = revoked = 0
 pending_restart = {}
+# What each crash left to deliver again: the rewind lines that follow its
+# crash line ("unacked=N, from memory" or "..., by a seek").
+left, last_crash = {}, None
+for l in lines:
+    m = re.search(r"unacked=(\d+), (from memory|by a seek)\): worker crashed", l)
+    if m and last_crash:
+        n, how = left.get(last_crash, (0, set()))
+        if int(m.group(1)):
+            how.add(m.group(2))
+        left[last_crash] = (n + int(m.group(1)), how)
+        continue
+    m = re.search(r"pid=(\d+) crashed", l)
+    last_crash = m.group(1) if m else last_crash if "rewound" in l else None
 for l in lines:
     m = re.search(r"BENCH_FIRST pid=(\d+) wall=([\d.]+)", l)
     if m:
@@ -253,8 +272,10 @@ for k, victim, tk in kills:
         continue
     pid = repl[1]
     sp = started[pid][1] - tk if pid in started else None
+    n_left, how = left.get(victim, (0, set()))
     rows.append(dict(detect=tc - tk, spawn=sp, ready=repl[0] - tk,
-                     first=first[pid] - tk, gap=first[pid] - repl[0], backoff=bo))
+                     first=first[pid] - tk, gap=first[pid] - repl[0], backoff=bo,
+                     left=n_left, how=how))
 
 def pct(v, p):
     v = sorted(v)
@@ -266,16 +287,16 @@ def pct(v, p):
 
 print()
 print("khost crash to resume: %s SIGKILLs of a worker, one every %s ms, 2 workers, %s partitions," % (nk, ivl, parts))
-print("a stream of %s msg/s x 100 B, plugin bench_first (noop + a timestamp at its first message), max_seconds=%s" % (rate, maxs))
+print("a stream of %s msg/s x 100 B, plugin bench_first (noop + a timestamp at its first message), max_seconds=%s, hold_us=%s" % (rate, maxs, hold))
 if extra:
     print("khost [kafka] extra: %s" % extra.replace("\n", "; "))
 print("other load: %s%% CPU busy before, %s%% after" % (busy0, busy1))
 print()
 print("| from the kill to ...                          |   n | median |    p90 |    p99 |    max |")
 print("|-----------------------------------------------|----:|-------:|-------:|-------:|-------:|")
-def row(name, key, sub=None):
+def row(name, key, sub=None, only=None):
     v = [1000 * r[key] - (r["backoff"] if sub and r["backoff"] is not None else 0)
-         for r in rows if r[key] is not None]
+         for r in rows if r[key] is not None and (only is None or only(r))]
     print("| %-45s | %3d | %6.1f | %6.1f | %6.1f | %6.1f |" % (name, len(v), pct(v, 50), pct(v, 90), pct(v, 99), max(v) if v else float("nan")))
 row("crash seen (host log, ms resolution)", "detect")
 row("replacement spawned (host log, debug)", "spawn")
@@ -283,11 +304,19 @@ row("replacement READY (host log)", "ready")
 row("first message handled by the replacement", "first")
 row("  the same minus the restart backoff", "first", sub=True)
 row("(from READY to that first message)", "gap")
+row("first message, kills that left messages", "first", only=lambda r: r["left"] > 0)
+row("first message, kills that left nothing", "first", only=lambda r: r["left"] == 0)
 bo = [r["backoff"] for r in rows if r["backoff"] is not None]
 if bo:
     print()
     print("restart backoff (host's 'restarting in N ms'): median %d ms, min %d, max %d" % (pct(bo, 50), min(bo), max(bo)))
 print("kills measured: %d of %d (%d without a complete log trail)" % (len(rows), len(kills), missing))
+with_left = [r for r in rows if r["left"]]
+print("kills that left messages to deliver again: %d (%d messages; redelivered from memory %d, by a seek %d);"
+      " after the others the replacement's first message is the next one fetched" %
+      (len(with_left), sum(r["left"] for r in with_left),
+       sum(1 for r in with_left if "by a seek" not in r["how"]),
+       sum(1 for r in with_left if "by a seek" in r["how"])))
 print("rebalances: %d assignment(s) (the first join is 1), %d revoke(s) before the stop" % (assigned, revoked))
 ok_med = pct([1000 * r["first"] for r in rows], 50) <= 5
 ok_p99 = pct([1000 * r["first"] for r in rows], 99) <= 20
