@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,7 +42,11 @@
 typedef struct {
     char text[1024];
     pid_t pid; /* the sender, from SCM_CREDENTIALS */
+    /* When it reached the socket (the kernel's SO_TIMESTAMPNS stamp, on
+     * th_now_ms's clock): when the host sent it, however late the test
+     * read it on a loaded machine. */
     int64_t at_ms;
+    bool stamped; /* at_ms is the kernel's stamp */
 } dgram;
 
 static struct {
@@ -86,6 +91,8 @@ static char *open_socket(void) {
                  strerror(errno));
     int on = 1;
     cr_assert_eq(setsockopt(ns.fd, SOL_SOCKET, SO_PASSCRED, &on, sizeof on), 0);
+    cr_assert_eq(setsockopt(ns.fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on),
+                 0);
     setenv("NOTIFY_SOCKET", ns.path, 1);
     return dir;
 }
@@ -98,7 +105,8 @@ static void ns_read(int ms) {
             char buf[1024];
             union {
                 struct cmsghdr h;
-                char b[CMSG_SPACE(sizeof(struct ucred))];
+                char b[CMSG_SPACE(sizeof(struct ucred)) +
+                       CMSG_SPACE(sizeof(struct timespec))];
             } c;
             struct iovec iov = {buf, sizeof buf - 1};
             struct msghdr m = {.msg_iov = &iov,
@@ -118,14 +126,27 @@ static void ns_read(int ms) {
             snprintf(d->text, sizeof d->text, "%s", buf);
             d->at_ms = th_now_ms();
             d->pid = 0;
+            d->stamped = false;
             for (struct cmsghdr *ch = CMSG_FIRSTHDR(&m); ch;
-                 ch = CMSG_NXTHDR(&m, ch))
+                 ch = CMSG_NXTHDR(&m, ch)) {
                 if (ch->cmsg_level == SOL_SOCKET &&
                     ch->cmsg_type == SCM_CREDENTIALS) {
                     struct ucred u;
                     memcpy(&u, CMSG_DATA(ch), sizeof u);
                     d->pid = u.pid;
                 }
+                if (ch->cmsg_level == SOL_SOCKET &&
+                    ch->cmsg_type == SCM_TIMESTAMPNS) {
+                    struct timespec sent, real;
+                    memcpy(&sent, CMSG_DATA(ch), sizeof sent);
+                    clock_gettime(CLOCK_REALTIME, &real);
+                    int64_t ago = (real.tv_sec - sent.tv_sec) * 1000 +
+                                  (real.tv_nsec - sent.tv_nsec) / 1000000;
+                    if (ago > 0)
+                        d->at_ms -= ago;
+                    d->stamped = true;
+                }
+            }
         }
         if (ms > 0)
             th_sleep_ms(5);
@@ -364,6 +385,7 @@ Test(notify, watchdog_pings_while_the_loop_turns, .timeout = 120) {
     int64_t last = t0, gap = 0;
     for (size_t i = from; i < ns.n; i++)
         if (has(i, "WATCHDOG", "1")) {
+            cr_assert(ns.d[i].stamped, "a ping without the kernel's stamp");
             if (ns.d[i].at_ms - last > gap)
                 gap = ns.d[i].at_ms - last;
             last = ns.d[i].at_ms;
