@@ -39,13 +39,23 @@ static size_t msg_bytes(const rd_kafka_message_t *m) {
     return m->len + m->key_len;
 }
 
-/* The ledger frees a kept message (offsets.c's release callback). */
-static void release_kept(void *ud, void *msg) {
-    kh_part *part = ud;
-    rd_kafka_message_t *m = msg;
+static void unkeep(kh_part *part, const rd_kafka_message_t *m) {
     part->kept_n--;
     part->kept_bytes -= msg_bytes(m);
-    rd_kafka_message_destroy(m);
+}
+
+/* The ledger frees a kept message (offsets.c's release callback). */
+static void release_kept(void *ud, void *msg) {
+    unkeep(ud, msg);
+    rd_kafka_message_destroy(msg);
+}
+
+/* Take e's kept message out of the ledger's keeping. */
+static rd_kafka_message_t *take_kept(kh_part *part, kh_entry *e) {
+    rd_kafka_message_t *m = e->msg;
+    unkeep(part, m);
+    e->msg = NULL;
+    return m;
 }
 
 kh_part *part_new(kh_pipeline_rt *pl, const char *pipeline,
@@ -209,10 +219,8 @@ void part_drop_kept(kh_part *part) {
     for (uint64_t seq = part->off.head_seq; seq < part->off.next_seq; seq++) {
         kh_entry *e;
         offsets_find(&part->off, seq, &e);
-        if (e && e->msg) {
-            release_kept(part, e->msg);
-            e->msg = NULL;
-        }
+        if (e && e->msg)
+            rd_kafka_message_destroy(take_kept(part, e));
     }
 }
 
@@ -245,6 +253,17 @@ void part_retry_seek(kh_part *part) {
         seek_owed(part);
 }
 
+/* The rewind line: the chaos test sums its unacked= (the most messages a
+ * crash can make handlers see twice), other tests find its offset=. */
+static void log_rewind(kh_part *part, int64_t from, size_t unacked,
+                       const char *how, const char *why) {
+    klog(strstr(why, "skipped") ? KLOG_DEBUG : KLOG_INFO,
+         "pipeline=%s topic=%s partition=%d rewound to offset=%lld "
+         "(acked=%lld, unacked=%zu, %s): %s",
+         part->pipeline, part->topic, part->partition, (long long)from,
+         (long long)part->off.acked, unacked, how, why);
+}
+
 /* Drop the queue and seek so that Kafka delivers from `seek_to` again
  * (or from lower, when something lower is owed already). `unacked`: the
  * in-flight messages given up on, logged because it bounds what a crash
@@ -262,11 +281,7 @@ static int64_t rewind_to(kh_part *part, int64_t seek_to, size_t unacked,
     seek_to = part->refetch_from;
     part->n_sought++;
     seek_owed(part);
-    klog(strstr(why, "skipped") ? KLOG_DEBUG : KLOG_INFO,
-         "pipeline=%s topic=%s partition=%d rewound to offset=%lld "
-         "(acked=%lld, unacked=%zu, by a seek): %s",
-         part->pipeline, part->topic, part->partition, (long long)seek_to,
-         (long long)part->off.acked, unacked, why);
+    log_rewind(part, seek_to, unacked, "by a seek", why);
     return seek_to;
 }
 
@@ -279,11 +294,8 @@ static bool can_requeue(kh_part *part, uint64_t from_seq, size_t *n) {
     int64_t last = part->off.acked;
     for (uint64_t seq = from_seq; seq < part->off.next_seq; seq++) {
         kh_entry *e;
-        if (offsets_find(&part->off, seq, &e) == KH_LOOKUP_STALE) {
-            if (!e)
-                return false; /* (before the head: not reached) */
-            continue;         /* dropped by an earlier rewind */
-        }
+        if (offsets_find(&part->off, seq, &e) != KH_LOOKUP_OK)
+            continue; /* dropped by an earlier rewind */
         if (!e->msg || e->offset <= last)
             return false;
         last = e->offset;
@@ -309,10 +321,7 @@ static int64_t rewind_range(kh_part *part, uint64_t from_seq, kh_bump bump,
         kh_entry *e;
         if (offsets_find(&part->off, seq, &e) != KH_LOOKUP_OK)
             continue;
-        ms[i++] = e->msg; /* out of the ledger's keeping, into the queue */
-        part->kept_n--;
-        part->kept_bytes -= msg_bytes(e->msg);
-        e->msg = NULL;
+        ms[i++] = take_kept(part, e); /* from the ledger into the queue */
     }
     offsets_rewind(&part->off, from_seq, bump, &unacked);
     for (i = n; i-- > 0;) {
@@ -329,11 +338,7 @@ static int64_t rewind_range(kh_part *part, uint64_t from_seq, kh_bump bump,
     check_high_marks(part);
     part->n_requeued++;
     int64_t from = part_head(part)->offset;
-    klog(strstr(why, "skipped") ? KLOG_DEBUG : KLOG_INFO,
-         "pipeline=%s topic=%s partition=%d rewound to offset=%lld "
-         "(acked=%lld, unacked=%zu, from memory): %s",
-         part->pipeline, part->topic, part->partition, (long long)from,
-         (long long)part->off.acked, unacked, why);
+    log_rewind(part, from, unacked, "from memory", why);
     return from;
 }
 
@@ -490,10 +495,8 @@ void part_defer(kh_part *part, kh_entry *e) {
     e->state = KH_ENTRY_DEFERRED;
     /* A deferred ack can take long, and a kept message holds its whole
      * fetch buffer: freed now (a rewind over it seeks). */
-    if (e->msg) {
-        release_kept(part, e->msg);
-        e->msg = NULL;
-    }
+    if (e->msg)
+        rd_kafka_message_destroy(take_kept(part, e));
 }
 
 /* ---- waiting ---- */
