@@ -39,9 +39,21 @@ static size_t msg_bytes(const rd_kafka_message_t *m) {
     return m->len + m->key_len;
 }
 
+/* The host-wide count of kept messages (KH_KEEP_HOST_MAX): the loop is
+ * single-threaded, and only the functions below change it. */
+static size_t kept_host_n, kept_host_bytes;
+
+size_t part_kept_host(size_t *bytes) {
+    if (bytes)
+        *bytes = kept_host_bytes;
+    return kept_host_n;
+}
+
 static void unkeep(kh_part *part, const rd_kafka_message_t *m) {
     part->kept_n--;
     part->kept_bytes -= msg_bytes(m);
+    kept_host_n--;
+    kept_host_bytes -= msg_bytes(m);
 }
 
 /* The ledger frees a kept message (offsets.c's release callback). */
@@ -402,11 +414,15 @@ void part_keep(kh_part *part, uint64_t seq, rd_kafka_message_t *m) {
     size_t bytes = msg_bytes(m);
     if (part->assigned && part->kept_n < KH_KEEP_MAX &&
         part->kept_bytes + bytes <= KH_KEEP_BYTES &&
+        kept_host_n < KH_KEEP_HOST_MAX &&
+        kept_host_bytes + bytes <= KH_KEEP_HOST_BYTES &&
         offsets_find(&part->off, seq, &e) == KH_LOOKUP_OK && !e->msg &&
         e->offset == m->offset) {
         e->msg = m;
         part->kept_n++;
         part->kept_bytes += bytes;
+        kept_host_n++;
+        kept_host_bytes += bytes;
         return;
     }
     rd_kafka_message_destroy(m);

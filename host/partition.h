@@ -43,10 +43,15 @@
 /* What a partition keeps of messages it dispatched (part_keep), so that a
  * rewind delivers them again from memory instead of fetching them again
  * (a refetch waits out the consumer's fetch in flight: up to
- * fetch.wait.max.ms). Past either bound, dispatched messages are freed
- * and a rewind over them seeks. */
+ * fetch.wait.max.ms). Per partition, and for the whole host process
+ * (each kept message costs librdkafka's message object, about 350 B,
+ * besides its bytes: 16,384 of them at most 6 MB plus their bytes).
+ * Past any bound, dispatched messages are freed and a rewind over them
+ * seeks. */
 #define KH_KEEP_MAX 4096
 #define KH_KEEP_BYTES (2u << 20)
+#define KH_KEEP_HOST_MAX 16384
+#define KH_KEEP_HOST_BYTES (16u << 20)
 
 /* Why fetching of a partition is paused; paused while any bit is set. */
 enum {
@@ -99,7 +104,9 @@ struct kh_part {
     size_t pend_head, pend_len, pend_cap;
     size_t pend_bytes; /* payload + key bytes queued */
     /* Dispatched messages kept in their ledger entries (part_keep), and
-     * their payload + key bytes: bounded by KH_KEEP_MAX/KH_KEEP_BYTES. */
+     * their payload + key bytes: bounded by KH_KEEP_MAX/KH_KEEP_BYTES
+     * here and by KH_KEEP_HOST_MAX/KH_KEEP_HOST_BYTES over all
+     * partitions (kept_host_n/kept_host_bytes, partition.c's own). */
     size_t kept_n, kept_bytes;
     /* Rewinds that delivered again from memory, and those that sought. */
     uint64_t n_requeued, n_sought;
@@ -185,6 +192,8 @@ rd_kafka_message_t *part_take(kh_part *part, uint64_t *seq, uint32_t *attempt);
  * ledger entry, within KH_KEEP_MAX/KH_KEEP_BYTES, until the entry is
  * resolved and passed by the watermark, or frees it now. */
 void part_keep(kh_part *part, uint64_t seq, rd_kafka_message_t *m);
+/* Messages kept by all partitions of this process, and their bytes. */
+size_t part_kept_host(size_t *bytes);
 /* Take a failed head for the failure policy; *attempts gets how often a
  * handler had it. The caller then resolves it with part_skip or tracks
  * its dead-letter write with part_track_dlq. */

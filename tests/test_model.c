@@ -929,6 +929,8 @@ static void run_script(uint64_t seed, uint64_t *events) {
         part_free(m->parts[p]);
     }
     CHECK(live_msgs == 0, "%ld message object(s) leaked", live_msgs);
+    CHECK(part_kept_host(NULL) == 0, "%zu kept message(s) still counted",
+          part_kept_host(NULL));
     M = NULL;
     free(m);
 }
@@ -1199,6 +1201,18 @@ Test(model, kept_messages_stay_within_their_bound) {
     cr_assert_eq(unit_seeks, 1);
     cr_assert_eq(live_msgs, 0);
     part_free(part);
+
+    /* The host's bound holds over all partitions. */
+    enum { NPARTS = KH_KEEP_HOST_MAX / KH_KEEP_MAX + 1 };
+    kh_part *parts[NPARTS];
+    for (int i = 0; i < NPARTS; i++)
+        parts[i] = unit_part(&port, KH_KEEP_MAX, seq);
+    cr_assert_eq(part_kept_host(NULL), KH_KEEP_HOST_MAX);
+    cr_assert_eq(parts[NPARTS - 1]->kept_n, 0, "kept past the host's bound");
+    for (int i = 0; i < NPARTS; i++)
+        part_free(parts[i]);
+    cr_assert_eq(part_kept_host(NULL), 0);
+    cr_assert_eq(live_msgs, 0);
 }
 
 /* ---- the router model: dispatch.c, failure.c, swap.c, drain.c ----
