@@ -1088,10 +1088,11 @@ static int unit_store(void *ud, kh_part *part, int64_t offset, char *why,
     return 0;
 }
 
+static const kh_consumer_port unit_port = {
+    .set_paused = unit_paused, .seek = unit_seek, .store = unit_store};
+
 /* Offsets 0..n-1 fetched, all dispatched and kept. */
-static kh_part *unit_part(const kh_consumer_port *port, int n, uint64_t *seq) {
-    kh_part *part = part_new(NULL, "keep", port, "t", 0, 0);
-    part_assign(part);
+static void unit_dispatch(kh_part *part, int n, uint64_t *seq) {
     for (int64_t o = 0; o < n; o++)
         part_accept(part, new_msg(0, o));
     for (int i = 0; i < n; i++) {
@@ -1100,16 +1101,22 @@ static kh_part *unit_part(const kh_consumer_port *port, int n, uint64_t *seq) {
         cr_assert_not_null(msg);
         part_keep(part, seq[i], msg);
     }
+}
+
+/* A new partition with offsets 0..n-1 dispatched and kept; the seek
+ * count starts over. */
+static kh_part *unit_part(int n, uint64_t *seq) {
+    klog_set_level(KLOG_ERROR);
+    unit_seeks = 0;
+    kh_part *part = part_new(NULL, "keep", &unit_port, "t", 0, 0);
+    part_assign(part);
+    unit_dispatch(part, n, seq);
     return part;
 }
 
 Test(model, a_crash_requeues_kept_messages_without_a_seek) {
-    kh_consumer_port port = {
-        .set_paused = unit_paused, .seek = unit_seek, .store = unit_store};
-    klog_set_level(KLOG_ERROR);
-    unit_seeks = 0;
     uint64_t seq[5];
-    kh_part *part = unit_part(&port, 5, seq);
+    kh_part *part = unit_part(5, seq);
     cr_assert_eq(part->kept_n, 5);
     part_accept(part, new_msg(0, 5)); /* fetched, not dispatched yet */
     kh_entry *e;
@@ -1153,12 +1160,8 @@ Test(model, a_crash_requeues_kept_messages_without_a_seek) {
 }
 
 Test(model, a_rewind_over_a_deferred_message_seeks) {
-    kh_consumer_port port = {
-        .set_paused = unit_paused, .seek = unit_seek, .store = unit_store};
-    klog_set_level(KLOG_ERROR);
-    unit_seeks = 0;
     uint64_t seq[4];
-    kh_part *part = unit_part(&port, 4, seq);
+    kh_part *part = unit_part(4, seq);
     kh_entry *e;
     part_find(part, seq[1], &e);
     part_defer(part, e); /* frees its message: deferred acks can take long */
@@ -1171,13 +1174,7 @@ Test(model, a_rewind_over_a_deferred_message_seeks) {
     cr_assert_eq(part->kept_n, 0, "what was kept is freed");
     cr_assert_eq(part->n_sought, 1);
     /* A retry past the deferred one still requeues. */
-    for (int64_t o = 0; o < 4; o++)
-        part_accept(part, new_msg(0, o));
-    for (int i = 0; i < 4; i++) {
-        uint32_t attempt;
-        rd_kafka_message_t *msg = part_take(part, &seq[i], &attempt);
-        part_keep(part, seq[i], msg);
-    }
+    unit_dispatch(part, 4, seq);
     part_find(part, seq[1], &e);
     part_defer(part, e);
     cr_assert_eq(part_rewind_from(part, seq[2], KH_BUMP_FIRST, "retry"), 2);
@@ -1188,12 +1185,8 @@ Test(model, a_rewind_over_a_deferred_message_seeks) {
 }
 
 Test(model, kept_messages_stay_within_their_bound) {
-    kh_consumer_port port = {
-        .set_paused = unit_paused, .seek = unit_seek, .store = unit_store};
-    klog_set_level(KLOG_ERROR);
-    unit_seeks = 0;
     static uint64_t seq[KH_KEEP_MAX + 10];
-    kh_part *part = unit_part(&port, KH_KEEP_MAX + 10, seq);
+    kh_part *part = unit_part(KH_KEEP_MAX + 10, seq);
     cr_assert_eq(part->kept_n, KH_KEEP_MAX);
     cr_assert_eq(live_msgs, KH_KEEP_MAX, "past the bound, messages are freed");
     /* Not all kept: the crash seeks. */
@@ -1206,7 +1199,7 @@ Test(model, kept_messages_stay_within_their_bound) {
     enum { NPARTS = KH_KEEP_HOST_MAX / KH_KEEP_MAX + 1 };
     kh_part *parts[NPARTS];
     for (int i = 0; i < NPARTS; i++)
-        parts[i] = unit_part(&port, KH_KEEP_MAX, seq);
+        parts[i] = unit_part(KH_KEEP_MAX, seq);
     cr_assert_eq(part_kept_host(NULL), KH_KEEP_HOST_MAX);
     cr_assert_eq(parts[NPARTS - 1]->kept_n, 0, "kept past the host's bound");
     for (int i = 0; i < NPARTS; i++)
