@@ -77,7 +77,8 @@ static size_t fill_frame(kh_pipeline_rt *pl, kh_worker *w, int64_t now) {
             rd_kafka_message_t *m = part_take(part, &seq, &attempt);
             if (!m)
                 continue; /* acked before a rewind: not sent again */
-            tr_put_kafka_message(b, kh_token_make(part->slot, seq), attempt, m);
+            tr_put_kafka_message(b, kh_token_make(part->slot, seq), attempt, m,
+                                 !(w->plugin_flags & KHOST_PLUGIN_NO_HEADERS));
             offsets_stamp(&part->off, seq, now,
                           rd_kafka_message_timestamp(m, NULL));
             bytes += m->len + m->key_len;
@@ -329,6 +330,7 @@ static bool handle_frame(kh_worker *w, uint16_t type, kh_reader *r) {
     case KH_F_READY:
         s1 = tr_get_str(r, &len1);
         s2 = tr_get_str(r, &len2);
+        uint64_t flags = tr_get_u64(r);
         if (!r->error && w->state == KH_W_STOPPING)
             return true; /* SHUTDOWN was sent while it started */
         if (r->error || w->state != KH_W_STARTING)
@@ -336,7 +338,7 @@ static bool handle_frame(kh_worker *w, uint16_t type, kh_reader *r) {
         char name[128], version[64];
         snprintf(name, sizeof name, "%.*s", (int)len1, (const char *)s1);
         snprintf(version, sizeof version, "%.*s", (int)len2, (const char *)s2);
-        supervisor_worker_ready(w, name, version);
+        supervisor_worker_ready(w, name, version, flags);
         return true;
     case KH_F_INIT_FAILED:
         s1 = tr_get_str(r, &len1);

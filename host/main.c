@@ -446,6 +446,10 @@ static int cmd_plugin_info(int argc, char **argv) {
         return EXIT_INVALID;
     }
     const khost_plugin_descriptor *d = plugin.desc;
+    /* The flags as the descriptor holds them before init (init may set
+     * more: ABI.md, Flags). */
+    uint64_t flags = KHOST_DESCRIPTOR_HAS(d, flags) ? d->flags : 0;
+    bool no_headers = (flags & KHOST_PLUGIN_NO_HEADERS) != 0;
     if (json) {
 #define HAS(f) json_boolean(KHOST_DESCRIPTOR_HAS(d, f) && d->f)
         json_t *cb =
@@ -454,14 +458,17 @@ static int cmd_plugin_info(int argc, char **argv) {
                       "on_assign", HAS(on_assign), "on_revoke", HAS(on_revoke),
                       "tick", HAS(tick), "get_extension", HAS(get_extension));
 #undef HAS
+        json_t *fl = json_array();
+        if (no_headers)
+            json_array_append_new(fl, json_string("no_headers"));
         print_json(json_pack(
-            "{s:o,s:o,s:o,s:o,s:{s:i,s:i},s:{s:i,s:i},s:i,s:b,s:o}", "path",
+            "{s:o,s:o,s:o,s:o,s:{s:i,s:i},s:{s:i,s:i},s:i,s:b,s:o,s:o}", "path",
             plugin_text(path), "name", plugin_text(d->name), "version",
             plugin_text(d->version), "description", plugin_text(d->description),
             "abi", "major", (int)d->abi_major, "minor", (int)d->abi_minor,
             "host_abi", "major", KHOST_ABI_MAJOR, "minor", KHOST_ABI_MINOR,
             "descriptor_size", (int)d->struct_size, "compatible", 1,
-            "callbacks", cb));
+            "callbacks", cb, "flags", fl));
         plugin_unload(&plugin);
         return EXIT_OK;
     }
@@ -476,6 +483,7 @@ static int cmd_plugin_info(int argc, char **argv) {
     printf("descriptor:  %u bytes\n", d->struct_size);
     printf("required:    init handle terminate\n");
     printf("optional:    %s\n", optional);
+    printf("flags:       %s\n", no_headers ? "no_headers" : "none");
     plugin_unload(&plugin);
     return EXIT_OK;
 }

@@ -211,6 +211,7 @@ typedef struct pt_worker {
     char init_error[512];    /* its INIT_FAILED text */
     kh_plugin_output output; /* the plugin's stdout and stderr */
     char out_tag[96];
+    uint64_t plugin_flags; /* from READY: the descriptor's flags */
 } pt_worker;
 
 typedef struct pt {
@@ -1035,6 +1036,7 @@ static int read_worker(pt *t, pt_worker *w) {
         case KH_F_READY:
             a = tr_get_str(&r, &len);
             b = tr_get_str(&r, &len2);
+            w->plugin_flags = tr_get_u64(&r);
             if (!r.error && w->state == PT_W_STARTING) {
                 char *name = str_dup(a, len), *version = str_dup(b, len2);
                 klog_debug("pipeline=%s worker=%d pid=%d ready: plugin %s %s",
@@ -1141,8 +1143,12 @@ static void dispatch(pt *t, pt_worker *w, int64_t now) {
         tr_put_i32(b, RD_KAFKA_TIMESTAMP_CREATE_TIME);
         tr_put_blob(b, m->key.null ? NULL : m->key.p, m->key.len);
         tr_put_blob(b, m->value.null ? NULL : m->value.p, m->value.len);
-        tr_put_u32(b, (uint32_t)m->n_headers);
-        for (size_t h = 0; h < m->n_headers; h++) {
+        /* As in `khost run`: a plugin that said it never reads headers
+         * gets none. */
+        size_t n_headers =
+            w->plugin_flags & KHOST_PLUGIN_NO_HEADERS ? 0 : m->n_headers;
+        tr_put_u32(b, (uint32_t)n_headers);
+        for (size_t h = 0; h < n_headers; h++) {
             tr_put_str(b, m->header_names[h]);
             tr_put_blob(b,
                         m->header_values[h].null ? NULL : m->header_values[h].p,

@@ -471,9 +471,10 @@ int supervisor_start(kh_pipeline_rt *pl) {
 }
 
 void supervisor_worker_ready(kh_worker *w, const char *name,
-                             const char *version) {
+                             const char *version, uint64_t plugin_flags) {
     kh_pipeline_rt *pl = w->pl;
     transition(w, KH_WE_READY);
+    w->plugin_flags = plugin_flags;
     w->served = true;
     w->failed_starts = 0;
     snprintf(w->plugin_version, sizeof w->plugin_version, "%s", version);

@@ -64,6 +64,7 @@ struct kh_worker {
     char plugin_name[128];
     char init_error[512]; /* INIT_FAILED text */
     char plugin_version[64];
+    uint64_t plugin_flags; /* its plugin's descriptor.flags (READY) */
 };
 
 /* A worker's crash, as the supervisor saw it. */
@@ -100,7 +101,7 @@ typedef struct kh_supervisor_events {
 
 int supervisor_start(kh_pipeline_rt *pl);
 void supervisor_worker_ready(kh_worker *w, const char *name,
-                             const char *version);
+                             const char *version, uint64_t plugin_flags);
 void supervisor_kill(kh_worker *w, const char *reason);
 /* An operator's restart of a serving worker: SHUTDOWN now (it handles
  * what it was sent, runs terminate, exits), then a new process at once,

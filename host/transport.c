@@ -196,7 +196,7 @@ void tr_patch_u32(kh_buf *b, size_t pos, uint32_t v) {
 }
 
 void tr_put_kafka_message(kh_buf *b, uint64_t token, uint32_t attempt,
-                          const rd_kafka_message_t *m) {
+                          const rd_kafka_message_t *m, bool headers) {
     rd_kafka_timestamp_type_t tstype = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
     int64_t ts = rd_kafka_message_timestamp(m, &tstype);
     int32_t kh_tstype;
@@ -221,6 +221,10 @@ void tr_put_kafka_message(kh_buf *b, uint64_t token, uint32_t attempt,
     tr_put_i32(b, kh_tstype);
     tr_put_blob(b, m->key, m->key_len);
     tr_put_blob(b, m->payload, m->len);
+    if (!headers) {
+        tr_put_u32(b, 0);
+        return;
+    }
 
     /* rd_kafka_message_headers only parses lazily into the message; it
      * does not change what the message means, so casting away const is

@@ -34,7 +34,8 @@
  *               frame, so nothing is handled out of order while the host
  *               rewinds and redelivers.
  *   worker -> host
- *     READY        str plugin_name, str plugin_version
+ *     READY        str plugin_name, str plugin_version, u64 plugin_flags
+ *                  (the descriptor's flags, ABI 1.2; 0 for older plugins)
  *     INIT_FAILED  str message
  *     RESULTS      u32 n, n x (u64 token, u8 result)
  *                  result: khost_result, or KH_RESULT_SKIPPED
@@ -118,9 +119,11 @@ void tr_put_blob(kh_buf *b, const void *p, size_t len); /* p NULL: null */
 
 /* Append one message of a MESSAGES frame, straight from librdkafka's
  * message (no intermediate copy). The caller writes the u32 count first
- * (and may patch it later through tr_patch_u32). */
+ * (and may patch it later through tr_patch_u32). With `headers` false
+ * the message goes with 0 headers and librdkafka's headers are not
+ * parsed (the worker's plugin set KHOST_PLUGIN_NO_HEADERS). */
 void tr_put_kafka_message(kh_buf *b, uint64_t token, uint32_t attempt,
-                          const rd_kafka_message_t *m);
+                          const rd_kafka_message_t *m, bool headers);
 void tr_patch_u32(kh_buf *b, size_t pos, uint32_t v);
 
 /* ---- decoding (bounds-checked cursor over one frame's payload) ---- */

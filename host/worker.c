@@ -576,6 +576,8 @@ static void start_plugin(worker *w, const char *startup_error) {
     size_t start = tr_frame_begin(&w->conn.out, KH_F_READY);
     tr_put_str(&w->conn.out, w->desc->name);
     tr_put_str(&w->conn.out, version);
+    tr_put_u64(&w->conn.out,
+               KHOST_DESCRIPTOR_HAS(w->desc, flags) ? w->desc->flags : 0);
     tr_frame_end(&w->conn.out, start);
     /* Logged before READY goes out so the line is there by the time the
      * host acts on READY. */

@@ -829,7 +829,7 @@ Test(badinput, malformed_plugins_refused_by_run_with_one_line, .timeout = 60) {
         const char *problem;
     } cases[] = {
         {FIXTURE("fx_abi_major"), ": plugin ABI major 2 is not supported"},
-        {FIXTURE("fx_abi_minor"), ": plugin ABI 1.2 is newer than this host's"},
+        {FIXTURE("fx_abi_minor"), ": plugin ABI 1.3 is newer than this host's"},
         {FIXTURE("fx_no_entry"), ": no entry point 'khost_plugin_entry'"},
         {FIXTURE("fx_no_handle"), ": required callback 'handle' is NULL"},
         {FIXTURE("fx_small_struct"), ": descriptor too small"},

@@ -5,6 +5,7 @@
 #include <criterion/criterion.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <khost/plugin.h>
 #include <librdkafka/rdkafka.h>
 #include <signal.h>
 #include <stdio.h>
@@ -35,7 +36,7 @@ Test(cli, help_lists_commands_and_exit_codes) {
 Test(cli, version_names_abi) {
     tu_result r = run((char *[]){KHOST, "--version", NULL});
     cr_assert_eq(r.exit_code, 0);
-    cr_assert(strstr(r.out, "khost " KHOST_VERSION " (plugin ABI 1.1)"), "%s",
+    cr_assert(strstr(r.out, "khost " KHOST_VERSION " (plugin ABI 1.2)"), "%s",
               r.out);
     tu_result_free(&r);
 }
@@ -59,8 +60,9 @@ Test(cli, plugin_info_shows_descriptor) {
         run((char *[]){KHOST, "plugin-info", PLUGINS "/file_sink.so", NULL});
     cr_assert_eq(r.exit_code, 0, "%s", r.err);
     cr_assert(strstr(r.out, "name:        file_sink\n"), "%s", r.out);
-    cr_assert(strstr(r.out, "abi:         1.1 (host speaks 1.1)"), "%s", r.out);
+    cr_assert(strstr(r.out, "abi:         1.2 (host speaks 1.2)"), "%s", r.out);
     cr_assert(strstr(r.out, "optional:    handle_batch tick"), "%s", r.out);
+    cr_assert(strstr(r.out, "flags:       none\n"), "%s", r.out);
     tu_result_free(&r);
     r = run((char *[]){KHOST, "plugin-info", KHOST_FIXTURE_DIR "/fx_full.so",
                        NULL});
@@ -112,7 +114,7 @@ Test(cli, plugin_info_json) {
         1);
     cr_assert_eq(json_integer_value(
                      json_object_get(json_object_get(j, "host_abi"), "minor")),
-                 1);
+                 KHOST_ABI_MINOR);
     cr_assert(json_is_true(json_object_get(j, "compatible")));
     cr_assert_gt(json_integer_value(json_object_get(j, "descriptor_size")), 0);
     const char *all[] = {"init",         "handle",       "terminate",
@@ -126,6 +128,11 @@ Test(cli, plugin_info_json) {
     cr_assert_str_eq(json_string_value(json_object_get(j, "name")), "noop");
     cr_assert(cb(j, "handle") && cb(j, "handle_batch") && !cb(j, "tick") &&
               !cb(j, "on_revoke") && !cb(j, "get_extension"));
+    json_t *fl = json_object_get(j, "flags");
+    cr_assert(
+        json_array_size(fl) == 1 &&
+            !strcmp(json_string_value(json_array_get(fl, 0)), "no_headers"),
+        "noop says it never reads headers");
     json_decref(j);
     /* file_sink: handle_batch and tick. */
     j = plugin_info_json(PLUGINS "/file_sink.so", 0);

@@ -193,6 +193,39 @@ Test(failure, retry_succeeds_on_third_attempt_in_order, .timeout = 90) {
     tu_rmdir(dir);
 }
 
+/* A plugin that set KHOST_PLUGIN_NO_HEADERS (fault's no_headers = true)
+ * gets every message without headers, and its dead letter still carries
+ * the original ones: the host reads them from Kafka's copy. */
+Test(failure, no_headers_plugin_gets_none_dead_letter_keeps_them,
+     .timeout = 90) {
+    th_cluster c;
+    th_cluster_start(&c, 1);
+    th_create_topic(&c, "f9", 2);
+    th_produce(&c, "f9", 2, 100, 1, 30, "BAD");
+    char *dir = tu_tmpdir();
+    th_host h;
+    th_host_start(&h, dir, "host",
+                  ini(&c, dir, "f9", "", "fail_on = BAD\nno_headers = true"));
+    cr_assert(th_wait_committed(&c, "g", "f9", 2, 100, 60000), "%s",
+              th_log(&h));
+    cr_assert_eq(th_host_stop(&h, SIGTERM, 20000), 0);
+    th_ledger l;
+    th_ledger_init(&l, 2, 100);
+    char *r = rec(dir);
+    th_ledger_add_file(&l, r);
+    assert_all_but(&l, -1, -1);
+    char *text = tu_read_file(r, NULL);
+    cr_assert_not_null(strstr(text, "\"headers\":[]"), "%s", text);
+    cr_assert_null(strstr(text, "\"headers\":[{"),
+                   "a no_headers plugin was given headers:\n%s", text);
+    free(text);
+    assert_dlq_holds(&c, "f9.dlq", 1, 30, "handler answered FAIL");
+    th_ledger_free(&l);
+    th_host_free(&h);
+    th_cluster_stop(&c);
+    tu_rmdir(dir);
+}
+
 Test(failure, fail_with_skip_is_logged_and_acked, .timeout = 90) {
     th_cluster c;
     th_cluster_start(&c, 1);

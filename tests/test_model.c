@@ -1254,8 +1254,9 @@ void supervisor_kill(kh_worker *w, const char *reason) {
 }
 
 void supervisor_worker_ready(kh_worker *w, const char *name,
-                             const char *version) {
+                             const char *version, uint64_t plugin_flags) {
     w->state = KH_W_READY;
+    w->plugin_flags = plugin_flags;
     snprintf(w->plugin_name, sizeof w->plugin_name, "%s", name);
     snprintf(w->plugin_version, sizeof w->plugin_version, "%s", version);
     if (w->candidate)
@@ -1817,6 +1818,7 @@ static void r_ready_next(rmodel *r) {
         size_t start = tr_frame_begin(b, KH_F_READY);
         tr_put_str(b, "fault");
         tr_put_str(b, "model");
+        tr_put_u64(b, 0); /* plugin flags */
         tr_frame_end(b, start);
         while (buf_pending(b))
             CHECK(conn_flush(&r->wend[k]) >= 0, "worker end cannot write");

@@ -336,6 +336,32 @@ Test(plugin_test, deferred_timeout_retries) {
     run_free(&x);
 }
 
+/* As in `khost run`: a plugin that set KHOST_PLUGIN_NO_HEADERS gets no
+ * headers, and one that did not gets them. */
+Test(plugin_test, headers_follow_the_plugin_flags) {
+    const char *in = "{\"value\":\"a\",\"headers\":{\"h\":\"v\"}}\n";
+    for (int no_headers = 0; no_headers < 2; no_headers++) {
+        char rec[512], rec_kv[600];
+        snprintf(rec, sizeof rec, "%s/rec%d.jsonl", dir, no_headers);
+        snprintf(rec_kv, sizeof rec_kv, "record=%s", rec);
+        run x = plugin_test(
+            FAULT, in,
+            (const char *const[]){
+                "--config", rec_kv, "--config",
+                no_headers ? "no_headers=true" : "no_headers=false", NULL});
+        cr_assert_eq(x.r.exit_code, 0, "%s%s", x.r.out, x.r.err);
+        assert_result(&x, 0, 0, "ack", 1);
+        char *text = tu_read_file(rec, NULL);
+        cr_assert_not_null(text);
+        const char *want =
+            no_headers ? "\"headers\":[]"
+                       : "\"headers\":[{\"name\":\"h\",\"value\":\"v\"}]";
+        cr_assert(strstr(text, want), "no_headers=%d: %s", no_headers, text);
+        free(text);
+        run_free(&x);
+    }
+}
+
 Test(plugin_test, malformed_lines_name_their_line_and_the_rest_runs) {
     run x = plugin_test(NOOP,
                         "{\"value\":\"a\"}\n"

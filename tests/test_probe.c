@@ -416,7 +416,7 @@ Test(probe, probe_plugin_command_reports_one_line) {
     tu_result r =
         tu_run((char *[]){KHOST, "probe-plugin", FX("fx_good"), NULL}, 20000);
     cr_assert_eq(r.exit_code, 0, "%s", r.err);
-    cr_assert_str_eq(r.out, "fx_good 0.0.1 (ABI 1.1)\n");
+    cr_assert_str_eq(r.out, "fx_good 0.0.1 (ABI 1.2)\n");
     tu_result_free(&r);
     r = tu_run((char *[]){KHOST, "probe-plugin", FX("fx_no_handle"), NULL},
                20000);

@@ -411,9 +411,11 @@ Test(message, kafka_message_round_trips, .timeout = 30) {
     cr_assert_eq(rd_kafka_assign(cons, tp), 0);
     rd_kafka_topic_partition_list_destroy(tp);
 
-    kh_buf b = {0};
+    kh_buf b = {0},
+           bare = {0}; /* bare: as for a KHOST_PLUGIN_NO_HEADERS plugin */
     size_t count_pos = b.len;
     tr_put_u32(&b, 0);
+    tr_put_u32(&bare, 2);
     uint32_t got = 0;
     int64_t deadline = kh_now_ms() + 15000;
     while (got < 2 && kh_now_ms() < deadline) {
@@ -421,7 +423,8 @@ Test(message, kafka_message_round_trips, .timeout = 30) {
         if (!m)
             continue;
         if (!m->err) {
-            tr_put_kafka_message(&b, 1000 + got, got + 1, m);
+            tr_put_kafka_message(&b, 1000 + got, got + 1, m, true);
+            tr_put_kafka_message(&bare, 1000 + got, got + 1, m, false);
             got++;
         }
         rd_kafka_message_destroy(m);
@@ -466,6 +469,21 @@ Test(message, kafka_message_round_trips, .timeout = 30) {
     cr_assert_eq(m.timestamp_type, KHOST_TIMESTAMP_CREATE_TIME);
     cr_assert_gt(m.timestamp_ms, 0);
     cr_assert_eq(r.left, 0);
+
+    /* Without headers: the same message, header_count 0. */
+    r = reader_of(&bare);
+    cr_assert_eq(tr_get_u32(&r), 2);
+    cr_assert_eq(tr_get_message(&r, &m, &strings, &headers, &cap), 0);
+    cr_assert_eq(m.ack_token, 1000);
+    cr_assert_eq(m.offset, 0);
+    cr_assert_eq(m.key_len, 3);
+    cr_assert_arr_eq(m.value, binary, sizeof binary);
+    cr_assert_eq(m.header_count, 0);
+    cr_assert_eq(tr_get_message(&r, &m, &strings, &headers, &cap), 0);
+    cr_assert_eq(m.offset, 1);
+    cr_assert_eq(m.header_count, 0);
+    cr_assert_eq(r.left, 0);
+    buf_free(&bare);
 
     free(headers);
     buf_free(&strings);

@@ -207,7 +207,8 @@ static void wk_init(wk *w, const char *plugin, uint32_t tick_ms, ...) {
     wk_send(w);
 }
 
-static void wk_ready(wk *w, const char *name) {
+/* Returns the plugin flags READY carries. */
+static uint64_t wk_ready(wk *w, const char *name) {
     kh_reader r;
     wk_expect(w, KH_F_READY, &r);
     size_t len;
@@ -215,7 +216,10 @@ static void wk_ready(wk *w, const char *name) {
     cr_assert_eq(len, strlen(name));
     cr_assert(!memcmp(p, name, len));
     tr_get_str(&r, &len);
+    uint64_t flags = tr_get_u64(&r);
     cr_assert_eq(r.error, 0);
+    cr_assert_eq(r.left, 0);
+    return flags;
 }
 
 typedef struct tmsg {
@@ -481,6 +485,25 @@ Test(worker, truncated_messages_frame_is_a_protocol_error) {
     wk_free(&w);
 }
 
+/* READY carries the descriptor's flags as init left them (ABI 1.2). */
+Test(worker, ready_carries_the_plugin_flags) {
+    const char *no_headers[] = {NULL, "false", "true"};
+    for (int i = 0; i < 3; i++) {
+        wk w;
+        wk_spawn(&w, 0);
+        if (no_headers[i])
+            wk_init(&w, FAULT, 0, "no_headers", no_headers[i], NULL);
+        else
+            wk_init(&w, FAULT, 0, NULL);
+        uint64_t flags = wk_ready(&w, "fault");
+        cr_assert_eq(flags, i == 2 ? KHOST_PLUGIN_NO_HEADERS : 0,
+                     "no_headers=%s: flags %" PRIu64,
+                     no_headers[i] ? no_headers[i] : "(unset)", flags);
+        wk_shutdown_ok(&w);
+        wk_free(&w);
+    }
+}
+
 Test(worker, exits_when_host_closes_channel) {
     wk w;
     wk_spawn(&w, 0);
@@ -550,7 +573,7 @@ Test(worker, message_fields_config_and_callbacks) {
     char *rec = wk_record(&w);
     char expect[1024];
     snprintf(expect, sizeof expect,
-             "init pipe/2 api=%zu abi=1.1\n"
+             "init pipe/2 api=%zu abi=1.2\n"
              "config record=%s\n"
              "config colour=blue\n"
              "missing=null\n"

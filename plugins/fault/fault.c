@@ -26,6 +26,11 @@
  *                      on_revoke from acking: acks then come only at tick,
  *                      after the host has released the partition (tests
  *                      use it to show such late acks are dropped)
+ *   no_headers = true|false  (default false) set KHOST_PLUGIN_NO_HEADERS
+ *                      in the descriptor from init: the host then passes
+ *                      no headers (records show "headers":[]); tests use
+ *                      it to show that, and that a dead letter still
+ *                      carries the original headers
  * A marker triggers when the message value contains TEXT anywhere, as
  * bytes: values may be binary and contain NUL. When several markers
  * match, the first in the order listed above wins.
@@ -112,8 +117,9 @@ static void set_err(const khost_init_args *args, const char *fmt, ...) {
 }
 
 static int known_key(const char *key) {
-    static const char *const others[] = {"record", "slow_ms", "defer_all",
-                                         "misbehave_attempts", "ack_on_revoke"};
+    static const char *const others[] = {"record",        "slow_ms",
+                                         "defer_all",     "misbehave_attempts",
+                                         "ack_on_revoke", "no_headers"};
     for (size_t i = 0; i < M_COUNT; i++)
         if (!strcmp(key, marker_keys[i]))
             return 1;
@@ -133,6 +139,8 @@ static void fault_free(fault *f) {
     free(f->record_path);
     free(f);
 }
+
+static khost_plugin_descriptor descriptor; /* defined at the end */
 
 static int fault_init(const khost_init_args *args, void **state) {
     const khost_host_api *api = args->api;
@@ -212,6 +220,18 @@ static int fault_init(const khost_init_args *args, void **state) {
             set_err(args,
                     "fault: invalid defer_all '%s' (allowed: true, false)",
                     defer_all);
+            goto fail;
+        }
+    }
+
+    const char *no_headers = api->config_get(host, "no_headers");
+    if (no_headers) {
+        if (!strcmp(no_headers, "true")) {
+            descriptor.flags |= KHOST_PLUGIN_NO_HEADERS;
+        } else if (strcmp(no_headers, "false")) {
+            set_err(args,
+                    "fault: invalid no_headers '%s' (allowed: true, false)",
+                    no_headers);
             goto fail;
         }
     }
@@ -426,7 +446,9 @@ static void fault_terminate(void *state) {
         fault_free(state);
 }
 
-static const khost_plugin_descriptor descriptor = {
+/* Not const: init sets KHOST_PLUGIN_NO_HEADERS from `no_headers`. The
+ * host reads flags once init has returned (plugin-api/ABI.md). */
+static khost_plugin_descriptor descriptor = {
     .struct_size = sizeof(khost_plugin_descriptor),
     .abi_major = KHOST_ABI_MAJOR,
     .abi_minor = KHOST_ABI_MINOR,

@@ -38,6 +38,8 @@ static const khost_plugin_descriptor descriptor = {
     .handle = noop_handle,
     .terminate = noop_terminate,
     .handle_batch = noop_handle_batch,
+    /* noop never looks at headers: spare the host parsing them. */
+    .flags = KHOST_PLUGIN_NO_HEADERS,
 };
 
 KHOST_PLUGIN_EXPORT const khost_plugin_descriptor *khost_plugin_entry(void) {

@@ -33,6 +33,8 @@
 #                    BENCH_REFERENCE_KAFKA), to compare both with a setting
 #   BENCH_BUILD_DIR  build directory (default <repo>/build)
 #   BENCH_NO_BUILD=1 do not build, use the binaries as they are
+#   BENCH_PLUGIN     the khost rows' plugin (default <build>/plugins/noop.so,
+#                    which sets KHOST_PLUGIN_NO_HEADERS); rows still say noop
 #   BENCH_KEEP=1     keep the work directory with every log
 #
 # Exit status: 0 when the benchmark ran (whatever the numbers), 1 when it
@@ -78,7 +80,7 @@ if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
         }
 fi
 KHOST=$BUILD/khost
-NOOP=$BUILD/plugins/noop.so
+NOOP=${BENCH_PLUGIN:-$BUILD/plugins/noop.so}
 BIN=$BUILD/bench
 for t in $TOOLS; do
     if [[ ! -x $BIN/$t ]]; then
