@@ -41,9 +41,21 @@ void dispatch_send_partition_event(kh_part *part, kh_frame_type type) {
         sd_event_source_set_io_events(w->io_src, EPOLLIN | EPOLLOUT);
 }
 
-/* Fill one MESSAGES frame for `w`; returns the number of messages. */
-static size_t fill_frame(kh_pipeline_rt *pl, kh_worker *w, int64_t now) {
-    kh_buf *b = &w->conn.out;
+/* Where fill_frame writes one MESSAGES frame: the socket's buffer
+ * (limit 0), or a region of the message ring of `limit` bytes. */
+typedef struct frame_dst {
+    kh_buf *b;
+    size_t limit;
+    bool too_big; /* ring: the first message can never fit a ring frame */
+} frame_dst;
+
+/* Fill one MESSAGES frame for `w` into d; returns the number of
+ * messages. Into the ring, each message is measured before it is taken,
+ * so the frame stops short of the region instead of overflowing it. */
+static size_t fill_frame(kh_pipeline_rt *pl, kh_worker *w, int64_t now,
+                         frame_dst *d) {
+    kh_buf *b = d->b;
+    bool headers = !(w->plugin_flags & KHOST_PLUGIN_NO_HEADERS);
     size_t start = tr_frame_begin(b, KH_F_MESSAGES);
     size_t count_pos = b->len;
     tr_put_u32(b, 0);
@@ -72,13 +84,23 @@ static size_t fill_frame(kh_pipeline_rt *pl, kh_worker *w, int64_t now) {
                 frame_full = true;
                 break;
             }
+            if (d->limit) {
+                size_t sz = tr_kafka_message_size(head, headers);
+                if (sz > d->limit - b->len) {
+                    if (n == 0 &&
+                        sz > KH_RING_FRAME_MAX - KH_FRAME_HEADER_SIZE - 4)
+                        d->too_big = true;
+                    frame_full = true;
+                    break;
+                }
+            }
             uint64_t seq;
             uint32_t attempt;
             rd_kafka_message_t *m = part_take(part, &seq, &attempt);
             if (!m)
                 continue; /* acked before a rewind: not sent again */
             tr_put_kafka_message(b, kh_token_make(part->slot, seq), attempt, m,
-                                 !(w->plugin_flags & KHOST_PLUGIN_NO_HEADERS));
+                                 headers);
             offsets_stamp(&part->off, seq, now,
                           rd_kafka_message_timestamp(m, NULL));
             bytes += m->len + m->key_len;
@@ -103,6 +125,61 @@ static size_t fill_frame(kh_pipeline_rt *pl, kh_worker *w, int64_t now) {
     return n;
 }
 
+static bool lie(kh_worker *w, const char *what);
+
+/* Load and check the tail the worker stored (transport.h's rules). */
+static bool ring_sync(kh_worker *w) {
+    uint64_t tail = status_ring_tail(w->status);
+    if (tail < w->ring_tail || tail > w->ring_head)
+        return lie(w, "moved its message ring tail outside what it was given");
+    w->ring_tail = tail;
+    return true;
+}
+
+/* Fill one MESSAGES frame into w's ring and queue the RING frame that
+ * points at it; a message too big for any ring frame goes on the socket
+ * instead. Returns the number of messages (0: nothing to send, or no
+ * room until the worker answers). */
+static size_t fill_ring_frame(kh_pipeline_rt *pl, kh_worker *w, int64_t now) {
+    if (!ring_sync(w))
+        return 0;
+    size_t size = KH_RING_BYTES;
+    size_t free_b = size - (size_t)(w->ring_head - w->ring_tail);
+    size_t at = (size_t)(w->ring_head % size);
+    size_t room = size - at < free_b ? size - at : free_b;
+    size_t skip = 0;
+    /* Little left before the end, more free at the front: start there
+     * (the skipped bytes are the worker's to free with this frame). An
+     * empty ring always gives a whole KH_RING_FRAME_MAX this way. */
+    if (room < KH_RING_FRAME_MAX && free_b - room > room) {
+        skip = room;
+        at = 0;
+        room = free_b - skip;
+    }
+    kh_buf fb = {.data = w->ring + at,
+                 .cap = room < KH_RING_FRAME_MAX ? room : KH_RING_FRAME_MAX,
+                 .fixed = true};
+    /* Too small for a frame header: wait for the worker to free more. */
+    if (fb.cap < KH_FRAME_HEADER_SIZE + 4)
+        return 0;
+    frame_dst d = {.b = &fb, .limit = fb.cap};
+    size_t n = fill_frame(pl, w, now, &d);
+    if (n) {
+        uint64_t pos = w->ring_head + skip;
+        w->ring_head = pos + fb.len;
+        size_t start = tr_frame_begin(&w->conn.out, KH_F_RING);
+        tr_put_u64(&w->conn.out, pos);
+        tr_put_u32(&w->conn.out, (uint32_t)fb.len);
+        tr_frame_end(&w->conn.out, start);
+        return n;
+    }
+    if (!d.too_big)
+        return 0;
+    w->rr--; /* the same round-robin start, on the socket */
+    frame_dst sock = {.b = &w->conn.out};
+    return fill_frame(pl, w, now, &sock);
+}
+
 void dispatch_pump(kh_pipeline_rt *pl) {
     if (pl->failed)
         return;
@@ -111,9 +188,11 @@ void dispatch_pump(kh_pipeline_rt *pl) {
         kh_worker *w = pl_worker(pl, i);
         if (w->state != KH_W_READY)
             continue;
-        while (w->inflight < KH_MAX_INFLIGHT &&
+        frame_dst sock = {.b = &w->conn.out};
+        while (w->state == KH_W_READY && w->inflight < KH_MAX_INFLIGHT &&
                buf_pending(&w->conn.out) < KH_OUTBUF_MAX &&
-               fill_frame(pl, w, now) > 0)
+               (w->ring ? fill_ring_frame(pl, w, now)
+                        : fill_frame(pl, w, now, &sock)) > 0)
             ;
         if (buf_pending(&w->conn.out) && conn_flush(&w->conn) == 1)
             sd_event_source_set_io_events(w->io_src, EPOLLIN | EPOLLOUT);
@@ -287,6 +366,15 @@ static bool handle_results(kh_worker *w, kh_reader *r) {
     }
     if (r->left)
         return lie(w, "sent trailing bytes after its results");
+    /* Every message answered: the worker stored the tail of each ring
+     * frame before its last results, so the whole ring must be free. */
+    if (w->ring && w->inflight == 0) {
+        if (!ring_sync(w))
+            return false;
+        if (w->ring_tail != w->ring_head)
+            return lie(w, "answered every message but kept message ring "
+                          "space");
+    }
     return true;
 }
 

@@ -164,6 +164,7 @@ static void release_process(kh_worker *w) {
         worker_proc_unmap(w->status);
         w->status = NULL;
     }
+    w->ring = NULL;
     w->inflight = 0;
     if (w->pid)
         w->last_pid = w->pid;
@@ -402,6 +403,8 @@ int supervisor_spawn(kh_worker *w) {
         return -1;
     }
     w->status = proc.status;
+    w->ring = proc.ring;
+    w->ring_head = w->ring_tail = 0;
     /* Only this source (or a drain's waitid) reaps the worker, and an
      * unreaped pid cannot be reused: kill() and waitid() by pid are safe. */
     int rc = sd_event_add_child(pl->host->ev, &w->child_src, proc.pid, WEXITED,
@@ -413,6 +416,7 @@ int supervisor_spawn(kh_worker *w) {
         close(proc.out_fd);
         worker_proc_unmap(w->status);
         w->status = NULL;
+        w->ring = NULL;
         klog_error("pipeline=%s worker=%d: cannot start a worker process: %s",
                    pl->cfg->name, w->index, strerror(-rc));
         schedule_restart(w, true);

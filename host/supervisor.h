@@ -49,11 +49,16 @@ struct kh_worker {
     sd_event_source *eof_timer; /* channel closed: is it dying, or hiding? */
     kh_worker_status *status;   /* shared page, read-only for the host */
     size_t inflight;            /* messages sent without a result */
-    int n_parts;                /* partitions owned */
-    unsigned rr;                /* round-robin start among owned parts */
-    int consecutive_crashes;    /* crashes after READY, for the backoff */
-    int failed_starts;          /* deaths before READY since the last READY */
-    bool served;                /* this process answered READY */
+    /* The message ring (transport.h), written by dispatch: NULL while no
+     * process runs. head is where the next frame goes; tail is the last
+     * checked value the worker stored. */
+    uint8_t *ring;
+    uint64_t ring_head, ring_tail;
+    int n_parts;             /* partitions owned */
+    unsigned rr;             /* round-robin start among owned parts */
+    int consecutive_crashes; /* crashes after READY, for the backoff */
+    int failed_starts;       /* deaths before READY since the last READY */
+    bool served;             /* this process answered READY */
     /* An operator asked for a restart (supervisor_restart): SHUTDOWN was
      * sent at stop_sent_ms; an orderly exit is followed by a spawn. */
     bool restart_requested;

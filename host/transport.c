@@ -40,6 +40,13 @@ void buf_free(kh_buf *b) {
 static void buf_reserve(kh_buf *b, size_t extra) {
     if (b->cap - b->len >= extra)
         return;
+    if (b->fixed) {
+        /* The caller sized the region for what it writes (a ring frame
+         * is measured by tr_kafka_message_size first): this is a bug. */
+        klog_error("transport: %zu bytes do not fit a fixed buffer of %zu",
+                   b->len + extra, b->cap);
+        abort();
+    }
     size_t need = b->len + extra;
     if (need < b->len)
         goto oom;
@@ -252,6 +259,34 @@ void tr_put_kafka_message(kh_buf *b, uint64_t token, uint32_t attempt,
         written++;
     }
     tr_patch_u32(b, count_pos, written);
+}
+
+size_t tr_kafka_message_size(const rd_kafka_message_t *m, bool headers) {
+    /* token, attempt, topic length, partition, offset, timestamp,
+     * timestamp type, key and value lengths, header count */
+    size_t n = 8 + 4 + 4 + 4 + 8 + 8 + 4 + 4 + 4 + 4;
+    n += strlen(m->rkt ? rd_kafka_topic_name(m->rkt) : "");
+    if (m->key)
+        n += m->key_len;
+    if (m->payload)
+        n += m->len;
+    rd_kafka_headers_t *hdrs = NULL;
+    if (!headers ||
+        rd_kafka_message_headers((rd_kafka_message_t *)m, &hdrs) !=
+            RD_KAFKA_RESP_ERR_NO_ERROR ||
+        !hdrs)
+        return n;
+    size_t count = rd_kafka_header_cnt(hdrs);
+    for (size_t i = 0; i < count; i++) {
+        const char *name;
+        const void *value;
+        size_t size;
+        if (rd_kafka_header_get_all(hdrs, i, &name, &value, &size) !=
+            RD_KAFKA_RESP_ERR_NO_ERROR)
+            break; /* tr_put_kafka_message stops at the same place */
+        n += 4 + strlen(name ? name : "") + 4 + (value ? size : 0);
+    }
+    return n;
 }
 
 /* ------------------------------------------------------------------ */
@@ -519,6 +554,16 @@ void status_set_drain(kh_worker_status *s, bool on) {
 
 bool status_draining(const kh_worker_status *s) {
     return __atomic_load_n(&s->drain, __ATOMIC_ACQUIRE) != 0;
+}
+
+void status_set_ring_tail(kh_worker_status *s, uint64_t tail) {
+    /* Release: every read of the ring bytes before it is done. */
+    __atomic_store_n(&s->ring_tail, tail, __ATOMIC_RELEASE);
+}
+
+uint64_t status_ring_tail(const kh_worker_status *s) {
+    /* Acquire: the host writes over the freed bytes only after. */
+    return __atomic_load_n(&s->ring_tail, __ATOMIC_ACQUIRE);
 }
 
 /* 0.1 ms to 10 s: handlers are fast, or they talk to something slow. */

@@ -2,10 +2,12 @@
  * transport: the byte protocol between the host and a worker process.
  *
  * One SOCK_STREAM unix socketpair per worker carries length-prefixed
- * frames. The host batches many messages into one MESSAGES frame and the
- * worker answers a whole batch with one RESULTS frame, so the cost of a
- * syscall is spread over a batch. The host bounds how many messages each
- * worker has in flight (flow control lives in the host, not here).
+ * frames; MESSAGES frames themselves usually sit in a shared-memory ring
+ * beside it, named by small RING frames on the socket (see "message ring"). The
+ * host batches many messages into one MESSAGES frame and the worker answers a
+ * whole batch with one RESULTS frame, so the cost of a syscall is spread over a
+ * batch. The host bounds how many messages each worker has in flight (flow
+ * control lives in the host, not here).
  *
  * Everything a worker sends is untrusted: a worker runs plugin code that
  * may scribble over memory. Decoders never read past a frame, and frame
@@ -33,6 +35,10 @@
  *               partition's later messages (KH_RESULT_SKIPPED) until this
  *               frame, so nothing is handled out of order while the host
  *               rewinds and redelivers.
+ *     RING      u64 pos, u32 len: a whole MESSAGES frame (header and
+ *               payload, len bytes) sits in the worker's ring at absolute
+ *               position pos (see "message ring" below). It is handled in
+ *               its place in the stream, as if it had come on the socket.
  *   worker -> host
  *     READY        str plugin_name, str plugin_version, u64 plugin_flags
  *                  (the descriptor's flags, ABI 1.2; 0 for older plugins)
@@ -79,6 +85,7 @@ typedef enum kh_frame_type {
     KH_F_REVOKE = 4,
     KH_F_SHUTDOWN = 5,
     KH_F_RESUME = 6,
+    KH_F_RING = 7,
     KH_F_READY = 64,
     KH_F_INIT_FAILED = 65,
     KH_F_RESULTS = 66,
@@ -93,6 +100,10 @@ typedef struct kh_buf {
     size_t len; /* bytes written */
     size_t off; /* bytes already consumed from the front (reads/writes) */
     size_t cap;
+    /* Memory the buffer does not own (a region of the message ring):
+     * writing past cap aborts instead of growing, and buf_free must not
+     * be called on it. */
+    bool fixed;
 } kh_buf;
 
 void buf_free(kh_buf *b);
@@ -180,6 +191,39 @@ long conn_fill(kh_conn *c);
  * reserved field. */
 int conn_next_frame(kh_conn *c, uint16_t *type, kh_reader *payload);
 
+/* ---- message ring ---- */
+
+/*
+ * The status memfd goes on past its first page with a ring of
+ * KH_RING_BYTES: the host writes whole MESSAGES frames into it and sends
+ * only a small RING frame on the socket, so a message's bytes cross from
+ * the host to the worker with one copy (librdkafka's buffer to the ring)
+ * instead of three (to the socket buffer, into the kernel, out of it).
+ * Control frames, and messages too big for the ring, stay on the socket;
+ * both go through one ordered stream, so order is kept.
+ *
+ * Positions are absolute byte counts (u64, never wrap in practice); a
+ * frame's bytes sit at pos % size and never wrap around the end (the
+ * host skips to the start instead, and the skipped bytes are freed with
+ * the next frame). The rules each side keeps:
+ *   host:   writes only in [head, tail + size), and pos >= the end of the
+ *           previous ring frame; reads nothing from the ring;
+ *   worker: after it is done with a ring frame's messages (every handler
+ *           call on them returned) and before it sends the frame's last
+ *           RESULTS, it stores tail = pos + len (status page, release).
+ * The host checks every tail it loads: it never goes back, never passes
+ * head, and equals head once every message sent is answered. A worker
+ * that breaks that is killed like one that lies in a RESULTS frame. The
+ * memfd is sealed against resizing, so a worker cannot make the host's
+ * mapping fault.
+ */
+#define KH_RING_OFFSET 4096      /* the status page comes first */
+#define KH_RING_BYTES (1u << 20) /* per worker */
+#define KH_RING_FRAME_MAX (KH_RING_BYTES / 4)
+
+/* Exact encoded size of what tr_put_kafka_message appends for m. */
+size_t tr_kafka_message_size(const rd_kafka_message_t *m, bool headers);
+
 /* ---- worker status page ---- */
 
 /*
@@ -230,6 +274,9 @@ typedef struct kh_worker_status {
      * (/metrics): a worker can write anything here. */
     uint64_t handle_bucket[KH_HIST_N + 1];
     uint64_t handle_sum_ns;
+    /* Written by the worker: how far it is done with the message ring
+     * (see "message ring" above). The host checks what it reads. */
+    uint64_t ring_tail;
 } kh_worker_status;
 
 /* Accessors with the right memory ordering for a cross-process page. */
@@ -241,8 +288,10 @@ void status_observe_call(kh_worker_status *s, int64_t ns);
 /* Host side: add what the page counted to h (bucket counts, sum; count
  * is the buckets' total), saturating. */
 void status_read_hist(const kh_worker_status *s, kh_hist *h);
-void status_set_drain(kh_worker_status *s, bool on); /* host */
-bool status_draining(const kh_worker_status *s);     /* worker */
+void status_set_drain(kh_worker_status *s, bool on);           /* host */
+bool status_draining(const kh_worker_status *s);               /* worker */
+void status_set_ring_tail(kh_worker_status *s, uint64_t tail); /* worker */
+uint64_t status_ring_tail(const kh_worker_status *s);          /* host */
 /* Host side: snapshot. */
 void status_read(const kh_worker_status *s, uint64_t *token, uint32_t *count,
                  int64_t *started_ms);

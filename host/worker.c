@@ -22,6 +22,7 @@
 #include "plugin_loader.h"
 #include "transport.h"
 
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -32,6 +33,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -175,6 +177,11 @@ struct khost_host {
     kh_conn conn;
     kh_worker_status *status;
     size_t status_size;
+    /* The message ring after the status page (transport.h), or NULL when
+     * the host gave none; ring_end is where the last ring frame ended. */
+    const uint8_t *ring;
+    size_t ring_size;
+    uint64_t ring_end;
 
     kh_plugin plugin;
     void *state;
@@ -422,6 +429,14 @@ static void map_status(worker *w) {
     long page = sysconf(_SC_PAGESIZE);
     size_t pg = page > 0 ? (size_t)page : 4096;
     w->status_size = (sizeof(kh_worker_status) + pg - 1) / pg * pg;
+    /* A memfd longer than the page carries the message ring after it. */
+    struct stat st;
+    if (fstat(KH_WORKER_STATUS_FD, &st) == 0 && st.st_size > KH_RING_OFFSET &&
+        w->status_size <= KH_RING_OFFSET &&
+        (uint64_t)st.st_size - KH_RING_OFFSET <= KH_FRAME_MAX_TO_WORKER) {
+        w->ring_size = (size_t)st.st_size - KH_RING_OFFSET;
+        w->status_size = (size_t)st.st_size;
+    }
     void *p = mmap(NULL, w->status_size, PROT_READ | PROT_WRITE, MAP_SHARED,
                    KH_WORKER_STATUS_FD, 0);
     if (p == MAP_FAILED) {
@@ -430,6 +445,8 @@ static void map_status(worker *w) {
         exit(1);
     }
     w->status = p;
+    if (w->ring_size)
+        w->ring = (const uint8_t *)p + KH_RING_OFFSET;
     close(KH_WORKER_STATUS_FD);
 }
 
@@ -674,7 +691,10 @@ static void ensure_slots(worker *w, size_t n) {
     w->codes = xrealloc(w->codes, cap * sizeof *w->codes);
 }
 
-static void handle_messages(worker *w, kh_reader *r) {
+/* Handle one MESSAGES frame. ring_end: for a frame in the ring, the
+ * tail to store once its messages are no longer used (0: a socket
+ * frame). */
+static void handle_messages(worker *w, kh_reader *r, uint64_t ring_end) {
     uint32_t n = tr_get_u32(r);
     if (r->error || n > r->left / MSG_MIN_WIRE)
         protocol_error("MESSAGES frame with a bad count");
@@ -762,9 +782,11 @@ static void handle_messages(worker *w, kh_reader *r) {
                 set_insert(&w->deferred, m->ack_token);
             }
             /* A slow handler reports as it goes, so a crash later in the
-             * batch does not cost the acks of what was already done. */
+             * batch does not cost the acks of what was already done. The
+             * last result always waits for the end of the frame: a ring
+             * frame must be freed (ring_tail) before it goes. */
             int64_t now = t1 / 1000000;
-            if (now - last_flush >= EARLY_RESULTS_MS) {
+            if (i + 1 < n && now - last_flush >= EARLY_RESULTS_MS) {
                 put_results(w, sent, i + 1);
                 sent = i + 1;
                 send_or_die(w);
@@ -780,7 +802,41 @@ static void handle_messages(worker *w, kh_reader *r) {
      * deferred before it sees the ack. */
     put_results(w, sent, n);
     queue_acks(w);
+    /* Nothing points into the ring frame any more (results and acks are
+     * copied out): free it before the host sees the last results, which
+     * is when it may check that the ring is empty. */
+    if (ring_end)
+        status_set_ring_tail(w->status, ring_end);
     send_or_die(w);
+}
+
+/* A RING frame: check where it points, then handle the MESSAGES frame
+ * there. The host is trusted, but what it points at is checked as if it
+ * came on the socket. */
+static void handle_ring(worker *w, kh_reader *r) {
+    uint64_t pos = tr_get_u64(r);
+    uint32_t len = tr_get_u32(r);
+    if (r->error || r->left)
+        protocol_error("malformed RING frame");
+    if (!w->ring)
+        protocol_error("RING frame without a message ring");
+    size_t at = (size_t)(pos % w->ring_size);
+    if (pos < w->ring_end || len < KH_FRAME_HEADER_SIZE ||
+        len > w->ring_size - at || pos - w->ring_end > w->ring_size - len)
+        protocol_error("RING frame outside the message ring");
+    const uint8_t *f = w->ring + at;
+    uint32_t plen;
+    uint16_t type, reserved;
+    memcpy(&plen, f, 4);
+    memcpy(&type, f + 4, 2);
+    memcpy(&reserved, f + 6, 2);
+    if (le32toh(plen) != len - KH_FRAME_HEADER_SIZE ||
+        le16toh(type) != KH_F_MESSAGES || reserved != 0)
+        protocol_error("RING frame that does not hold one MESSAGES frame");
+    kh_reader payload = {.p = f + KH_FRAME_HEADER_SIZE,
+                         .left = len - KH_FRAME_HEADER_SIZE};
+    w->ring_end = pos + len;
+    handle_messages(w, &payload, w->ring_end);
 }
 
 static void handle_partition(worker *w, kh_reader *r, int assign) {
@@ -854,7 +910,10 @@ static void __attribute__((noreturn)) run(worker *w) {
         if (!timed_out) {
             switch (type) {
             case KH_F_MESSAGES:
-                handle_messages(w, &r);
+                handle_messages(w, &r, 0);
+                break;
+            case KH_F_RING:
+                handle_ring(w, &r);
                 break;
             case KH_F_ASSIGN:
                 handle_partition(w, &r, 1);

@@ -76,15 +76,22 @@ int worker_proc_spawn(const kh_pipeline *cfg, int index,
     if (pipe2(out, O_CLOEXEC) != 0 ||
         fcntl(out[0], F_SETFL, fcntl(out[0], F_GETFL) | O_NONBLOCK) != 0)
         goto error;
-    memfd = memfd_create("khost-worker-status", MFD_CLOEXEC);
-    if (memfd < 0 || ftruncate(memfd, KH_STATUS_PAGE) != 0)
+    /* The status page, then the message ring (transport.h). Sealed at
+     * its size: a worker that could shrink it would make the host's next
+     * access to its mapping a SIGBUS. */
+    memfd =
+        memfd_create("khost-worker-status", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (memfd < 0 || ftruncate(memfd, KH_STATUS_MAP) != 0 ||
+        fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) !=
+            0)
         goto error;
-    p->status = mmap(NULL, KH_STATUS_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
-                     memfd, 0);
+    p->status =
+        mmap(NULL, KH_STATUS_MAP, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
     if (p->status == MAP_FAILED) {
         p->status = NULL;
         goto error;
     }
+    p->ring = (uint8_t *)p->status + KH_RING_OFFSET;
 
     posix_spawn_file_actions_init(&fa);
     fa_ok = true;
@@ -170,7 +177,7 @@ void worker_proc_put_init(kh_buf *b, const kh_pipeline *cfg, int index,
 
 void worker_proc_unmap(kh_worker_status *s) {
     if (s)
-        munmap(s, KH_STATUS_PAGE);
+        munmap(s, KH_STATUS_MAP);
 }
 
 void worker_proc_describe_exit(const siginfo_t *si, char *buf, size_t len) {

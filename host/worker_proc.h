@@ -2,8 +2,8 @@
  * worker_proc: starting one worker process, the way production does it.
  *
  * The supervisor and `khost plugin-test` both start workers through this:
- * the same socketpair channel (fd 3), the same status page memfd (fd 4),
- * the same plugin output pipe (fd 5, plugin_output.h), the same
+ * the same socketpair channel (fd 3), the same status page and message ring
+ * memfd (fd 4), the same plugin output pipe (fd 5, plugin_output.h), the same
  * hardening options (hardening.h), exec of `khost worker` by
  * posix_spawn with a clean signal mask, and the same INIT frame. It owns
  * nothing after it returns: the caller owns the pid (and reaps it), the
@@ -21,13 +21,19 @@
 #include <sys/types.h>
 
 #define KH_STATUS_PAGE 4096
+/* The whole status memfd: the page, then the message ring. */
+#define KH_STATUS_MAP (KH_RING_OFFSET + KH_RING_BYTES)
+_Static_assert(KH_STATUS_PAGE == KH_RING_OFFSET, "the ring follows the page");
+_Static_assert(sizeof(kh_worker_status) <= KH_STATUS_PAGE, "status page");
 
 typedef struct kh_worker_proc {
     pid_t pid;
     int fd;     /* host end of the channel (CLOEXEC) */
     int out_fd; /* read end of the plugin's stdout and stderr (CLOEXEC,
                    nonblocking): for plugin_output_read */
-    kh_worker_status *status; /* the shared page, KH_STATUS_PAGE bytes */
+    kh_worker_status *status; /* the shared page and ring, KH_STATUS_MAP
+                                 bytes */
+    uint8_t *ring;            /* KH_RING_BYTES after the page */
 } kh_worker_proc;
 
 /* Start worker `index` of pipeline cfg on plugin_path. Returns 0 with p
@@ -40,7 +46,7 @@ int worker_proc_spawn(const kh_pipeline *cfg, int index,
 /* Append the INIT frame for that worker to b. */
 void worker_proc_put_init(kh_buf *b, const kh_pipeline *cfg, int index,
                           const char *plugin_path);
-/* Unmap a status page (NULL is fine). */
+/* Unmap a status page and its ring (NULL is fine). */
 void worker_proc_unmap(kh_worker_status *s);
 /* "exited with status 3", "killed by SIGSEGV (core dumped)". */
 void worker_proc_describe_exit(const siginfo_t *si, char *buf, size_t len);

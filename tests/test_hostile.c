@@ -11,9 +11,11 @@
 #define _GNU_SOURCE
 #include "harness.h"
 #include "testutil.h"
+#include "transport.h"
 
 #include <criterion/criterion.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -311,5 +313,33 @@ Test(hostile, closed_channel_live_worker_is_killed_and_restarted,
              (int)r.bad_pid);
     cr_assert_eq(tu_count(r.log, want), 1, "%s", r.log);
     assert_survived(&r, "killed by SIGKILL");
+    run_stop(&r);
+}
+
+/* fxh_hostile finds the ring tail by this offset. */
+_Static_assert(offsetof(kh_worker_status, ring_tail) == 184,
+               "update RING_TAIL_AT in tests/fixtures/fxh_hostile.c");
+
+/* A worker stores a message ring tail past anything the host wrote into
+ * its ring: believed, the host would write over bytes the worker still
+ * reads. It is killed instead, and nothing is lost. */
+Test(hostile, ring_tail_past_head_kills_worker, .timeout = 60) {
+    run r;
+    run_start(&r, "ring_tail", NULL, "linger_ms = 2000");
+    assert_lie(&r, "moved its message ring tail outside what it was given");
+    run_stop(&r);
+}
+
+/* The status page and ring are one memfd mapped by the host too; a
+ * worker that could shrink it would turn the host's next access into a
+ * SIGBUS. It is sealed: the shrink fails and the host goes on. */
+Test(hostile, status_memfd_cannot_be_shrunk, .timeout = 60) {
+    run r;
+    run_start(&r, "ring_shrink", NULL, NULL);
+    cr_assert(th_host_alive(&r.h), "the host died:\n%s", r.log);
+    cr_assert_eq(tu_count(r.log, "fxh_hostile: ftruncate: Operation not "
+                                 "permitted"),
+                 1, "%s", r.log);
+    cr_assert_eq(tu_count(r.log, " crashed: "), 0, "%s", r.log);
     run_stop(&r);
 }
