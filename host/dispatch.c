@@ -143,21 +143,10 @@ static bool ring_sync(kh_worker *w) {
 static size_t fill_ring_frame(kh_pipeline_rt *pl, kh_worker *w, int64_t now) {
     if (!ring_sync(w))
         return 0;
-    size_t size = KH_RING_BYTES;
-    size_t free_b = size - (size_t)(w->ring_head - w->ring_tail);
-    size_t at = (size_t)(w->ring_head % size);
-    size_t room = size - at < free_b ? size - at : free_b;
-    size_t skip = 0;
-    /* Little left before the end, more free at the front: start there
-     * (the skipped bytes are the worker's to free with this frame). An
-     * empty ring always gives a whole KH_RING_FRAME_MAX this way. */
-    if (room < KH_RING_FRAME_MAX && free_b - room > room) {
-        skip = room;
-        at = 0;
-        room = free_b - skip;
-    }
-    kh_buf fb = {.data = w->ring + at,
-                 .cap = room < KH_RING_FRAME_MAX ? room : KH_RING_FRAME_MAX,
+    size_t skip;
+    size_t room = tr_ring_place(w->ring_head, w->ring_tail, &skip);
+    kh_buf fb = {.data = w->ring + (w->ring_head + skip) % KH_RING_BYTES,
+                 .cap = room,
                  .fixed = true};
     /* Too small for a frame header: wait for the worker to free more. */
     if (fb.cap < KH_FRAME_HEADER_SIZE + 4)

@@ -261,6 +261,21 @@ void tr_put_kafka_message(kh_buf *b, uint64_t token, uint32_t attempt,
     tr_patch_u32(b, count_pos, written);
 }
 
+size_t tr_ring_place(uint64_t head, uint64_t tail, size_t *skip) {
+    size_t size = KH_RING_BYTES;
+    size_t free_b = size - (size_t)(head - tail);
+    size_t at = (size_t)(head % size);
+    size_t room = size - at < free_b ? size - at : free_b;
+    *skip = 0;
+    /* Little left before the end and more free at the front: start there
+     * (the skipped bytes are freed with this frame). */
+    if (room < KH_RING_FRAME_MAX && free_b - room > room) {
+        *skip = room;
+        room = free_b - room;
+    }
+    return room < KH_RING_FRAME_MAX ? room : KH_RING_FRAME_MAX;
+}
+
 size_t tr_kafka_message_size(const rd_kafka_message_t *m, bool headers) {
     /* token, attempt, topic length, partition, offset, timestamp,
      * timestamp type, key and value lengths, header count */

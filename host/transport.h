@@ -221,6 +221,14 @@ int conn_next_frame(kh_conn *c, uint16_t *type, kh_reader *payload);
 #define KH_RING_BYTES (1u << 20) /* per worker */
 #define KH_RING_FRAME_MAX (KH_RING_BYTES / 4)
 
+/* Where the next ring frame goes, for a ring of KH_RING_BYTES with the
+ * host at head and the worker's tail at tail (tail <= head <= tail +
+ * size): returns the bytes the frame may take (at most
+ * KH_RING_FRAME_MAX; 0 when full), starting at absolute position head +
+ * *skip. A short stretch before the end is skipped when the front has
+ * more room; an empty ring always gives KH_RING_FRAME_MAX. */
+size_t tr_ring_place(uint64_t head, uint64_t tail, size_t *skip);
+
 /* Exact encoded size of what tr_put_kafka_message appends for m. */
 size_t tr_kafka_message_size(const rd_kafka_message_t *m, bool headers);
 

@@ -13,6 +13,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -765,4 +766,60 @@ Test(status, now_is_monotonic_ms) {
     int64_t b = kh_now_ms();
     cr_assert_geq(b - a, 19);
     cr_assert_lt(b - a, 2000);
+}
+
+/* ---- message ring placement ---- */
+
+Test(ring, place_fixed_cases) {
+    const size_t S = KH_RING_BYTES, F = KH_RING_FRAME_MAX;
+    size_t skip;
+    /* Empty, anywhere: a whole frame, skipping a short end. */
+    cr_assert_eq(tr_ring_place(0, 0, &skip), F);
+    cr_assert_eq(skip, 0);
+    cr_assert_eq(tr_ring_place(S - 100, S - 100, &skip), F);
+    cr_assert_eq(skip, 100);
+    cr_assert_eq(tr_ring_place(3 * S + 5, 3 * S + 5, &skip), F);
+    cr_assert_eq(skip, 0);
+    /* Full: nothing. */
+    cr_assert_eq(tr_ring_place(S, 0, &skip), 0);
+    cr_assert_eq(tr_ring_place(2 * S + 7, S + 7, &skip), 0);
+    /* Short end, and the front is not freed yet: what is left there. */
+    cr_assert_eq(tr_ring_place(S - 100, 50, &skip), 100);
+    cr_assert_eq(skip, 0);
+    /* Short end, front freed further: skip to it. */
+    cr_assert_eq(tr_ring_place(S - 100, S - 1000, &skip), F);
+    cr_assert_eq(skip, 100);
+    cr_assert_eq(tr_ring_place(S - 100, S - 300, &skip), F);
+    cr_assert_eq(skip, 100);
+}
+
+/* Random frames and random frees: a placed frame never wraps, never goes
+ * past what the worker freed, and positions only grow. */
+Test(ring, place_never_overlaps_unfreed_bytes) {
+    const size_t S = KH_RING_BYTES;
+    uint64_t head = 0, tail = 0;
+    uint64_t live_end[64]; /* ends of frames not yet freed, in order */
+    size_t n_live = 0;
+    unsigned seed = 12345;
+    for (int step = 0; step < 200000; step++) {
+        seed = seed * 1103515245u + 12345u;
+        if ((seed >> 16) % 3 == 0 && n_live) {
+            tail = live_end[0]; /* the worker frees the oldest frame */
+            memmove(live_end, live_end + 1, --n_live * sizeof *live_end);
+            continue;
+        }
+        size_t skip;
+        size_t room = tr_ring_place(head, tail, &skip);
+        size_t want = 12 + (seed >> 8) % (KH_RING_FRAME_MAX - 12);
+        if (room < want || n_live == 64)
+            continue;
+        uint64_t pos = head + skip;
+        cr_assert_geq(pos, head);
+        cr_assert_leq(pos % S + want, S, "frame wraps at step %d", step);
+        cr_assert_leq(pos + want, tail + S, "overwrites unfreed bytes");
+        head = pos + want;
+        live_end[n_live++] = head;
+    }
+    cr_assert_gt(head, 20 * (uint64_t)S,
+                 "the ring went round only %" PRIu64 " times", head / S);
 }

@@ -8,7 +8,12 @@
  * It shows how much headroom the transport leaves above Kafka.
  *
  *   bench_transport [-n MESSAGES] [-b BATCH,BATCH,...] [-w WINDOW]
- *                   [-s VALUE_BYTES] [-r ROUNDS] [-p PLUGIN] [-x]
+ *                   [-s VALUE_BYTES] [-r ROUNDS] [-p PLUGIN] [-R] [-x]
+ *
+ * -R puts each MESSAGES frame into the worker's message ring and sends a
+ * RING frame for it, as dispatch.c does (transport.h, "message ring"):
+ * a frame then also stops at the ring's room (tr_ring_place), and the
+ * host waits for the worker's ring tail when the ring is full.
  *
  * Defaults: 5,000,000 messages of 100 B, batches 64,256,1024 per frame,
  * window 4096 (KH_MAX_INFLIGHT), 3 rounds, build/plugins/noop.so next to
@@ -147,8 +152,14 @@ static void put_frame(kh_buf *b, uint32_t n, uint64_t *token, int64_t *offset,
     tr_frame_end(b, start);
 }
 
+/* Bytes one put_frame message takes. */
+static size_t message_size(size_t value_len) {
+    return 8 + 4 + 4 + strlen(TOPIC) + 4 + 8 + 8 + 4 + 4 + 4 + value_len + 4;
+}
+
 static void one_run(const char *plugin, long total, uint32_t batch,
-                    uint32_t window, size_t value_len, run_result *out) {
+                    uint32_t window, size_t value_len, bool ring,
+                    run_result *out) {
     kh_pipeline cfg = {
         .name = "bench",
         .workers = 1,
@@ -191,6 +202,7 @@ static void one_run(const char *plugin, long total, uint32_t batch,
     clock_gettime(CLOCK_REALTIME, &now);
     int64_t ts_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
 
+    uint64_t ring_head = 0;
     long sent = 0, done = 0, bad = 0;
     uint64_t token = 1, expect = 1;
     int64_t offset = 0;
@@ -208,8 +220,33 @@ static void one_run(const char *plugin, long total, uint32_t batch,
                 n = batch;
             if (n > total - sent)
                 n = total - sent;
-            put_frame(&c.out, (uint32_t)n, &token, &offset, value, value_len,
-                      ts_ms);
+            if (!ring) {
+                put_frame(&c.out, (uint32_t)n, &token, &offset, value,
+                          value_len, ts_ms);
+            } else {
+                size_t skip;
+                size_t room = tr_ring_place(ring_head,
+                                            status_ring_tail(wp.status), &skip);
+                long fit = room > KH_FRAME_HEADER_SIZE + 4
+                               ? (long)((room - KH_FRAME_HEADER_SIZE - 4) /
+                                        message_size(value_len))
+                               : 0;
+                if (fit < n)
+                    n = fit;
+                if (n == 0)
+                    break; /* full: wait for results */
+                uint64_t pos = ring_head + skip;
+                kh_buf fb = {.data = wp.ring + pos % KH_RING_BYTES,
+                             .cap = room,
+                             .fixed = true};
+                put_frame(&fb, (uint32_t)n, &token, &offset, value, value_len,
+                          ts_ms);
+                ring_head = pos + fb.len;
+                size_t rs = tr_frame_begin(&c.out, KH_F_RING);
+                tr_put_u64(&c.out, pos);
+                tr_put_u32(&c.out, (uint32_t)fb.len);
+                tr_frame_end(&c.out, rs);
+            }
             sent += n;
             out->frames_out++;
         }
@@ -336,8 +373,12 @@ static int bench_main(int argc, char **argv) {
     char plugin[PATH_MAX];
     plugin[0] = '\0';
     int opt;
-    while ((opt = getopt(argc, argv, "n:b:w:s:r:p:xhv")) != -1) {
+    bool ring = false;
+    while ((opt = getopt(argc, argv, "n:b:w:s:r:p:Rxhv")) != -1) {
         switch (opt) {
+        case 'R':
+            ring = true;
+            break;
         case 'n':
             total = num("-n", optarg, 1, 1000000000L);
             break;
@@ -381,7 +422,7 @@ static int bench_main(int argc, char **argv) {
             fprintf(stderr,
                     "usage: bench_transport [-n MESSAGES] [-b BATCH,...] "
                     "[-w WINDOW] [-s VALUE_BYTES] [-r ROUNDS] [-p PLUGIN] "
-                    "[-x]\n");
+                    "[-R] [-x]\n");
             return opt == 'h' ? 0 : 2;
         }
     }
@@ -408,8 +449,10 @@ static int bench_main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
 
     printf("transport ceiling: %ld messages of %ld B per run, window %ld, "
-           "1 worker (%s), median of %ld round(s)\n",
-           total, value_len, window, real, rounds);
+           "1 worker (%s), %s, median of %ld round(s)\n",
+           total, value_len, window, real,
+           ring ? "frames in the message ring" : "frames on the socket",
+           rounds);
     run_result res[MAX_BATCHES][MAX_ROUNDS];
     /* Rounds outermost, so a drift in machine load spreads over all batch
      * sizes. */
@@ -417,14 +460,15 @@ static int bench_main(int argc, char **argv) {
         for (int b = 0; b < n_batches; b++) {
             run_result *x = &res[b][rd];
             one_run(real, total, batches[b], (uint32_t)window,
-                    (size_t)value_len, x);
-            printf("BENCH_TRANSPORT round=%d batch=%u window=%ld "
+                    (size_t)value_len, ring, x);
+            printf("BENCH_TRANSPORT mode=%s round=%d batch=%u window=%ld "
                    "messages=%ld seconds=%.4f msgs_per_s=%.0f "
                    "host_cpu_s=%.3f worker_cpu_s=%.2f worker_total_cpu_s=%.3f "
                    "frames_out=%ld frames_in=%ld polls=%ld reads=%ld\n",
-                   rd + 1, batches[b], window, total, x->seconds, x->msgs_per_s,
-                   x->host_cpu_s, x->worker_cpu_s, x->worker_total_s,
-                   x->frames_out, x->frames_in, x->polls, x->reads);
+                   ring ? "ring" : "socket", rd + 1, batches[b], window, total,
+                   x->seconds, x->msgs_per_s, x->host_cpu_s, x->worker_cpu_s,
+                   x->worker_total_s, x->frames_out, x->frames_in, x->polls,
+                   x->reads);
             fflush(stdout);
         }
     printf("\n| batch/frame | msg/s (median) | min-max | seconds | host CPU s "

@@ -4,7 +4,7 @@
 # prints its table, with the machine's load before and after. Method and
 # figures: tests/bench/README.md, "Transport ceiling and latency".
 #
-#   bash tests/bench/transport.sh    # about 30 s with the defaults
+#   bash tests/bench/transport.sh    # about 60 s with the defaults
 #
 # Environment (all optional):
 #   BENCH_MESSAGES   messages per run (default 5000000)
@@ -14,6 +14,9 @@
 #                    KH_MAX_INFLIGHT)
 #   BENCH_VALUE_BYTES  value size (default 100)
 #   BENCH_REPS       rounds; the table shows medians (default 5)
+#   BENCH_MODES      "socket", "ring" or both (default "socket ring"): MESSAGES
+#                    frames on the socket, or in the message ring with RING
+#                    frames on the socket as dispatch.c sends them
 #   BENCH_BUILD_DIR  build directory (default <repo>/build)
 #   BENCH_NO_BUILD=1 do not build, use the binaries as they are
 #
@@ -72,15 +75,23 @@ trap 'exit 143' TERM
 BUSY_BEFORE=$(cpu_busy)
 [[ $BUSY_BEFORE -lt 15 ]] ||
     say "warning: the machine is already ${BUSY_BEFORE}% busy; results will be noisy"
-"$BIN" -p "$NOOP" -n "${BENCH_MESSAGES:-5000000}" -b "${BENCH_BATCHES:-64,256,1024}" \
-    -w "${BENCH_WINDOW:-4096}" -s "${BENCH_VALUE_BYTES:-100}" -r "${BENCH_REPS:-5}" \
-    >"$OUT" 2>"$LOG" &
-PID=$!
-rc=0
-wait "$PID" || rc=$?
-PID=""
+for mode in ${BENCH_MODES:-socket ring}; do
+    case $mode in
+    socket) flag=() ;;
+    ring) flag=(-R) ;;
+    *) die "BENCH_MODES: unknown mode '$mode' (socket or ring)" ;;
+    esac
+    "$BIN" -p "$NOOP" -n "${BENCH_MESSAGES:-5000000}" -b "${BENCH_BATCHES:-64,256,1024}" \
+        -w "${BENCH_WINDOW:-4096}" -s "${BENCH_VALUE_BYTES:-100}" -r "${BENCH_REPS:-5}" \
+        "${flag[@]}" >"$OUT" 2>"$LOG" &
+    PID=$!
+    rc=0
+    wait "$PID" || rc=$?
+    PID=""
+    grep '^BENCH_TRANSPORT' "$OUT" >&2 || true
+    grep -v '^BENCH_TRANSPORT' "$OUT"
+    [[ $rc == 0 ]] || die "bench_transport exited $rc: $(tail -3 "$LOG")"
+    echo
+done
 BUSY_AFTER=$(cpu_busy)
-grep '^BENCH_TRANSPORT' "$OUT" >&2 || true
-grep -v '^BENCH_TRANSPORT' "$OUT"
-[[ $rc == 0 ]] || die "bench_transport exited $rc: $(tail -3 "$LOG")"
 echo "$(nproc) CPU(s); other load: ${BUSY_BEFORE}% CPU busy before, ${BUSY_AFTER}% after the run"
