@@ -28,6 +28,8 @@
 #                    "none" leaves it out)
 #   BENCH_KHOST_KAFKA  extra lines for khost's [kafka] section, to try a
 #                    setting, e.g. BENCH_KHOST_KAFKA='fetch.wait.max.ms = 10'
+#   BENCH_KHOST_HOST extra lines for khost's [host] section, e.g.
+#                    BENCH_KHOST_HOST='prefetch_budget_mb = 16'
 #   BENCH_KAFKA      extra "key = value" lines for both khost's [kafka] and
 #                    the reference (bench_reference reads them from
 #                    BENCH_REFERENCE_KAFKA), to compare both with a setting
@@ -295,6 +297,7 @@ run_khost() { # ROUND WORKERS [http]
     cat >"$ini" <<EOF
 [host]
 brokers = $BOOT
+${BENCH_KHOST_HOST:-}
 [kafka]
 session.timeout.ms = 6000
 heartbeat.interval.ms = 500
