@@ -92,6 +92,9 @@ typedef struct kh_config {
     int mock_brokers;    /* > 0 when brokers is mock / mock:N, else 0 */
     int mock_partitions; /* mock only: partitions per topic, default 4 */
     int mock_seed;       /* mock only: messages seeded per topic, default 0 */
+    /* What all partitions may queue polled but undispatched, in MiB
+     * (partition.h's budget), default 32. Applies in place on reload. */
+    int prefetch_budget_mb;
     int watch;      /* 1: reload when the config or a plugin file changes */
     int log_level;  /* KLOG_ERROR..KLOG_DEBUG (log.h); 0: not set (info) */
     int log_format; /* KLOG_TEXT (0, the default) or KLOG_JSON */

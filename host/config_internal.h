@@ -77,14 +77,13 @@ struct pipeline_key_info {
 };
 extern const struct pipeline_key_info pipeline_keys[PK_COUNT];
 
-/* [host] keys besides brokers: integers, used only with brokers = mock
- * (the embedded cluster creates and can seed the pipelines' topics). */
+/* [host] integer keys (config_schema.c). */
 struct host_int_key {
     const char *name;
     size_t field;
     int def, min, max;
 };
-#define N_HOST_INT_KEYS 2
+#define N_HOST_INT_KEYS 3
 extern const struct host_int_key host_int_keys[N_HOST_INT_KEYS];
 
 /* Allocation: config input is capped, so running out of memory here is
@@ -151,8 +150,8 @@ typedef struct parser {
 
     int host_line, kafka_line, brokers_line, http_line;
     int log_level_line, log_format_line; /* 0 when unset */
-    int host_int_line[2]; /* lines of host_int_keys, 0 when unset */
-    pipeline_state *ps;   /* parallel to cfg->pipelines */
+    int host_int_line[N_HOST_INT_KEYS];  /* lines, 0 when unset */
+    pipeline_state *ps;                  /* parallel to cfg->pipelines */
 
     diag *diags;
     size_t n_diags;

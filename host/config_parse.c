@@ -27,8 +27,8 @@
 #include <unistd.h>
 
 static const char *const host_keys[] = {
-    "brokers",         "control_socket", "log_format", "log_level",
-    "mock_partitions", "mock_seed",      "watch"};
+    "brokers",         "control_socket", "log_format",         "log_level",
+    "mock_partitions", "mock_seed",      "prefetch_budget_mb", "watch"};
 static const char *const http_keys[] = {"listen", "token"};
 
 /* librdkafka properties whose value khost decides; a user setting them

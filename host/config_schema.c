@@ -210,9 +210,11 @@ const struct pipeline_key_info pipeline_keys[PK_COUNT] = {
     [PK_USER_GROUP] = {"user_group", false, NO_FIELD, 0, 0, 0},
 };
 
-/* [host] keys besides brokers: integers, used only with brokers = mock
+/* [host] integer keys: the first two are used only with brokers = mock
  * (the embedded cluster creates and can seed the pipelines' topics). */
 const struct host_int_key host_int_keys[N_HOST_INT_KEYS] = {
     {"mock_partitions", offsetof(kh_config, mock_partitions), 4, 1, 1024},
     {"mock_seed", offsetof(kh_config, mock_seed), 0, 0, 1000000},
+    {"prefetch_budget_mb", offsetof(kh_config, prefetch_budget_mb), 32, 1,
+     65536},
 };

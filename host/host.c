@@ -24,6 +24,7 @@
 #include "kafka_log.h"
 #include "log.h"
 #include "notify.h"
+#include "partition.h"
 #include "pipeline.h"
 #include "plugin_loader.h"
 #include "reload.h"
@@ -555,6 +556,7 @@ int host_run(kh_config *cfg) {
     klog_set_level(cfg->log_level ? cfg->log_level : KLOG_INFO);
     klog_set_format(cfg->log_format);
     klog_export();
+    part_set_budget((size_t)cfg->prefetch_budget_mb << 20);
 
     /* Block before librdkafka starts threads, so that they inherit the
      * mask: signals then only reach our signalfd, and SIGCHLD stays

@@ -42,6 +42,15 @@
 #include <unistd.h>
 
 #define KH_POLL_BUDGET 8192
+/* Over the host's prefetch budget with no message leaving any queue for
+ * this long, what holds the budget cannot dispatch: polling goes on. */
+#define KH_BUDGET_STUCK_MS 1000
+/* While held by the budget, one message is polled this often all the
+ * same: librdkafka counts max.poll.interval.ms from the last consumer
+ * poll, and a slow handler can keep the host over its budget for hours.
+ * Longer than KH_BUDGET_STUCK_MS, so that these messages alone do not
+ * look like progress to a hold that is stuck. */
+#define KH_BUDGET_POLL_MS 2000
 
 kh_part *pipeline_part(kh_pipeline_rt *pl, const char *topic, int32_t p,
                        bool create) {
@@ -464,14 +473,66 @@ static kh_part *part_of(kh_pipeline_rt *pl, const rd_kafka_message_t *m) {
     return c;
 }
 
+/* The host's prefetch budget (partition.h). Over it, what librdkafka
+ * fetched stays in librdkafka's queue, whose own limits
+ * (queued.min.messages, queued.max.messages.kbytes) then stop its
+ * fetching, as they do for a plain consumer: memory stays bounded without
+ * pausing anything, and rebalances wait behind the queued messages as
+ * they would there. Unless no message left any queue for
+ * KH_BUDGET_STUCK_MS: then what holds the budget cannot dispatch (a hung
+ * or restarting worker, a paused partition), and polling goes on
+ * (budget_bypass) until the host is back within its budget, so that the
+ * other partitions and rebalances do; meanwhile each partition over its
+ * share pauses (partition.c), which bounds what it queues. A shutdown
+ * always polls, and a hold still polls one message every 2 s
+ * (KH_BUDGET_POLL_MS) for the group membership. */
+static bool budget_holds(kh_pipeline_rt *pl, int64_t now) {
+    uint64_t popped;
+    if (!part_budget_full(&popped) || pl->stopping) {
+        pl->budget_progress_ms = 0;
+        pl->budget_bypass = false;
+        return false;
+    }
+    if (pl->budget_bypass)
+        return false; /* until the host is back within its budget */
+    if (!pl->budget_progress_ms || popped != pl->budget_popped) {
+        pl->budget_popped = popped;
+        pl->budget_progress_ms = now;
+    }
+    if (now - pl->budget_progress_ms < KH_BUDGET_STUCK_MS)
+        return true;
+    size_t queued, budget = part_budget(&queued, NULL);
+    klog_info("pipeline=%s: %zu B queued over the prefetch budget of %zu B "
+              "and nothing dispatched for %d ms; polling on (partitions "
+              "over their share pause)",
+              pl->cfg->name, queued, budget, KH_BUDGET_STUCK_MS);
+    pl->budget_bypass = true;
+    return false;
+}
+
+static int on_post(sd_event_source *s, void *ud) {
+    (void)s;
+    kafka_poll(ud);
+    return 0;
+}
+
 void kafka_poll(kh_pipeline_rt *pl) {
     if (!pl->rk)
         return;
     const rd_kafka_t *rk = pl->rk;
     int budget = KH_POLL_BUDGET;
     rd_kafka_message_t *m;
-    bool fetched = false;
-    while (budget-- > 0 && (m = rd_kafka_consumer_poll(pl->rk, 0))) {
+    bool fetched = false, held = false;
+    int64_t start = kh_now_ms();
+    while (budget-- > 0) {
+        if (budget_holds(pl, start) &&
+            start - pl->budget_poll_ms < KH_BUDGET_POLL_MS) {
+            held = true;
+            break;
+        }
+        pl->budget_poll_ms = start;
+        if (!(m = rd_kafka_consumer_poll(pl->rk, 0)))
+            break;
         if (m->err) {
             char who[192];
             snprintf(who, sizeof who, "pipeline=%s kafka", pl->cfg->name);
@@ -505,6 +566,11 @@ void kafka_poll(kh_pipeline_rt *pl) {
      * budget ran out, come back on the next loop iteration. */
     if (budget < 0 && pl->defer_src)
         sd_event_source_set_enabled(pl->defer_src, SD_EVENT_ONESHOT);
+    /* Held by the budget: librdkafka's queue stays non-empty, so its wake
+     * pipe stays quiet; look again after the next event (a worker's
+     * results free the budget) and at least from the tick. */
+    if (held && pl->post_src)
+        sd_event_source_set_enabled(pl->post_src, SD_EVENT_ONESHOT);
 }
 
 static int on_wake(sd_event_source *s, int fd, uint32_t revents, void *ud) {
@@ -600,6 +666,8 @@ int kafka_pipeline_start(kh_pipeline_rt *pl, char *err, size_t errlen) {
                     on_wake, pl);
     sd_event_add_defer(pl->host->ev, &pl->defer_src, on_defer, pl);
     sd_event_source_set_enabled(pl->defer_src, SD_EVENT_ONESHOT);
+    sd_event_add_post(pl->host->ev, &pl->post_src, on_post, pl);
+    sd_event_source_set_enabled(pl->post_src, SD_EVENT_OFF);
 
     char ms[32];
     size_t ms_len = sizeof ms;
@@ -769,6 +837,7 @@ void kafka_pipeline_close(kh_pipeline_rt *pl, int timeout_ms) {
     pl->rk = NULL;
     pl->wake_src = sd_event_source_disable_unref(pl->wake_src);
     pl->defer_src = sd_event_source_disable_unref(pl->defer_src);
+    pl->post_src = sd_event_source_disable_unref(pl->post_src);
     for (int i = 0; i < 2; i++)
         if (pl->wake_fd[i] >= 0)
             close(pl->wake_fd[i]);

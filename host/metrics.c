@@ -13,6 +13,7 @@
 
 #include "host.h"
 #include "kafka_stats.h"
+#include "partition.h"
 #include "pipeline.h"
 
 #include <khost/plugin.h>
@@ -235,6 +236,20 @@ static void write_host_reloads(FILE *out, kh_host *host) {
             (unsigned long long)host->reload.n_applied,
             (unsigned long long)host->reload.n_failed,
             (unsigned long long)host->reload.n_rejected);
+}
+
+/* The prefetch budget ([host] prefetch_budget_mb) and what all partitions
+ * queue against it now (partition.c's count). */
+static void write_host_budget(FILE *out) {
+    size_t queued, assigned, budget = part_budget(&queued, &assigned);
+    family(out, "khost_prefetch_budget_bytes", "gauge",
+           "The host's prefetch budget: what all partitions may queue "
+           "polled but undispatched ([host] prefetch_budget_mb).");
+    fprintf(out, "khost_prefetch_budget_bytes %zu\n", budget);
+    family(out, "khost_prefetch_queued_bytes", "gauge",
+           "What all partitions queue polled but undispatched now, each "
+           "message at its value and key plus 320 B.");
+    fprintf(out, "khost_prefetch_queued_bytes %zu\n", queued);
 }
 
 static void write_pipelines(FILE *out, kh_host *host) {
@@ -497,6 +512,7 @@ char *metrics_render(kh_host *host, double start_time_s, size_t *len) {
            "When the host started, in seconds since the Unix epoch.");
     fprintf(out, "khost_start_time_seconds %.3f\n", start_time_s);
     write_host_reloads(out, host);
+    write_host_budget(out);
     write_pipelines(out, host);
     write_pipeline_extras(out, host);
     for (int f = 0; f < P_N; f++)

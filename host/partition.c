@@ -39,6 +39,53 @@ static size_t msg_bytes(const rd_kafka_message_t *m) {
     return m->len + m->key_len;
 }
 
+/* The host's prefetch budget (see partition.h): the cost of every queued,
+ * undispatched message over all partitions of the process, and how many
+ * partitions are assigned to share it. The loop is single-threaded, and
+ * only pend_push/pend_pop and part_assign/part_release/part_free change
+ * them. */
+static size_t queued_host_cost, assigned_host_n;
+static uint64_t popped_host_n; /* messages that left any queue, ever */
+static size_t budget_bytes = KH_BUDGET_DEFAULT;
+
+void part_set_budget(size_t bytes) {
+    budget_bytes = bytes ? bytes : KH_BUDGET_DEFAULT;
+}
+
+bool part_budget_full(uint64_t *popped) {
+    if (popped)
+        *popped = popped_host_n;
+    return queued_host_cost > budget_bytes;
+}
+
+size_t part_budget(size_t *queued, size_t *assigned) {
+    if (queued)
+        *queued = queued_host_cost;
+    if (assigned)
+        *assigned = assigned_host_n;
+    return budget_bytes;
+}
+
+static size_t own_cost(const kh_part *part) {
+    return part->pend_bytes + part->pend_len * KH_MSG_OVERHEAD;
+}
+
+/* A partition's fair share of the budget, never below KH_SHARE_MIN (or
+ * the whole budget, if that is smaller). */
+static size_t fair_share(void) {
+    size_t share = budget_bytes / (assigned_host_n ? assigned_host_n : 1);
+    size_t floor = budget_bytes < KH_SHARE_MIN ? budget_bytes : KH_SHARE_MIN;
+    return share < floor ? floor : share;
+}
+
+size_t part_fair_share(void) {
+    return fair_share();
+}
+
+size_t part_queued_cost(const kh_part *part) {
+    return own_cost(part);
+}
+
 /* The host-wide count of kept messages (KH_KEEP_HOST_MAX): the loop is
  * single-threaded, and only the functions below change it. */
 static size_t kept_host_n, kept_host_bytes;
@@ -99,6 +146,8 @@ kh_part *part_new(kh_pipeline_rt *pl, const char *pipeline,
 void part_free(kh_part *part) {
     if (!part)
         return;
+    if (part->assigned)
+        assigned_host_n--;
     part->assigned = false; /* nothing is owed to a freed partition */
     part_drop_pending(part);
     free(part->pend);
@@ -123,6 +172,8 @@ static void forget_assignment(kh_part *part) {
 
 void part_assign(kh_part *part) {
     forget_assignment(part);
+    if (!part->assigned)
+        assigned_host_n++;
     part->assigned = true;
     part->stored = -1;
     part->committed = -1;
@@ -143,6 +194,8 @@ void part_release(kh_part *part) {
      * while its worker restarted left it stuck for good). */
     if (part->pause)
         part->port->set_paused(part->port->ud, part, false);
+    if (part->assigned)
+        assigned_host_n--;
     part->assigned = false;
     forget_assignment(part);
 }
@@ -161,6 +214,8 @@ static rd_kafka_message_t *pend_pop(kh_part *part) {
     part->pend_head = (part->pend_head + 1) % part->pend_cap;
     part->pend_len--;
     part->pend_bytes -= msg_bytes(m);
+    queued_host_cost -= msg_bytes(m) + KH_MSG_OVERHEAD;
+    popped_host_n++;
     return m;
 }
 
@@ -179,10 +234,34 @@ static void pend_reserve(kh_part *part) {
     part->pend_head = 0;
 }
 
-/* Above a high mark, fetching pauses (KH_PAUSE_FLOW). */
+/* Queue m at the back (a fetch) or the front (a requeue). */
+static void pend_push(kh_part *part, rd_kafka_message_t *m, bool front) {
+    pend_reserve(part);
+    if (front) {
+        part->pend_head =
+            (part->pend_head + part->pend_cap - 1) % part->pend_cap;
+        part->pend[part->pend_head] = m;
+    } else {
+        part->pend[(part->pend_head + part->pend_len) % part->pend_cap] = m;
+    }
+    part->pend_len++;
+    part->pend_bytes += msg_bytes(m);
+    queued_host_cost += msg_bytes(m) + KH_MSG_OVERHEAD;
+}
+
+/* Above a high mark, fetching pauses (KH_PAUSE_FLOW); so it does while
+ * the host is over its budget by a quarter and this partition over its
+ * fair share. A partition within its share keeps fetching whatever the
+ * others hold, so one stuck partition cannot stop the rest. The quarter:
+ * kafka.c stops taking from librdkafka at the budget itself, so this
+ * pause, which costs librdkafka's prefetch of the partition, only comes
+ * when that cannot hold the queue (kafka.c polling on past a stuck one,
+ * rewinds that requeue). */
 static void check_high_marks(kh_part *part) {
     if (part->pend_len >= KH_PENDING_HIGH ||
-        part->pend_bytes >= KH_PENDING_HIGH_BYTES)
+        part->pend_bytes >= KH_PENDING_HIGH_BYTES ||
+        (queued_host_cost > budget_bytes + budget_bytes / 4 &&
+         own_cost(part) > fair_share()))
         part_pause(part, KH_PAUSE_FLOW, true);
 }
 
@@ -203,10 +282,7 @@ bool part_accept(kh_part *part, rd_kafka_message_t *m) {
         return false;
     }
     part->next_offset = m->offset + 1;
-    pend_reserve(part);
-    part->pend[(part->pend_head + part->pend_len) % part->pend_cap] = m;
-    part->pend_len++;
-    part->pend_bytes += msg_bytes(m);
+    pend_push(part, m, false);
     check_high_marks(part);
     return true;
 }
@@ -336,14 +412,8 @@ static int64_t rewind_range(kh_part *part, uint64_t from_seq, kh_bump bump,
         ms[i++] = take_kept(part, e); /* from the ledger into the queue */
     }
     offsets_rewind(&part->off, from_seq, bump, &unacked);
-    for (i = n; i-- > 0;) {
-        pend_reserve(part);
-        part->pend_head =
-            (part->pend_head + part->pend_cap - 1) % part->pend_cap;
-        part->pend[part->pend_head] = ms[i];
-        part->pend_len++;
-        part->pend_bytes += msg_bytes(ms[i]);
-    }
+    for (i = n; i-- > 0;)
+        pend_push(part, ms[i], true);
     free(ms);
     if (!n)
         return -1;
@@ -384,11 +454,13 @@ bool part_head_failed(const kh_part *part) {
 }
 
 /* After a message left the queue: resume fetching below the low marks,
- * pause while too many deferred acks are outstanding. */
+ * once the partition is within half its fair share or the host within
+ * half its budget; pause while too many deferred acks are outstanding. */
 static void after_take(kh_part *part) {
-    if (part->pend_len < KH_PENDING_LOW &&
+    if ((part->pause & KH_PAUSE_FLOW) && part->pend_len < KH_PENDING_LOW &&
         part->pend_bytes < KH_PENDING_LOW_BYTES &&
-        (part->pause & KH_PAUSE_FLOW))
+        (own_cost(part) <= fair_share() / 2 ||
+         queued_host_cost <= budget_bytes / 2))
         part_pause(part, KH_PAUSE_FLOW, false);
     if (offsets_outstanding(&part->off) >= KH_MAX_UNACKED)
         part_pause(part, KH_PAUSE_UNACKED, true);

@@ -52,6 +52,18 @@
 #define KH_KEEP_BYTES (2u << 20)
 #define KH_KEEP_HOST_MAX 16384
 #define KH_KEEP_HOST_BYTES (16u << 20)
+/* The host's prefetch budget ([host] prefetch_budget_mb): what all
+ * partitions of the process queue polled but undispatched may cost, each
+ * message counted as its value and key plus KH_MSG_OVERHEAD (librdkafka's
+ * message object and the host's slot for it). At the budget kafka.c
+ * stops taking from librdkafka; over it by a quarter, a
+ * partition over its fair share (the budget over the partitions assigned,
+ * at least KH_SHARE_MIN or the whole budget if smaller) pauses
+ * (KH_PAUSE_FLOW) and resumes once within
+ * half its share or the host within half its budget. */
+#define KH_BUDGET_DEFAULT ((size_t)32 << 20)
+#define KH_MSG_OVERHEAD 320
+#define KH_SHARE_MIN ((size_t)64 << 10)
 
 /* Why fetching of a partition is paused; paused while any bit is set. */
 enum {
@@ -194,6 +206,20 @@ rd_kafka_message_t *part_take(kh_part *part, uint64_t *seq, uint32_t *attempt);
 void part_keep(kh_part *part, uint64_t seq, rd_kafka_message_t *m);
 /* Messages kept by all partitions of this process, and their bytes. */
 size_t part_kept_host(size_t *bytes);
+/* Set the host's prefetch budget in bytes (0: KH_BUDGET_DEFAULT). Takes
+ * effect at the next fetch or dispatch of each partition. */
+void part_set_budget(size_t bytes);
+/* The budget; *queued gets what all partitions queue now (by the cost
+ * above), *assigned how many partitions share it. */
+size_t part_budget(size_t *queued, size_t *assigned);
+/* Is the host over its budget? *popped gets how many messages have left
+ * any partition's queue so far (dispatched or dropped): unchanged over
+ * time while over the budget, nothing that holds it can dispatch. */
+bool part_budget_full(uint64_t *popped);
+/* A partition's fair share of the budget now, and what part queues by
+ * the budget's cost. */
+size_t part_fair_share(void);
+size_t part_queued_cost(const kh_part *part);
 /* Take a failed head for the failure policy; *attempts gets how often a
  * handler had it. The caller then resolves it with part_skip or tracks
  * its dead-letter write with part_track_dlq. */

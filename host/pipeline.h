@@ -73,7 +73,13 @@ struct kh_pipeline_rt {
     int wake_fd[2]; /* librdkafka writes here when its queue fills */
     sd_event_source *wake_src;
     sd_event_source *defer_src; /* keeps polling while the budget ran out */
-    kh_worker *workers;         /* the current generation */
+    /* While the host's prefetch budget is full (kafka.c): polls again
+     * after any other event, and when messages last left a queue. */
+    sd_event_source *post_src;
+    uint64_t budget_popped;
+    int64_t budget_progress_ms, budget_poll_ms; /* budget_poll: last poll */
+    bool budget_bypass; /* stuck over the budget: polling on until within */
+    kh_worker *workers; /* the current generation */
     int n_workers;
     /* The next generation: a plugin swap's new workers while they start
      * and while a canary runs; NULL when none. Both are the supervisor's;

@@ -28,6 +28,7 @@
 #include "reload.h"
 #include "host.h"
 #include "log.h"
+#include "partition.h"
 #include "pipeline.h"
 #include "plugin_loader.h"
 #include "swap.h"
@@ -439,6 +440,11 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
     host->retired[host->n_retired++] = (kh_config *)cur;
     host->cfg = next;
     apply_log_level(cur, next);
+    if (cur->prefetch_budget_mb != next->prefetch_budget_mb) {
+        klog_info("reload: prefetch_budget_mb %d -> %d",
+                  cur->prefetch_budget_mb, next->prefetch_budget_mb);
+        part_set_budget((size_t)next->prefetch_budget_mb << 20);
+    }
     sweep_configs(host);
     snprintf(host->reload.applied, sizeof host->reload.applied,
              "%d pipeline(s) unchanged or updated in place, %d plugin "

@@ -216,6 +216,40 @@ Test(config, defaults) {
     cr_assert_eq(p->handler_timeout_ms, 30000);
     cr_assert_eq(p->shutdown_timeout_ms, 10000);
     cr_assert_eq(p->on_exhausted, KH_ON_EXHAUSTED_PAUSE);
+    cr_assert_eq(l->cfg.prefetch_budget_mb, 32);
+    unload(l);
+}
+
+Test(config, prefetch_budget_mb_is_checked) {
+    loaded *l = load_text(
+        "[host]\nbrokers = mock\nprefetch_budget_mb = 65536\n" VALID_PIPELINE);
+    assert_ok(l);
+    cr_assert_eq(l->cfg.prefetch_budget_mb, 65536);
+    unload(l);
+    const char *bad[] = {"0", "65537", "-1", "16M", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char *text = NULL, *msg = NULL;
+        cr_assert(asprintf(&text,
+                           "[host]\nbrokers = mock\nprefetch_budget_mb = "
+                           "%s\n" VALID_PIPELINE,
+                           bad[i]) > 0);
+        cr_assert(asprintf(&msg,
+                           "bad value '%s' for 'prefetch_budget_mb' in [host]: "
+                           "expected an integer in 1..65536",
+                           bad[i]) > 0);
+        l = load_text(text);
+        assert_errors(l, 1);
+        assert_error(l, 3, msg);
+        unload(l);
+        free(text);
+        free(msg);
+    }
+    l = load_text(
+        "[host]\nbrokers = mock\nprefetch_budget_mbs = 8\n" VALID_PIPELINE);
+    assert_errors(l, 1);
+    assert_error(l, 3,
+                 "unknown key 'prefetch_budget_mbs' in [host] (did you mean "
+                 "'prefetch_budget_mb'?)");
     unload(l);
 }
 

@@ -424,7 +424,32 @@ static void ev_fetch(model *m) {
         CHECK(!owed_past || part->pend_len == before,
               "I4: offset=%lld queued while a seek to offset=%lld is owed",
               (long long)o, (long long)m->owed_min[p]);
+        /* The budget: over it, a partition over its share stops fetching. */
+        size_t queued, budget = part_budget(&queued, NULL);
+        CHECK(part->pend_len == before || queued <= budget + budget / 4 ||
+                  part_queued_cost(part) <= part_fair_share() ||
+                  (part->pause & KH_PAUSE_FLOW),
+              "budget: partition %d queues %zu of the host's %zu over a "
+              "budget of %zu and is not paused",
+              p, part_queued_cost(part), queued, budget);
     }
+}
+
+/* The budget's accounting: the host's count is the sum of what each
+ * partition queues, and the partitions sharing it are those assigned. */
+static void check_budget(model *m) {
+    size_t queued, assigned, sum = 0, n = 0;
+    part_budget(&queued, &assigned);
+    for (int p = 0; p < m->np; p++) {
+        sum += part_queued_cost(m->parts[p]);
+        n += m->parts[p]->assigned;
+    }
+    CHECK(queued == sum,
+          "budget: the host counts %zu queued, its partitions "
+          "%zu",
+          queued, sum);
+    CHECK(assigned == n, "budget: the host counts %zu assigned, %zu are",
+          assigned, n);
 }
 
 /* Returns false when the partition is held at the failed head (on_failure
@@ -829,6 +854,7 @@ static void step(model *m) {
     else
         ev_restart_host(m);
     parts_store(m->parts, (size_t)m->np);
+    check_budget(m);
 }
 
 /* The quiet end: no faults, every worker up, every partition assigned,
@@ -906,6 +932,9 @@ static void run_script(uint64_t seed, uint64_t *events) {
     m->policy_hold = pct(m, 30);
     m->seek_fail_pct = (int)rnd(m, 30);
     m->crash_pct = 10 + (int)rnd(m, 30);
+    /* Half the scripts run under a budget small enough to pause (a
+     * message costs KH_MSG_OVERHEAD here: 320 B), the rest the default. */
+    part_set_budget(pct(m, 50) ? (1 + rnd(m, 64)) * 1024 : 0);
     m->port = (kh_consumer_port){.ud = m,
                                  .set_paused = port_set_paused,
                                  .seek = port_seek,
@@ -931,6 +960,12 @@ static void run_script(uint64_t seed, uint64_t *events) {
     CHECK(live_msgs == 0, "%ld message object(s) leaked", live_msgs);
     CHECK(part_kept_host(NULL) == 0, "%zu kept message(s) still counted",
           part_kept_host(NULL));
+    size_t queued, assigned;
+    part_budget(&queued, &assigned);
+    CHECK(queued == 0 && assigned == 0,
+          "budget: %zu B queued and %zu partition(s) assigned still counted",
+          queued, assigned);
+    part_set_budget(0);
     M = NULL;
     free(m);
 }
@@ -1206,6 +1241,66 @@ Test(model, kept_messages_stay_within_their_bound) {
         part_free(parts[i]);
     cr_assert_eq(part_kept_host(NULL), 0);
     cr_assert_eq(live_msgs, 0);
+}
+
+Test(model, the_host_budget_pauses_partitions_over_their_share) {
+    klog_set_level(KLOG_ERROR);
+    part_set_budget(1u << 20); /* 4 partitions: a share of 256 KiB */
+    kh_part *parts[4];
+    for (int i = 0; i < 4; i++) {
+        parts[i] = part_new(NULL, "budget", &unit_port, "t", i, (uint32_t)i);
+        part_assign(parts[i]);
+    }
+    cr_assert_eq(part_fair_share(), 256u << 10);
+    /* Each message costs KH_MSG_OVERHEAD (no value, no key). */
+    int64_t next[4] = {0};
+    for (int i = 0; i < 3; i++)
+        while (next[i] < 1200)
+            part_accept(parts[i], new_msg(i, next[i]++));
+    size_t queued;
+    part_budget(&queued, NULL);
+    cr_assert_eq(queued, 3600u * KH_MSG_OVERHEAD);
+    cr_assert(part_budget_full(NULL));
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(parts[i]->pause, 0,
+                     "within a quarter over the budget, nobody pauses");
+    /* Past that, a partition within its share keeps fetching... */
+    while (queued <= (1u << 20) + (1u << 18)) {
+        part_accept(parts[3], new_msg(3, next[3]++));
+        part_budget(&queued, NULL);
+    }
+    cr_assert_eq(next[3], 497);
+    cr_assert_eq(parts[3]->pause, 0, "within its share, it fetches");
+    /* ...and one over its share stops. */
+    part_accept(parts[0], new_msg(0, next[0]++));
+    cr_assert_eq(parts[0]->pause, KH_PAUSE_FLOW);
+    cr_assert_eq(parts[1]->pause, 0, "a partition pauses when it fetches");
+    /* It resumes at half its share (128 KiB: 409 messages). */
+    int taken = 0;
+    while (parts[0]->pause) {
+        uint64_t seq;
+        uint32_t attempt;
+        rd_kafka_message_t *msg = part_take(parts[0], &seq, &attempt);
+        cr_assert_not_null(msg);
+        part_keep(parts[0], seq, msg);
+        taken++;
+    }
+    cr_assert_eq(taken, 792);
+    cr_assert_eq(parts[0]->pend_len, 409);
+    /* A revoke leaves a bigger share to the others and drops its queue. */
+    part_release(parts[3]);
+    cr_assert_eq(part_fair_share(), (1u << 20) / 3);
+    size_t assigned;
+    part_budget(&queued, &assigned);
+    cr_assert_eq(assigned, 3);
+    cr_assert_eq(queued, (409u + 1200 + 1200) * KH_MSG_OVERHEAD);
+    for (int i = 0; i < 4; i++)
+        part_free(parts[i]);
+    part_budget(&queued, &assigned);
+    cr_assert_eq(queued, 0);
+    cr_assert_eq(assigned, 0);
+    cr_assert_eq(live_msgs, 0);
+    part_set_budget(0);
 }
 
 /* ---- the router model: dispatch.c, failure.c, swap.c, drain.c ----

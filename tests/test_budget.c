@@ -1,0 +1,180 @@
+/*
+ * budget: the host's prefetch budget ([host] prefetch_budget_mb) against
+ * the mock cluster. Over the budget the host leaves what librdkafka
+ * fetched in librdkafka's queue (kafka.c), so what it queues itself stays
+ * within the budget, and nothing is lost; a hung worker that holds the
+ * budget stops neither the other partitions nor the host.
+ */
+#define _GNU_SOURCE
+#include "harness.h"
+#include "testutil.h"
+
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FAULT KHOST_BUILD_DIR "/plugins/fault.so"
+#define BUDGET (1u << 20) /* prefetch_budget_mb = 1 */
+
+static th_host h;
+static char current_dir[256];
+
+static void kill_leftovers(void) {
+    th_host_free(&h); /* SIGKILL if still running */
+    memset(&h, 0, sizeof h);
+    if (current_dir[0])
+        tu_rmdir(current_dir);
+    current_dir[0] = '\0';
+}
+
+TestSuite(budget, .fini = kill_leftovers);
+
+/* A host with a budget of `mb` MiB, HTTP on `port` and the fault plugin
+ * recording to current_dir/p.jsonl with `config` (malloc'd). */
+static char *host_ini(th_cluster *c, int mb, int port, const char *topic,
+                      const char *pipeline, const char *config) {
+    char *ini;
+    cr_assert_neq(asprintf(&ini,
+                           "[host]\nbrokers = %s\nprefetch_budget_mb = %d\n"
+                           "[kafka]\nsession.timeout.ms = 6000\n"
+                           "heartbeat.interval.ms = 500\n"
+                           "max.poll.interval.ms = 6000\n"
+                           "[http]\nlisten = 127.0.0.1:%d\n"
+                           "[pipeline.p]\ntopics = %s\ngroup = g-%s\n"
+                           "plugin = " FAULT "\nworkers = 2\n%s\n"
+                           "[pipeline.p.config]\nrecord = %s/p.jsonl\n%s\n",
+                           c->bootstraps, mb, port, topic, topic, pipeline,
+                           current_dir, config),
+                  -1);
+    return ini;
+}
+
+/* Start a host with a 1 MiB budget (host_ini); returns the port. */
+static int start(th_cluster *c, const char *topic, const char *pipeline,
+                 const char *config) {
+    char *dir = tu_tmpdir();
+    snprintf(current_dir, sizeof current_dir, "%s", dir);
+    free(dir);
+    int port = tu_free_port();
+    char *ini = host_ini(c, 1, port, topic, pipeline, config);
+    th_host_start(&h, current_dir, "host", ini);
+    free(ini);
+    cr_assert(th_wait_log(&h, "http: listening on", 1, 20000), "%s",
+              th_log(&h));
+    return port;
+}
+
+static double scrape_queued(int port, double *budget) {
+    char *resp = NULL;
+    cr_assert_eq(tu_http(port, "GET", "/metrics", NULL, NULL, 0, &resp), 200);
+    const char *body = tu_http_body(resp);
+    double queued = tu_metric(body, "khost_prefetch_queued_bytes");
+    if (budget)
+        *budget = tu_metric(body, "khost_prefetch_budget_bytes");
+    free(resp);
+    return queued;
+}
+
+Test(budget, a_backlog_stays_within_the_budget_and_nothing_is_lost,
+     .timeout = 120) {
+    th_cluster c;
+    th_cluster_start(&c, 1);
+    th_create_topic(&c, "bb", 4);
+    /* 20,000 messages cost about 6.6 MB queued (value, key and 320 B
+     * each): a slow handler leaves most of them waiting. */
+    th_produce(&c, "bb", 4, 5000, -1, -1, NULL);
+    int port = start(&c, "bb", "", "slow_ms = 1");
+    cr_assert(th_wait_log(&h, "assigned 4 partition(s)", 1, 20000), "%s",
+              th_log(&h));
+    double budget = 0, most = 0;
+    for (int i = 0; i < 40; i++) {
+        double q = scrape_queued(port, &budget);
+        if (q > most)
+            most = q;
+        th_sleep_ms(100);
+    }
+    cr_assert_eq(budget, (double)BUDGET);
+    /* Held per message: one message past the budget at most. */
+    cr_assert_leq(most, BUDGET + 1024.0, "queued %.0f B, budget %u B", most,
+                  BUDGET);
+    cr_assert_gt(most, BUDGET / 2.0,
+                 "the backlog never filled the budget "
+                 "(%.0f B): the test shows nothing",
+                 most);
+    char path[300];
+    snprintf(path, sizeof path, "%s/p.jsonl", current_dir);
+    const char *paths[] = {path};
+    cr_assert(th_wait_distinct(paths, 1, 4, 5000, 20000, 60000), "%s",
+              th_log(&h));
+    /* Held for about 10 s, past max.poll.interval.ms (6 s): the host
+     * still polled, so the group never took the partitions away. */
+    cr_assert_eq(th_log_count(&h, "pipeline=p rebalance #"), 1, "%s",
+                 th_log(&h));
+    cr_assert_eq(th_host_stop(&h, SIGTERM, 20000), 0, "%s", th_log(&h));
+    th_ledger l;
+    th_ledger_init(&l, 4, 5000);
+    th_ledger_add_file(&l, path);
+    for (int p = 0; p < 4; p++)
+        for (int o = 0; o < 5000; o++)
+            cr_assert_gt(l.seen[p][o], 0, "partition %d offset %d lost", p, o);
+    cr_assert_eq(th_ledger_duplicates(&l), 0);
+    th_ledger_free(&l);
+    th_cluster_stop(&c);
+}
+
+Test(budget, a_hung_worker_holding_the_budget_stops_no_other_partition,
+     .timeout = 120) {
+    th_cluster c;
+    th_cluster_start(&c, 1);
+    th_create_topic(&c, "bh", 4);
+    /* Partition 0's 6th message hangs its worker for good (no handler
+     * timeout); that worker's partitions then hold more than the budget. */
+    th_produce(&c, "bh", 4, 5000, 0, 5, "STUCK");
+    start(&c, "bh", "handler_timeout_ms = 0", "hang_on = STUCK");
+    cr_assert(th_wait_log(&h, "assigned 4 partition(s)", 1, 20000), "%s",
+              th_log(&h));
+    char path[300];
+    snprintf(path, sizeof path, "%s/p.jsonl", current_dir);
+    const char *paths[] = {path};
+    /* The other worker's two partitions, and partition 0 up to STUCK. */
+    cr_assert(th_wait_distinct(paths, 1, 4, 7000, 10005, 30000), "%s",
+              th_log(&h));
+    /* What arrives now queues behind the held budget in librdkafka's
+     * queue until the host polls on. */
+    th_produce(&c, "bh", 4, 2000, -1, -1, NULL);
+    cr_assert(th_wait_distinct(paths, 1, 4, 7000, 14005, 30000),
+              "the healthy partitions stopped behind the hung one:\n%s",
+              th_log(&h));
+    cr_assert(
+        th_wait_log(&h, "nothing dispatched for 1000 ms; polling on", 1, 1000),
+        "%s", th_log(&h));
+    cr_assert(th_host_alive(&h));
+    th_cluster_stop(&c);
+}
+
+Test(budget, a_reload_changes_the_budget_in_place, .timeout = 60) {
+    th_cluster c;
+    th_cluster_start(&c, 1);
+    th_create_topic(&c, "br", 2);
+    th_produce(&c, "br", 2, 10, -1, -1, NULL);
+    int port = start(&c, "br", "", "");
+    cr_assert(th_wait_log(&h, "assigned 2 partition(s)", 1, 20000), "%s",
+              th_log(&h));
+    double budget;
+    scrape_queued(port, &budget);
+    cr_assert_eq(budget, (double)BUDGET);
+    char *ini = host_ini(&c, 3, port, "br", "", "");
+    free(tu_write_file(current_dir, "host.ini", ini));
+    free(ini);
+    kill(h.pid, SIGHUP);
+    cr_assert(th_wait_log(&h, "reload: prefetch_budget_mb 1 -> 3", 1, 10000),
+              "%s", th_log(&h));
+    cr_assert(th_wait_log(&h, "reload accepted", 1, 10000), "%s", th_log(&h));
+    scrape_queued(port, &budget);
+    cr_assert_eq(budget, 3.0 * BUDGET);
+    cr_assert_eq(th_log_count(&h, "pipeline=p rebalance #"), 1,
+                 "the budget changed without a restart of the pipeline");
+    th_cluster_stop(&c);
+}
