@@ -44,6 +44,7 @@ typedef struct kh_pipeline {
     char *plugin_tried; /* NULL unless the plugin was found nowhere */
     int plugin_line;
     int workers;            /* default 1, 1..256 */
+    int spare_workers;      /* default 1, 0..16: idle, past init */
     int max_restarts;       /* default 30 */
     int max_seconds;        /* default 5 */
     int handler_timeout_ms; /* default 30000; 0 disables the hang check */

@@ -64,6 +64,7 @@ enum pipeline_key {
     PK_RLIMIT_CPU_S,
     PK_USER,
     PK_USER_GROUP,
+    PK_SPARE_WORKERS,
     PK_COUNT
 };
 

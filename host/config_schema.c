@@ -208,6 +208,8 @@ const struct pipeline_key_info pipeline_keys[PK_COUNT] = {
                          offsetof(kh_pipeline, rlimit_cpu_s), 0, 0, 31536000},
     [PK_USER] = {"user", false, NO_FIELD, 0, 0, 0},
     [PK_USER_GROUP] = {"user_group", false, NO_FIELD, 0, 0, 0},
+    [PK_SPARE_WORKERS] = {"spare_workers", false,
+                          offsetof(kh_pipeline, spare_workers), 1, 0, 16},
 };
 
 /* [host] integer keys: the first two are used only with brokers = mock

@@ -211,7 +211,8 @@ static bool host_status(kh_host *host, char *buf, size_t len) {
     for (size_t i = 0; i < host->n_pipelines; i++) {
         kh_pipeline_rt *pl = host->pipelines[i];
         bool all = true;
-        for (int w = 0; w < pl_n_all_workers(pl); w++) {
+        /* Workers of both generations; spares serve nothing yet. */
+        for (int w = 0; w < pl->n_workers + pl->n_next; w++) {
             kh_worker *wk = pl_worker(pl, w);
             total++;
             ready += wk->state == KH_W_READY;

@@ -87,6 +87,10 @@ static const struct pipeline_metric {
      offsetof(kh_pipeline_rt, lies), C_U64},
     {"khost_worker_restarts_total", "counter", "Worker processes restarted.",
      offsetof(kh_pipeline_rt, restarts_total), C_U64},
+    {"khost_spare_takeovers_total", "counter",
+     "Worker restarts served by a spare worker's process (spare_workers): "
+     "no spawn, no init.",
+     offsetof(kh_pipeline_rt, spare_takeovers), C_U64},
     {"khost_rebalances_total", "counter", "Consumer group rebalances seen.",
      offsetof(kh_pipeline_rt, rebalances), C_U64},
     {"khost_reloads_total", "counter", "Plugin swaps cut over by a reload.",
@@ -490,6 +494,18 @@ static void write_workers(FILE *out, kh_host *host) {
                     fprintf(out, "%.2f\n", cpu[k]);
             }
         }
+    }
+    family(out, "khost_spare_workers_ready", "gauge",
+           "Spare worker processes past init, idle, ready to take over a "
+           "worker that dies (spare_workers).");
+    for (size_t i = 0; i < host->n_pipelines; i++) {
+        const kh_pipeline_rt *pl = host->pipelines[i];
+        int ready = 0;
+        for (int w = 0; w < pl->n_spares; w++)
+            ready += pl->spares[w].state == KH_W_READY;
+        fputs("khost_spare_workers_ready", out);
+        label(out, "{", "pipeline", pl->cfg->name);
+        fprintf(out, "} %d\n", ready);
     }
 out:
     free(rss);

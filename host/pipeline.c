@@ -98,10 +98,14 @@ static void on_ready(kh_worker *w) {
         dispatch_send_partition_event(part, KH_F_ASSIGN);
         part_pause(part, KH_PAUSE_WORKER, false);
     }
+    int ready = 0;
+    for (int i = 0; i < pl->n_workers; i++)
+        ready += pl->workers[i].served;
+    /* The spares start once every worker is READY: they never delay a
+     * start, nor take a failing plugin's init attempts from it. */
+    if (ready == pl->n_workers && !pl->spares && !pl->swap)
+        supervisor_start_spares(pl);
     if (pl->start_outcome == KH_OUTCOME_PENDING) {
-        int ready = 0;
-        for (int i = 0; i < pl->n_workers; i++)
-            ready += pl->workers[i].served;
         if (ready == pl->n_workers) {
             pl->start_outcome = KH_OUTCOME_OK;
             snprintf(pl->start_why, sizeof pl->start_why,

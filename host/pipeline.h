@@ -86,6 +86,11 @@ struct kh_pipeline_rt {
      * the swap (reload.c) starts, promotes or drops the next one. */
     kh_worker *next;
     int n_next;
+    /* Spare workers (spare_workers): processes of the current generation
+     * past init, owning nothing, each ready to take over a worker that
+     * dies (supervisor.c). Started once every worker was READY. */
+    kh_worker *spares;
+    int n_spares;
     char *snapshot; /* the plugin copy current workers load */
     kh_part **parts;
     size_t n_parts, cap_parts;
@@ -96,6 +101,7 @@ struct kh_pipeline_rt {
     size_t n_restarts;
     /* counters (the metrics endpoint will expose them) */
     uint64_t handled, acked_count, crashes, restarts_total, rebalances;
+    uint64_t spare_takeovers; /* restarts served by a spare's process */
     uint64_t retries, failures, lies;
     uint64_t poison, dlq_written, dlq_errors, skipped, reloads;
     /* Results as the host received them (dispatch.c), deferred tokens
@@ -136,12 +142,16 @@ struct kh_pipeline_rt {
     uint64_t commits_auto, commits_sync, commits_recommit;
 };
 
-/* Every worker of both generations: pl_worker(pl, i), i < pl_n_all_workers. */
+/* Every worker of both generations, then the spares: pl_worker(pl, i),
+ * i < pl_n_all_workers. */
 static inline int pl_n_all_workers(const kh_pipeline_rt *pl) {
-    return pl->n_workers + pl->n_next;
+    return pl->n_workers + pl->n_next + pl->n_spares;
 }
 static inline kh_worker *pl_worker(kh_pipeline_rt *pl, int i) {
-    return i < pl->n_workers ? &pl->workers[i] : &pl->next[i - pl->n_workers];
+    if (i < pl->n_workers)
+        return &pl->workers[i];
+    i -= pl->n_workers;
+    return i < pl->n_next ? &pl->next[i] : &pl->spares[i - pl->n_next];
 }
 
 /* A pipeline's state for status and metrics: running, starting,

@@ -82,7 +82,7 @@ static bool plugin_same(kh_pipeline_rt *pl, const kh_pipeline *b) {
     return !strcmp(a->plugin_path, b->plugin_path) &&
            !file_changed(&pl->plugin_stat, b->plugin_path) &&
            kv_same(a->config, a->n_config, b->config, b->n_config) &&
-           a->workers == b->workers &&
+           a->workers == b->workers && a->spare_workers == b->spare_workers &&
            a->tick_interval_ms == b->tick_interval_ms;
 }
 
@@ -395,6 +395,8 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
             pl->cfg = np;
             for (int w = 0; w < pl->n_workers; w++)
                 pl->workers[w].cfg = np;
+            for (int w = 0; w < pl->n_spares; w++)
+                pl->spares[w].cfg = np;
             if (resize) {
                 free(pl->restarts);
                 pl->restarts =

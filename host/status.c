@@ -137,19 +137,23 @@ static json_t *pipeline_json(kh_pipeline_rt *pl) {
     for (size_t t = 0; t < pl->cfg->n_topics; t++)
         json_array_append_new(topics, jstr(pl->cfg->topics[t]));
     json_t *counters = json_pack(
-        "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "handled",
+        "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "handled",
         (json_int_t)pl->handled, "acked", (json_int_t)pl->acked_count,
         "retried", (json_int_t)pl->retries, "failed", (json_int_t)pl->failures,
         "dead_lettered", (json_int_t)pl->dlq_written, "dead_letter_errors",
         (json_int_t)pl->dlq_errors, "skipped", (json_int_t)pl->skipped,
         "crashes", (json_int_t)pl->crashes, "restarts",
-        (json_int_t)pl->restarts_total, "rebalances",
+        (json_int_t)pl->restarts_total, "spare_takeovers",
+        (json_int_t)pl->spare_takeovers, "rebalances",
         (json_int_t)pl->rebalances, "reloads", (json_int_t)pl->reloads);
     json_t *workers = json_array();
     for (int i = 0; i < pl->n_workers; i++)
         json_array_append_new(workers, worker_json(&pl->workers[i], "current"));
     for (int i = 0; i < pl->n_next; i++)
         json_array_append_new(workers, worker_json(&pl->next[i], "next"));
+    json_t *spares = json_array();
+    for (int i = 0; i < pl->n_spares; i++)
+        json_array_append_new(spares, worker_json(&pl->spares[i], "spare"));
     json_t *parts = json_array();
     for (size_t j = 0; j < pl->n_parts; j++)
         if (pl->parts[j] && pl->parts[j]->assigned)
@@ -171,12 +175,13 @@ static json_t *pipeline_json(kh_pipeline_rt *pl) {
     json_t *plugin =
         json_pack("{s:o,s:o,s:o}", "path", jstr(pl->cfg->plugin_path), "name",
                   jstr(pl->plugin_name), "version", jstr(pl->plugin_version));
-    return json_pack("{s:o,s:o,s:o,s:s,s:o,s:i,s:o,s:o,s:o,s:o}", "name",
-                     jstr(pl->cfg->name), "group", jstr(pl->cfg->group),
+    return json_pack("{s:o,s:o,s:o,s:s,s:o,s:i,s:i,s:o,s:o,s:o,s:o,s:o}",
+                     "name", jstr(pl->cfg->name), "group", jstr(pl->cfg->group),
                      "topics", topics, "state", status_pipeline_state(pl),
                      "plugin", plugin, "workers_configured", pl->cfg->workers,
-                     "counters", counters, "workers", workers, "partitions",
-                     parts, "recent_crashes", crashes);
+                     "spare_workers_configured", pl->cfg->spare_workers,
+                     "counters", counters, "workers", workers, "spares", spares,
+                     "partitions", parts, "recent_crashes", crashes);
 }
 
 json_t *status_json(kh_host *host) {

@@ -24,6 +24,21 @@
  *
  * Every delay is jittered by +-25% (jitter.c, seeded per process), so
  * that workers and hosts that failed together do not retry in lockstep.
+ *
+ * Spare workers (spare_workers, default 1) make a restart cost no spawn
+ * and no init: a spare is a process of the current generation that passed
+ * init and owns nothing. When a worker is to be restarted and a READY
+ * spare of its generation exists, the spare's process moves into the
+ * worker (take_spare): its channel, ring, status page and event sources,
+ * and the worker is READY at once; the spare's slot then starts a new
+ * process. A spare's process keeps the worker_index it was given at INIT:
+ * the indices of a pipeline's live processes stay distinct, 0 ..
+ * workers + spare_workers - 1, though a worker's may no longer be its
+ * slot's. Spares start once every worker was READY (pipeline.c), and
+ * again on each plugin swap's cutover (swap.c); their own deaths back off
+ * like failed starts and count neither as crashes nor towards
+ * max_restarts. Rule: a spare never owns a partition (assignments go to
+ * pl->workers only, swaps to pl->next).
  */
 #define _GNU_SOURCE
 #include "supervisor.h"
@@ -61,6 +76,7 @@ typedef enum kh_worker_event {
     KH_WE_SHUTDOWN,    /* SHUTDOWN queued */
     KH_WE_LOST,        /* its channel failed during a bounded wait */
     KH_WE_EXITED,      /* reaped */
+    KH_WE_HANDOFF,     /* a spare's process moved into a worker */
     KH_WE_N_EVENTS
 } kh_worker_event;
 
@@ -75,13 +91,13 @@ typedef enum kh_worker_event {
 #define NO -1
 /* clang-format off */
 static const signed char transitions[KH_W_N_STATES][KH_WE_N_EVENTS] = {
-    /*       SPAWNED RETRY UNSTART READY  KILL   SHUTDN LOST   EXITED */
-    [STOP]  = {START, BACK, STOP,   NO,    NO,    NO,    NO,    NO},
-    [START] = {NO,    NO,   NO,     READY, KILLD, STOPG, KILLD, STOP},
-    [READY] = {NO,    NO,   NO,     NO,    KILLD, STOPG, KILLD, STOP},
-    [BACK]  = {START, BACK, STOP,   NO,    NO,    NO,    NO,    NO},
-    [STOPG] = {NO,    NO,   NO,     NO,    KILLD, NO,    KILLD, STOP},
-    [KILLD] = {NO,    NO,   NO,     NO,    KILLD, NO,    KILLD, STOP},
+    /*       SPAWNED RETRY UNSTART READY  KILL   SHUTDN LOST   EXITED HANDOFF */
+    [STOP]  = {START, BACK, STOP,   NO,    NO,    NO,    NO,    NO,    NO},
+    [START] = {NO,    NO,   NO,     READY, KILLD, STOPG, KILLD, STOP,  NO},
+    [READY] = {NO,    NO,   NO,     NO,    KILLD, STOPG, KILLD, STOP,  STOP},
+    [BACK]  = {START, BACK, STOP,   NO,    NO,    NO,    NO,    NO,    NO},
+    [STOPG] = {NO,    NO,   NO,     NO,    KILLD, NO,    KILLD, STOP,  NO},
+    [KILLD] = {NO,    NO,   NO,     NO,    KILLD, NO,    KILLD, STOP,  NO},
 };
 /* clang-format on */
 #undef STOP
@@ -92,14 +108,20 @@ static const signed char transitions[KH_W_N_STATES][KH_WE_N_EVENTS] = {
 #undef KILLD
 #undef NO
 
+/* "worker" or "spare", for log lines: a spare's slot is not a worker's. */
+static const char *role(const kh_worker *w) {
+    return w->spare ? "spare" : "worker";
+}
+
 static void transition(kh_worker *w, kh_worker_event ev) {
-    static const char *const ev_names[] = {"spawned", "retry", "unstartable",
-                                           "ready",   "kill",  "shutdown",
-                                           "lost",    "exited"};
+    static const char *const ev_names[] = {"spawned", "retry",  "unstartable",
+                                           "ready",   "kill",   "shutdown",
+                                           "lost",    "exited", "handoff"};
     int next = transitions[w->state][ev];
     if (next < 0) {
-        klog_error("pipeline=%s worker=%d: BUG: event %s in state %d",
-                   w->pl->cfg->name, w->index, ev_names[ev], (int)w->state);
+        klog_error("pipeline=%s %s=%d: BUG: event %s in state %d",
+                   w->pl->cfg->name, role(w), w->index, ev_names[ev],
+                   (int)w->state);
 #ifdef KHOST_CHECKED
         abort();
 #endif
@@ -111,7 +133,7 @@ static void transition(kh_worker *w, kh_worker_event ev) {
 int supervisor_spawn(kh_worker *w);
 
 static void send_init(kh_worker *w) {
-    worker_proc_put_init(&w->conn.out, w->cfg, w->index, w->plugin_path);
+    worker_proc_put_init(&w->conn.out, w->cfg, w->proc_index, w->plugin_path);
 }
 
 static int on_worker_io(sd_event_source *s, int fd, uint32_t revents,
@@ -233,10 +255,11 @@ static int on_restart_timer(sd_event_source *s, uint64_t usec, void *userdata) {
      * whose ids do not change): then the pipeline fails, loudly, instead
      * of its partitions waiting forever for a worker. */
     if (supervisor_spawn(w) != 0 && w->state == KH_W_STOPPED) {
-        klog_error("pipeline=%s worker=%d: cannot be restarted (see above); "
+        klog_error("pipeline=%s %s=%d: cannot be restarted (see above); "
                    "not retrying",
-                   w->pl->cfg->name, w->index);
-        w->pl->supervisor_events->exhausted(w->pl);
+                   w->pl->cfg->name, role(w), w->index);
+        if (!w->spare) /* the workers go on without a spare */
+            w->pl->supervisor_events->exhausted(w->pl);
     }
     return 0;
 }
@@ -250,7 +273,36 @@ static int64_t backoff_ms(int64_t base, int64_t cap, int n) {
     return kh_jitter(delay);
 }
 
+static void arm_restart(kh_worker *w, int64_t delay) {
+    transition(w, KH_WE_RETRY);
+    /* The delay counts from now, not from the loop's wakeup
+     * (sd_event_now): a slow turn (valgrind, a long batch) would
+     * otherwise shorten the backoff the log line announces. */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+    sd_event_add_time(w->pl->host->ev, &w->restart_timer, CLOCK_MONOTONIC,
+                      now + (uint64_t)delay * 1000, 1000, on_restart_timer, w);
+}
+
+/* A spare that died, or could not start: it serves nothing, so it waits
+ * like a failed start (100 ms doubling to 30 s), the count reset only by
+ * a spare that lived longer than max_seconds. */
+static void schedule_spare_restart(kh_worker *w) {
+    if (kh_now_ms() - w->spawned_ms > w->pl->cfg->max_seconds * 1000LL)
+        w->consecutive_crashes = 0;
+    int64_t delay = backoff_ms(KH_INIT_BACKOFF_BASE_MS, KH_INIT_BACKOFF_MAX_MS,
+                               w->consecutive_crashes++);
+    arm_restart(w, delay);
+    klog_info("pipeline=%s spare=%d starting again in %lld ms",
+              w->pl->cfg->name, w->index, (long long)delay);
+}
+
 static void schedule_restart(kh_worker *w, bool failed_start) {
+    if (w->spare) {
+        schedule_spare_restart(w);
+        return;
+    }
     /* Jitter keeps workers that died together from restarting in
      * lockstep. */
     int64_t delay;
@@ -265,15 +317,7 @@ static void schedule_restart(kh_worker *w, bool failed_start) {
     else
         delay = backoff_ms(KH_BACKOFF_BASE_MS, KH_BACKOFF_MAX_MS,
                            w->consecutive_crashes - 2);
-    transition(w, KH_WE_RETRY);
-    /* The delay counts from now, not from the loop's wakeup
-     * (sd_event_now): a slow turn (valgrind, a long batch) would
-     * otherwise shorten the backoff the log line below announces. */
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    uint64_t now = (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
-    sd_event_add_time(w->pl->host->ev, &w->restart_timer, CLOCK_MONOTONIC,
-                      now + (uint64_t)delay * 1000, 1000, on_restart_timer, w);
+    arm_restart(w, delay);
     klog_info("pipeline=%s worker=%d restarting in %lld ms (restart %llu%s)",
               w->pl->cfg->name, w->index, (long long)delay,
               (unsigned long long)w->pl->restarts_total,
@@ -305,6 +349,31 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
         pl->supervisor_events->read(w);
     release_process(w);
     transition(w, KH_WE_EXITED);
+    if (w->spare) {
+        bool again = orderly && w->restart_requested && !pl->stopping &&
+                     !pl->host->shutting_down && !pl->failed;
+        w->restart_requested = false;
+        if (again) {
+            klog_info("pipeline=%s spare=%d pid=%d %s; starting it again",
+                      pl->cfg->name, w->index, (int)pid, how);
+            supervisor_spawn(w); /* a failure retries by itself */
+            return 0;
+        }
+        if (orderly || pl->stopping || pl->host->shutting_down) {
+            klog_info("pipeline=%s spare=%d pid=%d %s", pl->cfg->name, w->index,
+                      (int)pid, how);
+            return 0;
+        }
+        /* It owned nothing: no rewind, no crash counted. */
+        klog_error("pipeline=%s spare=%d pid=%d died %s: %s%s%s%s%s",
+                   pl->cfg->name, w->index, (int)pid,
+                   w->served ? "idle" : "before init finished", how,
+                   w->init_error[0] ? ": " : "", w->init_error,
+                   w->kill_reason[0] ? "; " : "", w->kill_reason);
+        if (!pl->failed)
+            schedule_spare_restart(w);
+        return 0;
+    }
     if (w->candidate) {
         /* A reload's new worker: it owns nothing yet, and its death means
          * the reload cannot go through. */
@@ -387,15 +456,131 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
     return 0;
 }
 
+/* What a process started now for cfg would be started with, besides the
+ * plugin and its config (INIT): kh_worker.spawned_as. */
+static void spawn_signature(const kh_pipeline *cfg, char *buf, size_t len) {
+    char limits[128];
+    hardening_describe_limits(cfg, limits, sizeof limits);
+    snprintf(buf, len, "%s|%s|%s|%d", limits, cfg->user ? cfg->user : "",
+             cfg->user_group ? cfg->user_group : "", (int)klog_level());
+}
+
+/* A READY spare that w could have started itself: the same plugin
+ * snapshot and config (its generation), the same limits, user and log
+ * level as now. NULL when none. */
+static kh_worker *find_spare(const kh_worker *w) {
+    kh_pipeline_rt *pl = w->pl;
+    char now[sizeof w->spawned_as];
+    spawn_signature(w->cfg, now, sizeof now);
+    for (int i = 0; i < pl->n_spares; i++) {
+        kh_worker *s = &pl->spares[i];
+        if (s->state == KH_W_READY && s->pid && s->conn.fd >= 0 &&
+            !s->eof_timer && s->plugin_path == w->plugin_path &&
+            s->cfg == w->cfg && !strcmp(s->spawned_as, now))
+            return s;
+    }
+    return NULL;
+}
+
+/* Move a READY spare's process into w, which is READY at once; the
+ * spare's slot starts a new process on the next turn of the loop, after
+ * w's partitions were dispatched. False when there is no spare to take. */
+/* Spares of w's generation started with other limits, user or log level
+ * than w would get now (a reload changed them in place) are stopped in
+ * order and started again with the current ones (on_worker_exit). */
+static void retire_stale_spares(const kh_worker *w) {
+    kh_pipeline_rt *pl = w->pl;
+    char now[sizeof w->spawned_as];
+    spawn_signature(w->cfg, now, sizeof now);
+    for (int i = 0; i < pl->n_spares; i++) {
+        kh_worker *s = &pl->spares[i];
+        if (s->state != KH_W_READY || s->plugin_path != w->plugin_path ||
+            s->cfg != w->cfg || !strcmp(s->spawned_as, now))
+            continue;
+        klog_info("pipeline=%s spare=%d pid=%d was started with other "
+                  "limits, user or log level than a worker gets now; "
+                  "replacing it",
+                  pl->cfg->name, s->index, (int)s->pid);
+        s->restart_requested = true;
+        s->stop_sent_ms = kh_now_ms();
+        supervisor_shutdown(s);
+    }
+}
+
+static bool take_spare(kh_worker *w) {
+    kh_pipeline_rt *pl = w->pl;
+    kh_worker *s = find_spare(w);
+    if (!s) {
+        retire_stale_spares(w);
+        return false;
+    }
+    int64_t now = kh_now_ms();
+    int64_t idle_ms = now - s->spawned_ms;
+    int freed_index = w->proc_index;
+    w->pid = s->pid;
+    w->conn = s->conn;
+    w->io_src = s->io_src;
+    w->out_fd = s->out_fd;
+    w->out_src = s->out_src;
+    w->output = s->output;
+    w->child_src = s->child_src;
+    w->status = s->status;
+    w->ring = s->ring;
+    w->ring_head = s->ring_head;
+    w->ring_tail = s->ring_tail;
+    w->inflight = 0;
+    w->proc_index = s->proc_index;
+    memcpy(w->spawned_as, s->spawned_as, sizeof w->spawned_as);
+    w->spawned_ms = now; /* a crash loop counts from the takeover */
+    w->answered = 0;
+    w->served = false;
+    w->kill_reason[0] = '\0';
+    w->init_error[0] = '\0';
+    snprintf(w->out_tag, sizeof w->out_tag, "pipeline=%s worker=%d pid=%d",
+             pl->cfg->name, w->index, (int)w->pid);
+    /* Its event sources now report to w. */
+    if (w->io_src)
+        sd_event_source_set_userdata(w->io_src, w);
+    if (w->out_src)
+        sd_event_source_set_userdata(w->out_src, w);
+    sd_event_source_set_userdata(w->child_src, w);
+
+    s->last_pid = s->pid;
+    s->pid = 0;
+    s->conn = (kh_conn){.fd = -1};
+    s->io_src = s->out_src = s->child_src = NULL;
+    s->out_fd = -1;
+    memset(&s->output, 0, sizeof s->output);
+    s->status = NULL;
+    s->ring = NULL;
+    s->served = false;
+    s->proc_index = freed_index;
+    transition(s, KH_WE_HANDOFF);
+    pl->spare_takeovers++;
+
+    transition(w, KH_WE_SPAWNED);
+    klog_info("pipeline=%s worker=%d: spare=%d pid=%d takes over (idle %lld "
+              "ms; its plugin was given worker_index=%d)",
+              pl->cfg->name, w->index, s->index, (int)w->pid,
+              (long long)idle_ms, w->proc_index);
+    supervisor_worker_ready(w, s->plugin_name, s->plugin_version,
+                            s->plugin_flags);
+    /* The slot's next process, after this turn's dispatch. */
+    arm_restart(s, 0);
+    return true;
+}
+
 int supervisor_spawn(kh_worker *w) {
     kh_pipeline_rt *pl = w->pl;
     kh_worker_proc proc;
     bool permanent;
     char err[512];
-    if (worker_proc_spawn(w->cfg, w->index, w->plugin_path, &proc, &permanent,
-                          err, sizeof err) != 0) {
-        klog_error("pipeline=%s worker=%d: cannot start a worker process: %s",
-                   pl->cfg->name, w->index, err);
+    if (!w->candidate && !w->spare && take_spare(w))
+        return 0;
+    if (worker_proc_spawn(w->cfg, w->proc_index, w->plugin_path, &proc,
+                          &permanent, err, sizeof err) != 0) {
+        klog_error("pipeline=%s %s=%d: cannot start a worker process: %s",
+                   pl->cfg->name, role(w), w->index, err);
         if (permanent)
             transition(w, KH_WE_UNSTARTABLE);
         else
@@ -417,13 +602,14 @@ int supervisor_spawn(kh_worker *w) {
         worker_proc_unmap(w->status);
         w->status = NULL;
         w->ring = NULL;
-        klog_error("pipeline=%s worker=%d: cannot start a worker process: %s",
-                   pl->cfg->name, w->index, strerror(-rc));
+        klog_error("pipeline=%s %s=%d: cannot start a worker process: %s",
+                   pl->cfg->name, role(w), w->index, strerror(-rc));
         schedule_restart(w, true);
         return -1;
     }
     pid_t pid = proc.pid;
     w->pid = pid;
+    spawn_signature(w->cfg, w->spawned_as, sizeof w->spawned_as);
     w->spawned_ms = kh_now_ms();
     w->answered = 0;
     w->served = false;
@@ -445,8 +631,8 @@ int supervisor_spawn(kh_worker *w) {
     char limits[128];
     hardening_describe_limits(w->cfg, limits, sizeof limits);
     const kh_pipeline *wc = w->cfg;
-    klog_debug("pipeline=%s worker=%d started pid=%d%s%s%s%s%s%s",
-               pl->cfg->name, w->index, (int)pid, limits[0] ? " " : "", limits,
+    klog_debug("pipeline=%s %s=%d started pid=%d%s%s%s%s%s%s", pl->cfg->name,
+               role(w), w->index, (int)pid, limits[0] ? " " : "", limits,
                wc->user ? " user=" : "", wc->user ? wc->user : "",
                wc->user_group ? " user_group=" : "",
                wc->user_group ? wc->user_group : "");
@@ -465,13 +651,45 @@ int supervisor_start(kh_pipeline_rt *pl) {
         w->pl = pl;
         w->cfg = pl->cfg;
         w->plugin_path = pl->snapshot;
-        w->index = i;
+        w->index = w->proc_index = i;
         w->conn.fd = -1;
         w->out_fd = -1;
         if (supervisor_spawn(w) != 0)
             return -1;
     }
     return 0;
+}
+
+void supervisor_start_spares(kh_pipeline_rt *pl) {
+    /* Their processes are gone; a restart timer may not be. */
+    for (int i = 0; i < pl->n_spares; i++)
+        pl->spares[i].restart_timer =
+            sd_event_source_disable_unref(pl->spares[i].restart_timer);
+    free(pl->spares);
+    pl->spares = NULL;
+    pl->n_spares = 0;
+    int n = pl->cfg->spare_workers;
+    if (n <= 0 || pl->failed || pl->stopping || pl->host->shutting_down)
+        return;
+    pl->spares = calloc((size_t)n, sizeof *pl->spares);
+    if (!pl->spares) {
+        klog_warn("pipeline=%s: out of memory for %d spare worker(s); "
+                  "restarts spawn a new process",
+                  pl->cfg->name, n);
+        return;
+    }
+    pl->n_spares = n;
+    for (int i = 0; i < n; i++) {
+        kh_worker *s = &pl->spares[i];
+        s->pl = pl;
+        s->cfg = pl->cfg;
+        s->plugin_path = pl->snapshot;
+        s->spare = true;
+        s->index = s->proc_index = pl->n_workers + i;
+        s->conn.fd = -1;
+        s->out_fd = -1;
+        supervisor_spawn(s); /* a failure retries by itself */
+    }
 }
 
 void supervisor_worker_ready(kh_worker *w, const char *name,
@@ -483,6 +701,13 @@ void supervisor_worker_ready(kh_worker *w, const char *name,
     w->failed_starts = 0;
     snprintf(w->plugin_version, sizeof w->plugin_version, "%s", version);
     snprintf(w->plugin_name, sizeof w->plugin_name, "%s", name);
+    if (w->spare) {
+        /* Not " ready: plugin", which names a serving worker. */
+        klog_info("pipeline=%s spare=%d pid=%d up: plugin %s %s, idle until "
+                  "a worker is restarted",
+                  pl->cfg->name, w->index, (int)w->pid, name, version);
+        return;
+    }
     klog_info("pipeline=%s %sworker=%d pid=%d ready: plugin %s %s",
               pl->cfg->name, w->candidate ? "new " : "", w->index, (int)w->pid,
               name, version);
@@ -494,8 +719,8 @@ void supervisor_kill(kh_worker *w, const char *reason) {
         return;
     if (!w->kill_reason[0])
         snprintf(w->kill_reason, sizeof w->kill_reason, "%s", reason);
-    klog_error("pipeline=%s worker=%d pid=%d: %s; killing it", w->pl->cfg->name,
-               w->index, (int)w->pid, reason);
+    klog_error("pipeline=%s %s=%d pid=%d: %s; killing it", w->pl->cfg->name,
+               role(w), w->index, (int)w->pid, reason);
     /* The child source keeps the pid from being reused until the exit is
      * reaped, so kill() by pid is safe here. */
     kill(w->pid, SIGKILL);
@@ -595,7 +820,7 @@ int supervisor_start_next(kh_pipeline_rt *pl, const kh_pipeline *cfg,
         w->cfg = cfg;
         w->plugin_path = snapshot;
         w->candidate = true;
-        w->index = i;
+        w->index = w->proc_index = i;
         w->conn.fd = -1;
         w->out_fd = -1;
         if (supervisor_spawn(w) != 0)
@@ -628,8 +853,9 @@ void supervisor_promote_next(kh_pipeline_rt *pl) {
 void supervisor_free(kh_pipeline_rt *pl) {
     free_generation(pl->workers, pl->n_workers);
     free_generation(pl->next, pl->n_next);
-    pl->workers = pl->next = NULL;
-    pl->n_workers = pl->n_next = 0;
+    free_generation(pl->spares, pl->n_spares);
+    pl->workers = pl->next = pl->spares = NULL;
+    pl->n_workers = pl->n_next = pl->n_spares = 0;
 }
 
 /* ---- an ordered stop (drain.c waits) ---- */
@@ -658,8 +884,8 @@ bool supervisor_reap(kh_worker *w) {
         return false;
     char how[96];
     worker_proc_describe_exit(&si, how, sizeof how);
-    klog_info("pipeline=%s worker=%d pid=%d %s", w->pl->cfg->name, w->index,
-              (int)w->pid, how);
+    klog_info("pipeline=%s %s=%d pid=%d %s", w->pl->cfg->name, role(w),
+              w->index, (int)w->pid, how);
     /* What it sends on its way out counts: terminate's and the last
      * tick's acks, before the final commit. */
     if (w->conn.fd >= 0 && w->state == KH_W_STOPPING)
@@ -672,8 +898,8 @@ bool supervisor_reap(kh_worker *w) {
 void supervisor_kill_and_reap(kh_worker *w, const char *why) {
     if (!w->pid)
         return;
-    klog_warn("pipeline=%s worker=%d pid=%d %s; killing it", w->pl->cfg->name,
-              w->index, (int)w->pid, why);
+    klog_warn("pipeline=%s %s=%d pid=%d %s; killing it", w->pl->cfg->name,
+              role(w), w->index, (int)w->pid, why);
     kill(w->pid, SIGKILL);
     siginfo_t si;
     waitid(P_PID, (id_t)w->pid, &si, WEXITED);

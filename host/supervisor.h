@@ -34,7 +34,15 @@ struct kh_worker {
     const kh_pipeline *cfg;  /* this worker's generation's config */
     const char *plugin_path; /* its plugin snapshot */
     bool candidate;          /* started by a reload, not cut over yet */
-    int index;
+    /* A spare (pl->spares): past init, owns nothing; when a worker dies
+     * its process moves into that worker (supervisor.c, take_spare). */
+    bool spare;
+    int index;      /* its slot: workers 0..n-1, spares n.. (log lines) */
+    int proc_index; /* the worker_index its process was given at INIT */
+    /* What its process was started with beyond the plugin: limits, user,
+     * group, log level. A spare serves a worker only when they match what
+     * that worker would be started with now (a reload may change them). */
+    char spawned_as[192];
     kh_worker_state state;
     pid_t pid;
     pid_t last_pid; /* the last process's, kept after it is reaped */
@@ -105,6 +113,10 @@ typedef struct kh_supervisor_events {
 } kh_supervisor_events;
 
 int supervisor_start(kh_pipeline_rt *pl);
+/* Start the pipeline's spare workers (cfg->spare_workers, on its current
+ * plugin snapshot), replacing any earlier ones, whose processes must be
+ * gone (drain_stop_workers on pl->spares). */
+void supervisor_start_spares(kh_pipeline_rt *pl);
 void supervisor_worker_ready(kh_worker *w, const char *name,
                              const char *version, uint64_t plugin_flags);
 void supervisor_kill(kh_worker *w, const char *reason);

@@ -340,6 +340,10 @@ static void finish_cutover(kh_pipeline_rt *pl) {
         pl->swap = NULL;
     }
     dispatch_pump(pl);
+    /* The spares run the old plugin: stop them, and start new ones on the
+     * new generation's plugin and config (spare_workers may have changed). */
+    drain_stop_workers(pl, pl->spares, pl->n_spares, kh_now_ms() + 5000);
+    supervisor_start_spares(pl);
 }
 
 void swap_worker_ready(kh_worker *w) {

@@ -217,6 +217,41 @@ Test(config, defaults) {
     cr_assert_eq(p->shutdown_timeout_ms, 10000);
     cr_assert_eq(p->on_exhausted, KH_ON_EXHAUSTED_PAUSE);
     cr_assert_eq(l->cfg.prefetch_budget_mb, 32);
+    cr_assert_eq(p->spare_workers, 1);
+    unload(l);
+}
+
+Test(config, spare_workers_is_checked) {
+    loaded *l = load_text(VALID_HOST VALID_PIPELINE "spare_workers = 0\n");
+    assert_ok(l);
+    cr_assert_eq(l->cfg.pipelines[0].spare_workers, 0);
+    unload(l);
+    l = load_text(VALID_HOST VALID_PIPELINE "spare_workers = 16\n");
+    assert_ok(l);
+    cr_assert_eq(l->cfg.pipelines[0].spare_workers, 16);
+    unload(l);
+    const char *bad[] = {"17", "-1", "one", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char *text = NULL, *msg = NULL;
+        cr_assert(asprintf(&text,
+                           VALID_HOST VALID_PIPELINE "spare_workers = %s\n",
+                           bad[i]) > 0);
+        cr_assert(asprintf(&msg,
+                           "bad value '%s' for 'spare_workers' in "
+                           "[pipeline.orders]: expected an integer in 0..16",
+                           bad[i]) > 0);
+        l = load_text(text);
+        assert_errors(l, 1);
+        assert_error(l, 7, msg);
+        unload(l);
+        free(text);
+        free(msg);
+    }
+    l = load_text(VALID_HOST VALID_PIPELINE "spare_worker = 1\n");
+    assert_errors(l, 1);
+    assert_error(l, 7,
+                 "unknown key 'spare_worker' in [pipeline.orders] "
+                 "(did you mean 'spare_workers'?)");
     unload(l);
 }
 

@@ -1516,6 +1516,12 @@ void supervisor_promote_next(kh_pipeline_rt *pl) {
     pl->n_next = 0;
 }
 
+/* Spares are the supervisor's: seen from the core, a restart served by a
+ * spare is a READY of the same worker, which the script already makes. */
+void supervisor_start_spares(kh_pipeline_rt *pl) {
+    (void)pl;
+}
+
 /* SHUTDOWN: the script's worker exits at once, unread answers lost. */
 void supervisor_shutdown(kh_worker *w) {
     w->pid = 0;

@@ -67,22 +67,6 @@ static void kill_leftovers(void) {
 
 TestSuite(regress_canary, .fini = kill_leftovers);
 
-/* Copy src over dst by rename (atomic, the recommended deploy). */
-static void install(const char *src, const char *dst) {
-    size_t len;
-    char *bytes = tu_read_file(src, &len);
-    cr_assert_not_null(bytes, "%s", src);
-    char *tmp;
-    cr_assert_neq(asprintf(&tmp, "%s.new", dst), -1);
-    FILE *f = fopen(tmp, "w");
-    cr_assert_not_null(f, "%s", tmp);
-    cr_assert_eq(fwrite(bytes, 1, len, f), len);
-    cr_assert_eq(fclose(f), 0);
-    cr_assert_eq(rename(tmp, dst), 0);
-    free(tmp);
-    free(bytes);
-}
-
 /* One member of the group: plugin dir/<name>.so, recording "partition
  * offset version" lines to dir/<name>.rec (the fxr fixtures). */
 static char *member_ini(th_cluster *c, const char *dir, const char *name,
@@ -196,8 +180,8 @@ Test(regress_canary, canary_revoked_and_reassigned_during_probation,
     cr_assert_neq(asprintf(&so_b, "%s/b.so", dir), -1);
     cr_assert_neq(asprintf(&ra, "%s/a.rec", dir), -1);
     cr_assert_neq(asprintf(&rb, "%s/b.rec", dir), -1);
-    install(FX("fxr_v1"), so_a);
-    install(FX("fxr_v1"), so_b);
+    tu_install(FX("fxr_v1"), so_a);
+    tu_install(FX("fxr_v1"), so_b);
 
     char extra[128];
     snprintf(extra, sizeof extra,
@@ -211,7 +195,7 @@ Test(regress_canary, canary_revoked_and_reassigned_during_probation,
     cr_assert(wait_handled(&a, ra, rb, FIRST, 60000), "%s", th_log(&a));
 
     /* v2 over the plugin; one partition moves to it, the others wait. */
-    install(FX("fxr_v2"), so_a);
+    tu_install(FX("fxr_v2"), so_a);
     tu_result r = reload_cmd(&a);
     cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
     tu_result_free(&r);

@@ -127,8 +127,9 @@ Test(runtime, every_message_once_with_fields_intact, .timeout = 90) {
         cr_assert(found && found < end, "headers/attempt wrong in: %.*s",
                   (int)(end - line), line);
     }
-    /* Both workers ran terminate on shutdown; none had to be killed. */
-    cr_assert_eq(th_log_count(&h, ": terminated"), 2, "%s", th_log(&h));
+    /* Both workers and the spare (spare_workers = 1) ran terminate on
+     * shutdown; none had to be killed. */
+    cr_assert_eq(th_log_count(&h, ": terminated"), 3, "%s", th_log(&h));
     cr_assert_eq(th_log_count(&h, "did not stop in time"), 0, "%s", th_log(&h));
     free(text);
     th_ledger_free(&l);

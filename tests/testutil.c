@@ -315,3 +315,18 @@ int tu_metrics_parse(const char *dir, const char *text) {
     free(file);
     return families;
 }
+
+void tu_install(const char *src, const char *dst) {
+    size_t len;
+    char *bytes = tu_read_file(src, &len);
+    cr_assert_not_null(bytes, "%s", src);
+    char *tmp;
+    cr_assert_neq(asprintf(&tmp, "%s.new", dst), -1);
+    FILE *f = fopen(tmp, "w");
+    cr_assert_not_null(f, "%s", tmp);
+    cr_assert_eq(fwrite(bytes, 1, len, f), len);
+    cr_assert_eq(fclose(f), 0);
+    cr_assert_eq(rename(tmp, dst), 0);
+    free(tmp);
+    free(bytes);
+}

@@ -34,6 +34,9 @@ char *tu_read_file(const char *path, size_t *len);
 /* Copy src over dst in place (open with O_TRUNC and write, as `cp` does:
  * same inode, so a watcher sees a write, not a rename). Asserts. */
 void tu_cp_over(const char *src, const char *dst);
+/* Copy src over dst by a rename of dst.new (atomic: the recommended
+ * deploy of a plugin). Asserts. */
+void tu_install(const char *src, const char *dst);
 
 /* Number of occurrences of needle in haystack. */
 int tu_count(const char *haystack, const char *needle);

@@ -152,8 +152,11 @@ typedef struct khost_init_args {
     const khost_host_api *api;
     khost_host *host;
     const char *pipeline; /* the [pipeline.NAME] this worker serves */
-    int32_t worker_index; /* 0 .. workers-1 */
-    char *errbuf;         /* on failure, write one line explaining why */
+    /* 0 .. workers + spare_workers - 1, distinct among the pipeline's
+     * live worker processes. A spare (spare_workers) that takes over a
+     * dead worker keeps the index it was given here. */
+    int32_t worker_index;
+    char *errbuf; /* on failure, write one line explaining why */
     size_t errbuf_size;
 } khost_init_args;
 

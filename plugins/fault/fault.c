@@ -31,6 +31,9 @@
  *                      no headers (records show "headers":[]); tests use
  *                      it to show that, and that a dead letter still
  *                      carries the original headers
+ *   fail_init_index = N  init fails in the worker process given
+ *                      worker_index N (default: none); tests use it for a
+ *                      spare worker that cannot start
  * A marker triggers when the message value contains TEXT anywhere, as
  * bytes: values may be binary and contain NUL. When several markers
  * match, the first in the order listed above wins.
@@ -117,9 +120,9 @@ static void set_err(const khost_init_args *args, const char *fmt, ...) {
 }
 
 static int known_key(const char *key) {
-    static const char *const others[] = {"record",        "slow_ms",
-                                         "defer_all",     "misbehave_attempts",
-                                         "ack_on_revoke", "no_headers"};
+    static const char *const others[] = {
+        "record",        "slow_ms",    "defer_all",      "misbehave_attempts",
+        "ack_on_revoke", "no_headers", "fail_init_index"};
     for (size_t i = 0; i < M_COUNT; i++)
         if (!strcmp(key, marker_keys[i]))
             return 1;
@@ -234,6 +237,13 @@ static int fault_init(const khost_init_args *args, void **state) {
                     no_headers);
             goto fail;
         }
+    }
+
+    const char *fail_index = api->config_get(host, "fail_init_index");
+    if (fail_index && *fail_index && atoi(fail_index) == args->worker_index) {
+        set_err(args, "fault: fail_init_index = %s: failing init on purpose",
+                fail_index);
+        goto fail;
     }
 
     if (api->config_entry) {

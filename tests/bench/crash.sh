@@ -21,6 +21,8 @@
 #                      setting, e.g. CRASH_KHOST_KAFKA='fetch.wait.max.ms = 10'
 #   CRASH_HOLD_US      each handler call sleeps this long first (default 0),
 #                      so that kills find messages in flight
+#   CRASH_SPARES       the pipeline's spare_workers (default: khost's, 1);
+#                      0 restarts every killed worker as a new process
 #   BENCH_BUILD_DIR, BENCH_NO_BUILD=1, BENCH_KEEP=1  as for run.sh
 #
 # The plugin is tests/bench/bench_first.c: noop plus one stderr line
@@ -37,6 +39,7 @@ RATE=${CRASH_RATE:-5000}
 PARTS=${CRASH_PARTITIONS:-8}
 MAX_SECONDS=${CRASH_MAX_SECONDS:-5}
 HOLD_US=${CRASH_HOLD_US:-0}
+SPARES=${CRASH_SPARES:-}
 
 BENCH_TAG=crash
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -121,6 +124,7 @@ workers = 2
 ; 50 kills must not exhaust the restart limit
 max_restarts = 100000
 max_seconds = $MAX_SECONDS
+${SPARES:+spare_workers = $SPARES}
 [pipeline.crash.config]
 hold_us = $HOLD_US
 EOF
@@ -130,11 +134,21 @@ KPID=$!
 PIDS+=("$KPID")
 say "mock at $BOOT, stream of $RATE msg/s over $PARTS partitions, khost pid $KPID"
 
-# workers: khost's children (the workers are its only children), by pid.
-workers() { cat /proc/"$KPID"/task/*/children 2>/dev/null | tr ' ' '\n' | grep . || true; }
 # The plugin's line reaches the log as is, or tagged by the host's
 # plugin-output pipe ("... plugin output: BENCH_FIRST pid=...").
 first_seen() { grep -q "BENCH_FIRST pid=$1 " "$WORK/khost.log"; }
+# workers: khost's children that handled a message and still run, by pid.
+# A spare (spare_workers) handles nothing until it takes over a killed
+# worker; a killed one is a zombie, with no cmdline, until it is reaped.
+workers() {
+    local pid
+    # shellcheck disable=SC2013 # the file is one line of pids
+    for pid in $(cat /proc/"$KPID"/task/*/children 2>/dev/null); do
+        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'worker' &&
+            first_seen "$pid" && echo "$pid"
+    done
+    true
+}
 
 # Wait for the assignment and for both workers' first messages.
 for _ in $(seq 300); do
@@ -194,9 +208,9 @@ BUSY_AFTER=$(cpu_busy)
 # ---- the figures ----
 python3 - "$WORK/kills" "$WORK/khost.before-stop.log" "$BUSY_BEFORE" "$BUSY_AFTER" \
     "$KILLS" "$INTERVAL_MS" "$RATE" "$PARTS" "$MAX_SECONDS" "${CRASH_KHOST_KAFKA:-}" \
-    "$HOLD_US" <<'PY'
+    "$HOLD_US" "${SPARES:-default (1)}" <<'PY'
 import calendar, re, sys, time
-kills_f, log_f, busy0, busy1, nk, ivl, rate, parts, maxs, extra, hold = sys.argv[1:]
+kills_f, log_f, busy0, busy1, nk, ivl, rate, parts, maxs, extra, hold, spares = sys.argv[1:]
 
 def ts(line):  # "2026-12-03T05:42:53.865Z ..." -> epoch seconds (ms, truncated)
     m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{3})Z", line)
@@ -207,6 +221,7 @@ def ts(line):  # "2026-12-03T05:42:53.865Z ..." -> epoch seconds (ms, truncated)
 kills = [l.split() for l in open(kills_f)]
 lines = open(log_f, errors="replace").read().splitlines()
 crashed, restart_ms, started, ready, first = {}, {}, {}, {}, {}
+takeover = set()  # pids of spares that took over a killed worker
 assigned = revoked = 0
 pending_restart = {}
 # What each crash left to deliver again: the rewind lines that follow its
@@ -244,6 +259,10 @@ for l in lines:
     if m:
         started[m.group(2)] = (m.group(1), t)
         continue
+    m = re.search(r"pipeline=crash worker=(\d+): spare=\d+ pid=(\d+) takes over", l)
+    if m:
+        takeover.add(m.group(2))
+        continue
     m = re.search(r"pipeline=crash worker=(\d+) pid=(\d+) ready", l)
     if m:
         ready[m.group(2)] = (m.group(1), t)
@@ -271,11 +290,12 @@ for k, victim, tk in kills:
         missing += 1
         continue
     pid = repl[1]
-    sp = started[pid][1] - tk if pid in started else None
+    # A spare that took over was spawned before the kill.
+    sp = started[pid][1] - tk if pid in started and pid not in takeover else None
     n_left, how = left.get(victim, (0, set()))
     rows.append(dict(detect=tc - tk, spawn=sp, ready=repl[0] - tk,
                      first=first[pid] - tk, gap=first[pid] - repl[0], backoff=bo,
-                     left=n_left, how=how))
+                     left=n_left, how=how, spare=pid in takeover))
 
 def pct(v, p):
     v = sorted(v)
@@ -287,7 +307,7 @@ def pct(v, p):
 
 print()
 print("khost crash to resume: %s SIGKILLs of a worker, one every %s ms, 2 workers, %s partitions," % (nk, ivl, parts))
-print("a stream of %s msg/s x 100 B, plugin bench_first (noop + a timestamp at its first message), max_seconds=%s, hold_us=%s" % (rate, maxs, hold))
+print("a stream of %s msg/s x 100 B, plugin bench_first (noop + a timestamp at its first message), max_seconds=%s, hold_us=%s, spare_workers=%s" % (rate, maxs, hold, spares))
 if extra:
     print("khost [kafka] extra: %s" % extra.replace("\n", "; "))
 print("other load: %s%% CPU busy before, %s%% after" % (busy0, busy1))
@@ -299,18 +319,20 @@ def row(name, key, sub=None, only=None):
          for r in rows if r[key] is not None and (only is None or only(r))]
     print("| %-45s | %3d | %6.1f | %6.1f | %6.1f | %6.1f |" % (name, len(v), pct(v, 50), pct(v, 90), pct(v, 99), max(v) if v else float("nan")))
 row("crash seen (host log, ms resolution)", "detect")
-row("replacement spawned (host log, debug)", "spawn")
+row("replacement spawned (host log, debug; no spare)", "spawn")
 row("replacement READY (host log)", "ready")
 row("first message handled by the replacement", "first")
 row("  the same minus the restart backoff", "first", sub=True)
 row("(from READY to that first message)", "gap")
 row("first message, kills that left messages", "first", only=lambda r: r["left"] > 0)
 row("first message, kills that left nothing", "first", only=lambda r: r["left"] == 0)
+row("first message, served by a spare", "first", only=lambda r: r["spare"])
+row("first message, served by a new process", "first", only=lambda r: not r["spare"])
 bo = [r["backoff"] for r in rows if r["backoff"] is not None]
 if bo:
     print()
     print("restart backoff (host's 'restarting in N ms'): median %d ms, min %d, max %d" % (pct(bo, 50), min(bo), max(bo)))
-print("kills measured: %d of %d (%d without a complete log trail)" % (len(rows), len(kills), missing))
+print("kills measured: %d of %d (%d without a complete log trail); %d served by a spare's process" % (len(rows), len(kills), missing, sum(1 for r in rows if r["spare"])))
 with_left = [r for r in rows if r["left"]]
 print("kills that left messages to deliver again: %d (%d messages; redelivered from memory %d, by a seek %d);"
       " after the others the replacement's first message is the next one fetched" %

@@ -329,8 +329,9 @@ EOF
     [[ -n $stopped && $stopped -ge $N ]] || die "khost handled ${stopped:-?} of $N"
     rates=$(commit_rates "$WORK/$tag.commits") || die "no commit timing in $WORK/$tag.commits"
     check_tasks "$WORK/$tag.commits" "$name"
-    grep -q "procs=$(($2 + 1)) " "$WORK/$tag.commits" ||
-        say "  warning: the watcher did not see $2 worker(s) of khost at the end: $(cat "$WORK/$tag.commits")"
+    # The host, its workers and the default spare (spare_workers = 1).
+    grep -q "procs=$(($2 + 2)) " "$WORK/$tag.commits" ||
+        say "  warning: the watcher did not see $2 worker(s) and a spare of khost at the end: $(cat "$WORK/$tag.commits")"
     # shellcheck disable=SC2086
     record "$name" $rates
     # shellcheck disable=SC2086
