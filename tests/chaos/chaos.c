@@ -220,7 +220,16 @@ static bool is_khost_worker(pid_t pid) {
     if (n <= 0)
         return false;
     buf[n] = '\0';
-    /* argv is NUL-separated: "khost\0[-v\0]worker\0..." */
+    /* The worker executable sets its title to "khost-worker PIPELINE/N"
+     * (argv[0] "khost-worker"); `khost worker`, the fallback, has argv
+     * "khost\0[-v\0]worker\0...". Matching only the second missed every
+     * worker since khost-worker exists: no worker was killed. */
+    char first[256];
+    snprintf(first, sizeof first, "%s", buf);
+    first[strcspn(first, " ")] = '\0'; /* the title is one string */
+    const char *base = strrchr(first, '/') ? strrchr(first, '/') + 1 : first;
+    if (!strcmp(base, "khost-worker"))
+        return true;
     for (ssize_t i = 0; i < n; i += (ssize_t)strlen(buf + i) + 1)
         if (i > 0 && !strcmp(buf + i, "worker"))
             return true;
@@ -1205,7 +1214,7 @@ int main(int argc, char **argv) {
                 unclean_stops == 0 && all_committed && l.bad_lines == 0 &&
                 dlq == 0 && lf.failed_pipelines == 0 &&
                 cs.orphan_workers == 0 && skipped_events == 0 &&
-                cs.host_kills == 1;
+                cs.host_kills == 1 && cs.worker_kills > 0;
 
     printf("\n== khost chaos result (%s, seed %" PRIu64 ") ==\n",
            o.is_short ? "short" : "full", o.seed);
@@ -1270,6 +1279,8 @@ int main(int argc, char **argv) {
         printf("bad record lines:   %ld\n", l.bad_lines);
     if (skipped_events)
         printf("chaos events not reached: %d\n", skipped_events);
+    if (!cs.worker_kills)
+        printf("no worker was killed: the run tried nothing it claims\n");
     printf("RESULT: %s\n", pass ? "PASS" : "FAIL");
     fflush(stdout);
 
