@@ -554,6 +554,7 @@ static bool take_spare(kh_worker *w) {
     s->status = NULL;
     s->ring = NULL;
     s->served = false;
+    s->consecutive_crashes = 0; /* its process served: a fresh backoff */
     s->proc_index = freed_index;
     transition(s, KH_WE_HANDOFF);
     pl->spare_takeovers++;
