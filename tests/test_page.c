@@ -229,6 +229,10 @@ Test(page, renders_a_real_host) {
             usleep(100 * 1000);
         }
     json_t *status = wait_status(port, want);
+    /* The spare (spare_workers = 1) is up before the page is drawn. */
+    cr_assert(th_wait_log(&h, " up: plugin", 1, WAIT_MS), "%s", th_log(&h));
+    json_decref(status);
+    status = wait_status(port, want);
 
     char *url;
     cr_assert_neq(asprintf(&url, "http://127.0.0.1:%d/", port), -1);
@@ -274,6 +278,19 @@ Test(page, renders_a_real_host) {
         cr_assert(strstr(dom, cell), "no worker pid %s in %s", cell, dom);
         free(cell);
     }
+    /* The spare, after them, with its pid. */
+    cr_assert_eq(tu_count(dom, "<tr class=\"worker spare\">"), 1, "%s", dom);
+    json_t *spares = json_object_get(
+        json_array_get(json_object_get(status, "pipelines"), 0), "spares");
+    cr_assert_eq(json_array_size(spares), 1);
+    char *cell;
+    cr_assert_neq(asprintf(&cell, "<td class=\"num\">%lld</td>",
+                           (long long)json_integer_value(json_object_get(
+                               json_array_get(spares, 0), "pid"))),
+                  -1);
+    cr_assert(strstr(dom, cell), "no spare pid %s in %s", cell, dom);
+    free(cell);
+    cr_assert(strstr(dom, "spares <b>1</b>"), "%s", dom);
     json_decref(status);
     free(dom);
 
