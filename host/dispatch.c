@@ -175,7 +175,9 @@ void dispatch_pump(kh_pipeline_rt *pl) {
     int64_t now = kh_now_ms();
     for (int i = 0; i < pl_n_all_workers(pl); i++) {
         kh_worker *w = pl_worker(pl, i);
-        if (w->state != KH_W_READY)
+        /* A spare owns no partition (supervisor.c): nothing to fill, and
+         * no scan of every partition for it on each pump. */
+        if (w->state != KH_W_READY || w->spare)
             continue;
         frame_dst sock = {.b = &w->conn.out};
         while (w->state == KH_W_READY && w->inflight < KH_MAX_INFLIGHT &&
