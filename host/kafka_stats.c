@@ -187,12 +187,18 @@ enum { K_FETCHQ_CNT, K_FETCHQ_SIZE, K_LAG, K_N };
 static const struct {
     const char *name, *help;
 } part_fams[K_N] = {
+    /* librdkafka counts a forwarded queue at its destination: every
+     * partition's fetch queue goes to the pipeline's one consumer queue,
+     * so each partition reports that queue, its events included. */
     [K_FETCHQ_CNT] = {"khost_rdkafka_fetch_queue_messages",
-                      "Messages in librdkafka's fetch queue for the "
-                      "partition, not yet polled by the host (fetchq_cnt)."},
+                      "Entries in the librdkafka queue the partition's "
+                      "fetches go to, not yet polled by the host "
+                      "(fetchq_cnt): the pipeline's one consumer queue, "
+                      "shared by its partitions, events included."},
     [K_FETCHQ_SIZE] = {"khost_rdkafka_fetch_queue_bytes",
-                       "Bytes in librdkafka's fetch queue for the partition "
-                       "(fetchq_size)."},
+                       "Bytes in the librdkafka queue the partition's "
+                       "fetches go to (fetchq_size): the pipeline's one "
+                       "consumer queue, shared by its partitions."},
     [K_LAG] = {"khost_rdkafka_consumer_lag",
                "Consumer lag as librdkafka sees it (consumer_lag: high "
                "watermark minus the committed offset), in messages."},
