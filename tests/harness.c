@@ -326,6 +326,41 @@ bool th_host_alive(th_host *h) {
     return si.si_pid == 0;
 }
 
+/* A host that does not stop in time: every thread's stack goes to the end
+ * of its log before it is killed, so the failure says where it hung. gdb
+ * reads a plain host; under valgrind, gdb reaches the guest through
+ * valgrind's own gdbserver (vgdb). Best effort: without gdb the log just
+ * lacks the stacks. */
+static void dump_stacks(th_host *h) {
+    const char *vg = getenv("KHOST_VALGRIND");
+    char target[64];
+    if (vg && *vg)
+        snprintf(target, sizeof target, "target remote | vgdb --pid=%d",
+                 (int)h->pid);
+    else
+        snprintf(target, sizeof target, "attach %d", (int)h->pid);
+    int fd = open(h->log_path, O_WRONLY | O_APPEND);
+    if (fd < 0)
+        return;
+    dprintf(fd,
+            "== test harness: host pid %d did not stop in time; its "
+            "threads:\n",
+            (int)h->pid);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+        close_range(3, ~0U, 0);
+        execlp("timeout", "timeout", "60", "gdb", "-batch", "-nx", "-q", "-ex",
+               target, "-ex", "thread apply all bt", "-ex", "detach",
+               KHOST_BUILD_DIR "/khost", (char *)NULL);
+        _exit(127);
+    }
+    if (pid > 0)
+        waitpid(pid, NULL, 0);
+    close(fd);
+}
+
 int th_host_stop(th_host *h, int sig, int timeout_ms) {
     if (!h->pid)
         return -1;
@@ -337,6 +372,7 @@ int th_host_stop(th_host *h, int sig, int timeout_ms) {
         if (r == h->pid)
             break;
         if (mono_ms() > deadline) {
+            dump_stacks(h);
             kill(h->pid, SIGKILL);
             waitpid(h->pid, &status, 0);
             h->pid = 0;
