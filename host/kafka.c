@@ -92,8 +92,17 @@ void kafka_port_init(kh_pipeline_rt *pl) {
                                       .store = port_store};
 }
 
+/* Not while the handle closes: rd_kafka_pause/resume_partitions wait
+ * without a bound for librdkafka's main thread to answer, and a resume
+ * there (part_release) only serves a later assignment on this handle,
+ * which never comes. Seen once in CI under valgrind: a revoke served
+ * inside the close, during a rebalance, committed and then never logged
+ * its "revoked" line; that resume is the one wait between the two, and
+ * the host outlived the 20 s its test gives a shutdown. */
 static void port_set_paused(void *ud, kh_part *part, bool paused) {
     kh_pipeline_rt *pl = ud;
+    if (pl->closing)
+        return;
     rd_kafka_topic_partition_list_t *l = one_partition(part);
     rd_kafka_resp_err_t e = paused ? rd_kafka_pause_partitions(pl->rk, l)
                                    : rd_kafka_resume_partitions(pl->rk, l);
@@ -637,6 +646,7 @@ int kafka_pipeline_start(kh_pipeline_rt *pl, char *err, size_t errlen) {
     rd_kafka_conf_set_stats_cb(conf, on_stats);
 
     char errstr[512];
+    pl->closing = false;
     pl->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
     if (!pl->rk) {
         snprintf(err, errlen, "cannot create consumer: %s", errstr);
@@ -784,6 +794,7 @@ void kafka_pipeline_close(kh_pipeline_rt *pl, int timeout_ms) {
     if (!pl->rk)
         return;
     int64_t deadline_ms = kh_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+    pl->closing = true;
     /* Leaves the group; the revoke callback commits what is acked. The
      * close runs in librdkafka's background and its callbacks are served
      * here, bounded: rd_kafka_consumer_close can block as long as the

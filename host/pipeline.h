@@ -97,6 +97,9 @@ struct kh_pipeline_rt {
     kh_part *last_part; /* lookup cache: messages come in runs */
     bool failed;        /* restart intensity exceeded */
     bool stopping;
+    /* The consumer is leaving the group (kafka_pipeline_close): its
+     * partitions are never assigned on this handle again. */
+    bool closing;
     int64_t *restarts; /* ring of restart times for the intensity check */
     size_t n_restarts;
     /* counters (the metrics endpoint will expose them) */
