@@ -67,6 +67,7 @@ kh_part *pipeline_part(kh_pipeline_rt *pl, const char *topic, int32_t p,
     }
     kh_part *part = part_new(pl, pl->cfg->name, &pl->consumer, topic, p,
                              (uint32_t)pl->n_parts);
+    part_set_group(part, &pl->budget_group);
     pl->parts[pl->n_parts++] = part;
     return part;
 }
@@ -482,13 +483,17 @@ static kh_part *part_of(kh_pipeline_rt *pl, const rd_kafka_message_t *m) {
     return c;
 }
 
-/* The host's prefetch budget (partition.h). Over it, what librdkafka
- * fetched stays in librdkafka's queue, whose own limits
- * (queued.min.messages, queued.max.messages.kbytes) then stop its
- * fetching, as they do for a plain consumer: memory stays bounded without
- * pausing anything, and rebalances wait behind the queued messages as
- * they would there. Unless no message left any queue for
- * KH_BUDGET_STUCK_MS: then what holds the budget cannot dispatch (a hung
+/* The host's prefetch budget (partition.h). Held by it (B1: the host
+ * over its budget and this pipeline over its share, or the host a
+ * quarter over), what librdkafka fetched stays in librdkafka's queue,
+ * whose own limits (queued.min.messages, queued.max.messages.kbytes) then
+ * stop its fetching, as they do for a plain consumer: memory stays
+ * bounded without pausing anything, and rebalances wait behind the queued
+ * messages as they would there. A pipeline within its share is not held
+ * by another's backlog (test_budget: a slow pipeline holding the budget
+ * does not starve another). Unless no message left this pipeline's
+ * queues for KH_BUDGET_STUCK_MS (another pipeline's progress does not
+ * count): then what holds the budget cannot dispatch (a hung
  * or restarting worker, a paused partition), and polling goes on
  * (budget_bypass) until the host is back within its budget, so that the
  * other partitions and rebalances do; meanwhile each partition over its
@@ -496,8 +501,8 @@ static kh_part *part_of(kh_pipeline_rt *pl, const rd_kafka_message_t *m) {
  * always polls, and a hold still polls one message every 2 s
  * (KH_BUDGET_POLL_MS) for the group membership. */
 static bool budget_holds(kh_pipeline_rt *pl, int64_t now) {
-    uint64_t popped;
-    if (!part_budget_full(&popped) || pl->stopping) {
+    uint64_t popped = pl->budget_group.popped;
+    if (!part_budget_holds(&pl->budget_group) || pl->stopping) {
         pl->budget_progress_ms = 0;
         pl->budget_bypass = false;
         return false;

@@ -58,6 +58,29 @@ bool part_budget_full(uint64_t *popped) {
     return queued_host_cost > budget_bytes;
 }
 
+/* The group of partitions no pipeline was given (part_set_group). */
+static kh_budget_group ungrouped;
+
+void part_set_group(kh_part *part, kh_budget_group *g) {
+    if (part->assigned || part->pend_len)
+        abort(); /* its counts would move from one group to the other */
+    part->group = g ? g : &ungrouped;
+}
+
+/* B1 (partition.h). A group's share is the budget split by assigned
+ * partitions, so a host with one pipeline holds it at the budget itself,
+ * as before there were groups. */
+bool part_budget_holds(const kh_budget_group *g) {
+    if (queued_host_cost <= budget_bytes)
+        return false;
+    size_t share = assigned_host_n
+                       ? (size_t)((double)budget_bytes * (double)g->assigned /
+                                  (double)assigned_host_n)
+                       : 0;
+    return g->queued_cost > share ||
+           queued_host_cost > budget_bytes + budget_bytes / 4;
+}
+
 size_t part_budget(size_t *queued, size_t *assigned) {
     if (queued)
         *queued = queued_host_cost;
@@ -128,6 +151,7 @@ kh_part *part_new(kh_pipeline_rt *pl, const char *pipeline,
         abort();
     part->pl = pl;
     part->port = port;
+    part->group = &ungrouped;
     part->partition = partition;
     part->slot = slot;
     part->stored = -1;
@@ -146,8 +170,10 @@ kh_part *part_new(kh_pipeline_rt *pl, const char *pipeline,
 void part_free(kh_part *part) {
     if (!part)
         return;
-    if (part->assigned)
+    if (part->assigned) {
         assigned_host_n--;
+        part->group->assigned--;
+    }
     part->assigned = false; /* nothing is owed to a freed partition */
     part_drop_pending(part);
     free(part->pend);
@@ -172,8 +198,10 @@ static void forget_assignment(kh_part *part) {
 
 void part_assign(kh_part *part) {
     forget_assignment(part);
-    if (!part->assigned)
+    if (!part->assigned) {
         assigned_host_n++;
+        part->group->assigned++;
+    }
     part->assigned = true;
     part->stored = -1;
     part->committed = -1;
@@ -194,8 +222,10 @@ void part_release(kh_part *part) {
      * while its worker restarted left it stuck for good). */
     if (part->pause)
         part->port->set_paused(part->port->ud, part, false);
-    if (part->assigned)
+    if (part->assigned) {
         assigned_host_n--;
+        part->group->assigned--;
+    }
     part->assigned = false;
     forget_assignment(part);
 }
@@ -215,6 +245,8 @@ static rd_kafka_message_t *pend_pop(kh_part *part) {
     part->pend_len--;
     part->pend_bytes -= msg_bytes(m);
     queued_host_cost -= msg_bytes(m) + KH_MSG_OVERHEAD;
+    part->group->queued_cost -= msg_bytes(m) + KH_MSG_OVERHEAD;
+    part->group->popped++;
     popped_host_n++;
     return m;
 }
@@ -247,6 +279,7 @@ static void pend_push(kh_part *part, rd_kafka_message_t *m, bool front) {
     part->pend_len++;
     part->pend_bytes += msg_bytes(m);
     queued_host_cost += msg_bytes(m) + KH_MSG_OVERHEAD;
+    part->group->queued_cost += msg_bytes(m) + KH_MSG_OVERHEAD;
 }
 
 /* Above a high mark, fetching pauses (KH_PAUSE_FLOW); so it does while

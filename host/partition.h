@@ -98,6 +98,16 @@ typedef struct kh_consumer_port {
                  size_t len);
 } kh_consumer_port;
 
+/* One pipeline's part of the budget, kept by partition.c for the
+ * partitions given to it (part_set_group) and embedded in the pipeline,
+ * which reads it. A partition not given to one counts in a group of its
+ * own (the model test's). */
+typedef struct kh_budget_group {
+    size_t queued_cost; /* what its partitions queue, by the budget's cost */
+    size_t assigned;    /* how many of them are assigned */
+    uint64_t popped;    /* messages that left their queues (taken or dropped) */
+} kh_budget_group;
+
 struct kh_part {
     kh_pipeline_rt *pl;
     char *pipeline; /* its pipeline's name, for log lines (a copy) */
@@ -114,7 +124,8 @@ struct kh_part {
     kh_offsets off;
     rd_kafka_message_t **pend; /* ring of polled, undispatched messages */
     size_t pend_head, pend_len, pend_cap;
-    size_t pend_bytes; /* payload + key bytes queued */
+    size_t pend_bytes;      /* payload + key bytes queued */
+    kh_budget_group *group; /* its pipeline's part of the budget */
     /* Dispatched messages kept in their ledger entries (part_keep), and
      * their payload + key bytes: bounded by KH_KEEP_MAX/KH_KEEP_BYTES
      * here and by KH_KEEP_HOST_MAX/KH_KEEP_HOST_BYTES over all
@@ -216,6 +227,15 @@ size_t part_budget(size_t *queued, size_t *assigned);
  * any partition's queue so far (dispatched or dropped): unchanged over
  * time while over the budget, nothing that holds it can dispatch. */
 bool part_budget_full(uint64_t *popped);
+/* Only while part is unassigned and queues nothing. */
+void part_set_group(kh_part *part, kh_budget_group *g);
+/* Does the budget hold group g (its pipeline takes nothing from
+ * librdkafka)? Rule B1: only while the host is over its budget and g
+ * queues more than its share (the budget times its part of the assigned
+ * partitions), or the host is over it by a quarter. So a pipeline within
+ * its share is never held by what another queues, and the host stays
+ * within a quarter over the budget by what is taken from librdkafka. */
+bool part_budget_holds(const kh_budget_group *g);
 /* A partition's fair share of the budget now, and what part queues by
  * the budget's cost. */
 size_t part_fair_share(void);

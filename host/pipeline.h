@@ -76,7 +76,9 @@ struct kh_pipeline_rt {
     /* While the host's prefetch budget is full (kafka.c): polls again
      * after any other event, and when messages last left a queue. */
     sd_event_source *post_src;
-    uint64_t budget_popped;
+    /* Its partitions' part of the budget (partition.c keeps it). */
+    kh_budget_group budget_group;
+    uint64_t budget_popped; /* budget_group.popped when it last moved */
     int64_t budget_progress_ms, budget_poll_ms; /* budget_poll: last poll */
     bool budget_bypass; /* stuck over the budget: polling on until within */
     kh_worker *workers; /* the current generation */

@@ -1243,6 +1243,62 @@ Test(model, kept_messages_stay_within_their_bound) {
     cr_assert_eq(live_msgs, 0);
 }
 
+/* B1 (partition.h): the budget holds a pipeline's group only while the
+ * host is over it and the group over its share, or the host a quarter
+ * over; the group's counts follow its partitions. */
+Test(model, the_budget_holds_a_group_over_its_share_only) {
+    klog_set_level(KLOG_ERROR);
+    part_set_budget(1u << 20); /* 4 partitions, 2 a group: 512 KiB each */
+    kh_budget_group a = {0}, b = {0};
+    kh_part *parts[4];
+    for (int i = 0; i < 4; i++) {
+        parts[i] = part_new(NULL, "groups", &unit_port, "t", i, (uint32_t)i);
+        part_set_group(parts[i], i < 2 ? &a : &b);
+        part_assign(parts[i]);
+    }
+    cr_assert_eq(a.assigned, 2);
+    cr_assert_eq(b.assigned, 2);
+    int64_t next[4] = {0};
+    /* a alone over the budget (3,300 messages of KH_MSG_OVERHEAD). */
+    for (int i = 0; i < 2; i++)
+        while (next[i] < 1650)
+            part_accept(parts[i], new_msg(i, next[i]++));
+    cr_assert_eq(a.queued_cost, 3300u * KH_MSG_OVERHEAD);
+    cr_assert(part_budget_full(NULL));
+    cr_assert(part_budget_holds(&a), "a is over its share");
+    cr_assert_not(part_budget_holds(&b), "b queues nothing: not held by a");
+    /* b fills until the host is a quarter over the budget: 797 more. */
+    size_t queued;
+    part_budget(&queued, NULL);
+    while (!part_budget_holds(&b)) {
+        part_accept(parts[2], new_msg(2, next[2]++));
+        part_budget(&queued, NULL);
+    }
+    cr_assert_gt(queued, (1u << 20) + (1u << 18));
+    cr_assert_eq(next[2], 797);
+    cr_assert_lt(b.queued_cost, 512u << 10, "held below its share");
+    /* a drains below its share; the host is within its budget again. */
+    int taken = 0;
+    while (part_budget_holds(&a)) {
+        uint64_t seq;
+        uint32_t attempt;
+        rd_kafka_message_t *msg = part_take(parts[0], &seq, &attempt);
+        part_keep(parts[0], seq, msg);
+        taken++;
+    }
+    cr_assert_eq(a.popped, (uint64_t)taken);
+    part_budget(&queued, NULL);
+    cr_assert_leq(queued, 1u << 20);
+    cr_assert_not(part_budget_holds(&b));
+    for (int i = 0; i < 4; i++)
+        part_free(parts[i]);
+    cr_assert_eq(a.queued_cost, 0);
+    cr_assert_eq(b.queued_cost, 0);
+    cr_assert_eq(a.assigned + b.assigned, 0);
+    cr_assert_eq(live_msgs, 0);
+    part_set_budget(0);
+}
+
 Test(model, the_host_budget_pauses_partitions_over_their_share) {
     klog_set_level(KLOG_ERROR);
     part_set_budget(1u << 20); /* 4 partitions: a share of 256 KiB */
