@@ -401,6 +401,153 @@ static size_t parts_of(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
     return n;
 }
 
+/* A librdkafka call that can block without a bound runs on a thread of
+ * its own and is waited for, bounded (run_bounded). One given up on
+ * finishes by itself later, or never; kafka_abandoned() tells the host,
+ * which then leaves with _exit rather than run exit handlers under it.
+ * - rd_kafka_destroy joins librdkafka's main thread, which waits for the
+ *   group to terminate, and that waits for a commit still looking for its
+ *   coordinator (up to a session timeout, 45 s by default).
+ * - rd_kafka_assign(NULL) in a revoke served inside the close waits for
+ *   the group's ops queue, which 2.0.2 can stop serving: seen when a
+ *   revoke's commit got "Unknown member" while the group rebalanced
+ *   (another member had just left), the host stuck for good in
+ *   rd_kafka_assign with librdkafka's threads idle (test_regress_stop). */
+typedef struct bounded_job {
+    rd_kafka_t *rk;
+    int flags;                             /* destroy's */
+    rd_kafka_topic_partition_list_t *list; /* incremental unassign's, owned */
+    void (*fn)(struct bounded_job *);
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done, abandoned;
+} bounded_job;
+
+static atomic_int n_abandoned;
+
+int kafka_abandoned(void) {
+    return atomic_load(&n_abandoned);
+}
+
+static void free_job(bounded_job *job) {
+    if (job->list)
+        rd_kafka_topic_partition_list_destroy(job->list);
+    pthread_mutex_destroy(&job->mu);
+    pthread_cond_destroy(&job->cv);
+    free(job);
+}
+
+static void *bounded_main(void *ud) {
+    bounded_job *job = ud;
+    job->fn(job);
+    pthread_mutex_lock(&job->mu);
+    job->done = true;
+    bool abandoned = job->abandoned;
+    pthread_cond_signal(&job->cv);
+    pthread_mutex_unlock(&job->mu);
+    if (abandoned) {
+        atomic_fetch_sub(&n_abandoned, 1);
+        free_job(job);
+    }
+    return NULL;
+}
+
+/* Runs fn(job) on its own thread, waits at most bound_ms: did it finish?
+ * The job owns list. */
+static bool run_bounded(rd_kafka_t *rk, int flags,
+                        rd_kafka_topic_partition_list_t *list,
+                        void (*fn)(bounded_job *), int64_t bound_ms) {
+    bounded_job *job = calloc(1, sizeof *job);
+    if (!job)
+        abort();
+    job->rk = rk;
+    job->flags = flags;
+    job->list = list;
+    job->fn = fn;
+    pthread_mutex_init(&job->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&job->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_t t;
+    if (pthread_create(&t, NULL, bounded_main, job) != 0) {
+        fn(job); /* no thread: here, unbounded */
+        free_job(job);
+        return true;
+    }
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += bound_ms / 1000;
+    until.tv_nsec += (bound_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&job->mu);
+    while (!job->done &&
+           pthread_cond_timedwait(&job->cv, &job->mu, &until) == 0)
+        ;
+    bool done = job->done;
+    if (!done) {
+        job->abandoned = true;
+        atomic_fetch_add(&n_abandoned, 1);
+    }
+    pthread_mutex_unlock(&job->mu);
+    if (done) {
+        pthread_join(t, NULL);
+        free_job(job);
+        return true;
+    }
+    pthread_detach(t);
+    return false;
+}
+
+static void destroy_fn(bounded_job *job) {
+    rd_kafka_destroy_flags(job->rk, job->flags);
+}
+
+static void destroy_bounded(kh_pipeline_rt *pl, int flags, int64_t bound_ms) {
+    if (!run_bounded(pl->rk, flags, NULL, destroy_fn, bound_ms))
+        klog_warn("pipeline=%s: the consumer did not shut down within %lld "
+                  "ms (a commit still waits for an unreachable "
+                  "coordinator); leaving it behind",
+                  pl->cfg->name, (long long)bound_ms);
+}
+
+static void unassign_fn(bounded_job *job) {
+    if (job->list)
+        rd_kafka_error_destroy(
+            rd_kafka_incremental_unassign(job->rk, job->list));
+    else
+        rd_kafka_assign(job->rk, NULL);
+}
+
+/* Gives revoked partitions back to librdkafka (eager: all of them), at
+ * once, or inside the close bounded by its deadline (run_bounded): past
+ * it the close goes on without, and the handle is destroyed without
+ * leaving the group, which then expires the member. */
+static void unassign(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
+                     bool cooperative) {
+    if (!pl->closing) {
+        if (cooperative)
+            rd_kafka_error_destroy(rd_kafka_incremental_unassign(pl->rk, l));
+        else
+            rd_kafka_assign(pl->rk, NULL);
+        return;
+    }
+    int64_t left = pl->close_deadline_ms - kh_now_ms();
+    if (left < 100)
+        left = 100;
+    if (!run_bounded(pl->rk, 0,
+                     cooperative ? rd_kafka_topic_partition_list_copy(l) : NULL,
+                     unassign_fn, left))
+        klog_warn("pipeline=%s: librdkafka did not take the revoked "
+                  "partitions back within %lld ms of leaving the group; "
+                  "closing without it",
+                  pl->cfg->name, (long long)left);
+}
+
 static void on_assign(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
                       bool cooperative) {
     pl->rebalances++;
@@ -442,19 +589,18 @@ static void on_revoke(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
     describe_list(l, desc, sizeof desc);
     klog_info("pipeline=%s rebalance: revoked %d partition(s): %s",
               pl->cfg->name, l->cnt, desc);
-    if (cooperative) {
-        rd_kafka_error_t *error = rd_kafka_incremental_unassign(pl->rk, l);
-        if (error)
-            rd_kafka_error_destroy(error);
-    } else {
-        rd_kafka_assign(pl->rk, NULL);
-    }
+    unassign(pl, l, cooperative);
 }
 
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *l, void *opaque) {
     kh_pipeline_rt *pl = opaque;
-    bool cooperative = !strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE");
+    /* Asked of the group's ops queue, as rd_kafka_assign is (unassign):
+     * inside the close, the answer from an earlier rebalance is used. */
+    if (!pl->closing || !pl->rebalance_protocol)
+        pl->rebalance_protocol =
+            strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") ? 1 : 2;
+    bool cooperative = pl->rebalance_protocol == 2;
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS ||
         err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
         kafka_conn_ok(rk, kh_now_ms()); /* the coordinator answered */
@@ -465,10 +611,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     } else {
         klog_error("pipeline=%s rebalance error: %s", pl->cfg->name,
                    rd_kafka_err2str(err));
-        if (cooperative)
-            rd_kafka_error_destroy(rd_kafka_incremental_unassign(rk, l));
-        else
-            rd_kafka_assign(rk, NULL);
+        unassign(pl, l, cooperative);
     }
 }
 
@@ -652,6 +795,7 @@ int kafka_pipeline_start(kh_pipeline_rt *pl, char *err, size_t errlen) {
 
     char errstr[512];
     pl->closing = false;
+    pl->rebalance_protocol = 0;
     pl->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
     if (!pl->rk) {
         snprintf(err, errlen, "cannot create consumer: %s", errstr);
@@ -703,95 +847,6 @@ error:
     return -1;
 }
 
-/* rd_kafka_destroy joins librdkafka's main thread, which waits for the
- * group to terminate, and that waits for a commit still looking for its
- * coordinator (up to a session timeout, 45 s by default). So the destroy
- * runs on a thread of its own and is waited for, bounded. One given up on
- * finishes by itself later; kafka_abandoned() tells the host, which then
- * leaves with _exit rather than run exit handlers under it. */
-typedef struct destroy_job {
-    rd_kafka_t *rk;
-    int flags;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool done, abandoned;
-} destroy_job;
-
-static atomic_int n_abandoned;
-
-int kafka_abandoned(void) {
-    return atomic_load(&n_abandoned);
-}
-
-static void *destroy_main(void *ud) {
-    destroy_job *job = ud;
-    rd_kafka_destroy_flags(job->rk, job->flags);
-    pthread_mutex_lock(&job->mu);
-    job->done = true;
-    bool abandoned = job->abandoned;
-    pthread_cond_signal(&job->cv);
-    pthread_mutex_unlock(&job->mu);
-    if (abandoned) {
-        atomic_fetch_sub(&n_abandoned, 1);
-        pthread_mutex_destroy(&job->mu);
-        pthread_cond_destroy(&job->cv);
-        free(job);
-    }
-    return NULL;
-}
-
-static void destroy_bounded(kh_pipeline_rt *pl, int flags, int64_t bound_ms) {
-    destroy_job *job = calloc(1, sizeof *job);
-    if (!job)
-        abort();
-    job->rk = pl->rk;
-    job->flags = flags;
-    pthread_mutex_init(&job->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&job->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    pthread_t t;
-    if (pthread_create(&t, NULL, destroy_main, job) != 0) {
-        destroy_main(job); /* no thread: destroy here, unbounded */
-        pthread_mutex_destroy(&job->mu);
-        pthread_cond_destroy(&job->cv);
-        free(job);
-        return;
-    }
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += bound_ms / 1000;
-    until.tv_nsec += (bound_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
-    pthread_mutex_lock(&job->mu);
-    while (!job->done &&
-           pthread_cond_timedwait(&job->cv, &job->mu, &until) == 0)
-        ;
-    bool done = job->done;
-    if (!done) {
-        job->abandoned = true;
-        atomic_fetch_add(&n_abandoned, 1);
-    }
-    pthread_mutex_unlock(&job->mu);
-    if (done) {
-        pthread_join(t, NULL);
-        pthread_mutex_destroy(&job->mu);
-        pthread_cond_destroy(&job->cv);
-        free(job);
-        return;
-    }
-    pthread_detach(t);
-    klog_warn("pipeline=%s: the consumer did not shut down within %lld ms "
-              "(a commit still waits for an unreachable coordinator); "
-              "leaving it behind",
-              pl->cfg->name, (long long)bound_ms);
-}
-
 void kafka_pipeline_close(kh_pipeline_rt *pl, int timeout_ms) {
     pl->recommit_src = sd_event_source_disable_unref(pl->recommit_src);
     kafka_stats_free(pl->kstats);
@@ -800,6 +855,7 @@ void kafka_pipeline_close(kh_pipeline_rt *pl, int timeout_ms) {
         return;
     int64_t deadline_ms = kh_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
     pl->closing = true;
+    pl->close_deadline_ms = deadline_ms;
     /* Leaves the group; the revoke callback commits what is acked. The
      * close runs in librdkafka's background and its callbacks are served
      * here, bounded: rd_kafka_consumer_close can block as long as the

@@ -102,6 +102,8 @@ struct kh_pipeline_rt {
     /* The consumer is leaving the group (kafka_pipeline_close): its
      * partitions are never assigned on this handle again. */
     bool closing;
+    int64_t close_deadline_ms; /* while closing */
+    int rebalance_protocol;    /* 0 not known yet, 1 eager, 2 cooperative */
     int64_t *restarts; /* ring of restart times for the intensity check */
     size_t n_restarts;
     /* counters (the metrics endpoint will expose them) */
