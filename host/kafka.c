@@ -528,7 +528,7 @@ static void unassign_fn(bounded_job *job) {
  * it the close goes on without, and the handle is destroyed without
  * leaving the group, which then expires the member. */
 static void unassign(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
-                     bool cooperative) {
+                     bool cooperative, const char *answer) {
     if (!pl->closing) {
         if (cooperative)
             rd_kafka_error_destroy(rd_kafka_incremental_unassign(pl->rk, l));
@@ -542,10 +542,10 @@ static void unassign(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
     if (!run_bounded(pl->rk, 0,
                      cooperative ? rd_kafka_topic_partition_list_copy(l) : NULL,
                      unassign_fn, left))
-        klog_warn("pipeline=%s: librdkafka did not take the revoked "
-                  "partitions back within %lld ms of leaving the group; "
+        klog_warn("pipeline=%s: leaving the group, librdkafka did not "
+                  "answer the %s of %d partition(s) within %lld ms; "
                   "closing without it",
-                  pl->cfg->name, (long long)left);
+                  pl->cfg->name, answer, l->cnt, (long long)left);
 }
 
 static void on_assign(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
@@ -589,7 +589,7 @@ static void on_revoke(kh_pipeline_rt *pl, rd_kafka_topic_partition_list_t *l,
     describe_list(l, desc, sizeof desc);
     klog_info("pipeline=%s rebalance: revoked %d partition(s): %s",
               pl->cfg->name, l->cnt, desc);
-    unassign(pl, l, cooperative);
+    unassign(pl, l, cooperative, "revoke");
 }
 
 /* 2 (cooperative) when partition.assignment.strategy names only
@@ -630,7 +630,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         klog_info("pipeline=%s: %d partition(s) assigned while leaving the "
                   "group: not taken",
                   pl->cfg->name, l->cnt);
-        unassign(pl, l, cooperative);
+        unassign(pl, l, cooperative, "assignment");
     } else if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         on_assign(pl, l, cooperative);
     } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
@@ -638,7 +638,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     } else {
         klog_error("pipeline=%s rebalance error: %s", pl->cfg->name,
                    rd_kafka_err2str(err));
-        unassign(pl, l, cooperative);
+        unassign(pl, l, cooperative, "rebalance error");
     }
 }
 
