@@ -8,7 +8,10 @@
  * VALUE_BYTES, default 100). The stamp is taken just before
  * rd_kafka_produce. Pacing: message i is due at start + i / RATE; the
  * loop sends whatever is due, then sleeps until the next one is (a 1 us
- * timer slack keeps bursts short). linger.ms = 1. At the end it flushes
+ * timer slack keeps bursts short). With BENCH_PACE_US=N (env) it wakes at
+ * most every N us instead and sends what is due then, in a burst: fewer
+ * wakeups for the producer at high rates, where waking per message takes
+ * most of a core. linger.ms = 1. At the end it flushes
  * and prints one line:
  *
  *   PRODUCE_RATE start_us=S end_us=E sent=N delivered=D failed=F
@@ -59,6 +62,10 @@ int main(int argc, char **argv) {
         argc == 7 ? bench_num("VALUE_BYTES", argv[6], 24, 1 << 20) : 100;
     long total = rate * seconds;
 
+    const char *pace_env = getenv("BENCH_PACE_US");
+    long pace_us = pace_env && *pace_env
+                       ? bench_num("BENCH_PACE_US", pace_env, 0, 1000000)
+                       : 0;
     prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     bench_set(conf, "bootstrap.servers", argv[1]);
@@ -119,8 +126,11 @@ int main(int argc, char **argv) {
         rd_kafka_poll(rk, 0);
         if (sent >= total)
             break;
-        /* Sleep until the next message is due. */
+        /* Sleep until the next message is due, or the next pacing tick. */
         double next = (double)sent / (double)rate;
+        double tick = el + (double)pace_us / 1e6;
+        if (tick > next)
+            next = tick;
         struct timespec at = t0;
         long long ns = (long long)(next * 1e9) + t0.tv_nsec;
         at.tv_sec += (time_t)(ns / 1000000000LL);
