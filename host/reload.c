@@ -21,8 +21,9 @@
  *
  * Configurations replaced by a reload are kept (host->retired) while a
  * pipeline or a swap still points into them, and freed when nothing does.
- * Calls pipeline (start, stop, free) and swap (begin, abort); nothing
- * below calls it.
+ * Calls pipeline (start, stop, free), swap (begin, abort) and the
+ * supervisor (spares to refresh after an in-place change); nothing below
+ * calls it.
  */
 #define _GNU_SOURCE
 #include "reload.h"
@@ -31,6 +32,7 @@
 #include "partition.h"
 #include "pipeline.h"
 #include "plugin_loader.h"
+#include "supervisor.h"
 #include "swap.h"
 
 #include <signal.h>
@@ -447,6 +449,11 @@ int reload_apply(kh_host *host, char *msg, size_t len) {
                   cur->prefetch_budget_mb, next->prefetch_budget_mb);
         part_set_budget((size_t)next->prefetch_budget_mb << 20);
     }
+    /* Every setting is in effect now, the log level too: spares started
+     * with older limits, user or level are replaced at once, so that the
+     * next restart finds one that serves as a new process would. */
+    for (size_t i = 0; i < host->n_pipelines; i++)
+        supervisor_refresh_spares(host->pipelines[i]);
     sweep_configs(host);
     snprintf(host->reload.applied, sizeof host->reload.applied,
              "%d pipeline(s) unchanged or updated in place, %d plugin "

@@ -488,14 +488,15 @@ static kh_worker *find_spare(const kh_worker *w) {
 /* Spares of w's generation started with other limits, user or log level
  * than w would get now (a reload changed them in place) are stopped in
  * order and started again with the current ones (on_worker_exit). */
-static void retire_stale_spares(const kh_worker *w) {
-    kh_pipeline_rt *pl = w->pl;
-    char now[sizeof w->spawned_as];
-    spawn_signature(w->cfg, now, sizeof now);
+static int retire_stale_spares(kh_pipeline_rt *pl, const char *plugin_path,
+                               const kh_pipeline *cfg) {
+    char now[sizeof pl->spares[0].spawned_as];
+    spawn_signature(cfg, now, sizeof now);
+    int n = 0;
     for (int i = 0; i < pl->n_spares; i++) {
         kh_worker *s = &pl->spares[i];
-        if (s->state != KH_W_READY || s->plugin_path != w->plugin_path ||
-            s->cfg != w->cfg || !strcmp(s->spawned_as, now))
+        if (s->state != KH_W_READY || s->plugin_path != plugin_path ||
+            s->cfg != cfg || !strcmp(s->spawned_as, now))
             continue;
         klog_info("pipeline=%s spare=%d pid=%d was started with other "
                   "limits, user or log level than a worker gets now; "
@@ -504,14 +505,27 @@ static void retire_stale_spares(const kh_worker *w) {
         s->restart_requested = true;
         s->stop_sent_ms = kh_now_ms();
         supervisor_shutdown(s);
+        n++;
     }
+    return n;
+}
+
+/* Rule: after a reload changed start settings in place, no READY spare of
+ * the current generation keeps the old ones. Called by reload.c once the
+ * new settings are in effect; during a plugin swap it does nothing, since
+ * the swap's cutover replaces every spare anyway (swap.c). A spare still
+ * starting is caught when a restart looks for it (take_spare). */
+int supervisor_refresh_spares(kh_pipeline_rt *pl) {
+    if (pl->swap || !pl->n_workers || pl->stopping || pl->failed)
+        return 0;
+    return retire_stale_spares(pl, pl->workers[0].plugin_path, pl->cfg);
 }
 
 static bool take_spare(kh_worker *w) {
     kh_pipeline_rt *pl = w->pl;
     kh_worker *s = find_spare(w);
     if (!s) {
-        retire_stale_spares(w);
+        retire_stale_spares(pl, w->plugin_path, w->cfg);
         return false;
     }
     int64_t now = kh_now_ms();

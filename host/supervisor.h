@@ -117,6 +117,10 @@ int supervisor_start(kh_pipeline_rt *pl);
  * plugin snapshot), replacing any earlier ones, whose processes must be
  * gone (drain_stop_workers on pl->spares). */
 void supervisor_start_spares(kh_pipeline_rt *pl);
+/* A reload changed limits, user or log level in place: stop in order the
+ * READY spares started with the old ones; each starts again with the new
+ * (on its orderly exit). Returns how many; none during a plugin swap. */
+int supervisor_refresh_spares(kh_pipeline_rt *pl);
 void supervisor_worker_ready(kh_worker *w, const char *name,
                              const char *version, uint64_t plugin_flags);
 void supervisor_kill(kh_worker *w, const char *reason);
