@@ -421,8 +421,11 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si,
                    pl->cfg->name, w->index, (int)pid, how,
                    w->kill_reason[0] ? "; " : "", w->kill_reason);
     else {
+        /* The limits it ran under: a reload may have changed the
+         * config's since (spawn_signature puts them first). */
         char limits[128];
-        hardening_describe_limits(w->cfg, limits, sizeof limits);
+        snprintf(limits, sizeof limits, "%.*s",
+                 (int)strcspn(w->spawned_as, "|"), w->spawned_as);
         klog_error("pipeline=%s worker=%d pid=%d crashed: %s%s%s%s %s%s%s",
                    pl->cfg->name, w->index, (int)pid, how,
                    limits[0] ? " (" : "", limits, limits[0] ? ")" : "", suspect,

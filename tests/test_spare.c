@@ -366,3 +366,64 @@ Test(spare, a_spare_started_before_an_in_place_change_is_replaced,
     env_stop(&e, true);
     env_free(&e);
 }
+
+/* In-place reloads (rlimit_nofile flips each time, so every reload
+ * replaces the spare) interleaved with SIGKILLs of the workers 0-7 ms
+ * after the SIGHUP: a restart finds the spare stale, stopping, starting
+ * again or ready, and in every case nothing is lost, the group does not
+ * rebalance, the host stays up and no BUG is logged. */
+Test(spare, in_place_reloads_interleaved_with_kills_lose_nothing,
+     .timeout = 120) {
+    env e;
+    env_start(&e, 100, FAULT, 1, "rlimit_nofile = 1024", NULL);
+    th_host *h = &e.h;
+    env_handled(&e, 0);
+    cr_assert(th_wait_log(h, " up: plugin", 1, 10000), "%s", th_log(h));
+    char *at = strstr(e.ini, "rlimit_nofile = 1024");
+    cr_assert_not_null(at);
+    char *edited = strdup(e.ini);
+    cr_assert_not_null(edited);
+    char *digit = edited + (at - e.ini) + strlen("rlimit_nofile = 102");
+    /* First 1025, settled; worker 1 still runs under 1024, and its crash
+     * line names the limit it ran under, not the config's new one. */
+    *digit = '5';
+    free(tu_write_file(e.dir, "host.ini", edited));
+    cr_assert_eq(kill(h->pid, SIGHUP), 0);
+    cr_assert(th_wait_log(h, "reload applied", 1, 10000), "%s", th_log(h));
+    cr_assert(th_wait_log(h, " up: plugin", 2, 10000), "%s", th_log(h));
+    pid_t first = th_worker_pid(h, 1);
+    cr_assert_eq(kill(first, SIGKILL), 0);
+    char line[128];
+    snprintf(line, sizeof line,
+             "worker=1 pid=%d crashed: killed by SIGKILL (rlimit_nofile=1024)",
+             (int)first);
+    cr_assert(th_wait_log(h, line, 1, 10000), "%s", th_log(h));
+    const int rounds = 13;
+    for (int i = 1; i < rounds; i++) {
+        *digit = (char)('4' + (i + 1) % 2);
+        free(tu_write_file(e.dir, "host.ini", edited));
+        pid_t victim = th_worker_pid(h, i % 2);
+        cr_assert_eq(kill(h->pid, SIGHUP), 0);
+        /* 0-7 ms after the SIGHUP: before, during or after the reload,
+         * while the spare is replaced or once it is back. */
+        usleep((useconds_t)(i * 3 % 8) * 1000);
+        if (victim > 0)
+            kill(victim, SIGKILL); /* it may be restarting still */
+        cr_assert(th_wait_log(h, "reload applied", i + 1, 10000), "%s",
+                  th_log(h));
+        th_produce(&e.c, "t", 4, 20, -1, -1, NULL);
+        e.per += 20;
+        usleep(150 * 1000);
+    }
+    free(edited);
+    env_handled(&e, 50);
+    cr_assert(th_host_alive(h), "%s", th_log(h));
+    cr_assert_eq(th_log_count(h, "rebalance #"), 1, "%s", th_log(h));
+    cr_assert_eq(th_log_count(h, "BUG"), 0, "%s", th_log(h));
+    cr_assert_eq(th_log_count(h, "INVARIANT"), 0, "%s", th_log(h));
+    cr_assert_gt(th_log_count(h, "replacing it"), 0, "%s", th_log(h));
+    cr_assert_gt(th_log_count(h, "crashed: killed by SIGKILL"), 0, "%s",
+                 th_log(h));
+    env_stop(&e, true);
+    env_free(&e);
+}
