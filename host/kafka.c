@@ -52,12 +52,64 @@
  * look like progress to a hold that is stuck. */
 #define KH_BUDGET_POLL_MS 2000
 
+/* pl->tix: one entry per topic, its partitions by id. */
+struct kh_topic_index {
+    char *topic;
+    kh_part **by_p;
+    int32_t cap;
+};
+
+static struct kh_topic_index *index_topic(kh_pipeline_rt *pl, const char *topic,
+                                          bool add) {
+    for (size_t i = 0; i < pl->n_tix; i++)
+        if (!strcmp(pl->tix[i].topic, topic))
+            return &pl->tix[i];
+    if (!add)
+        return NULL;
+    struct kh_topic_index *t =
+        realloc(pl->tix, (pl->n_tix + 1) * sizeof *pl->tix);
+    if (!t)
+        abort();
+    pl->tix = t;
+    t = &pl->tix[pl->n_tix++];
+    *t = (struct kh_topic_index){.topic = strdup(topic)};
+    if (!t->topic)
+        abort();
+    return t;
+}
+
+static void index_add(kh_pipeline_rt *pl, kh_part *part) {
+    struct kh_topic_index *t = index_topic(pl, part->topic, true);
+    if (part->partition >= t->cap) {
+        int32_t cap = t->cap ? t->cap : 16;
+        while (cap <= part->partition)
+            cap *= 2;
+        kh_part **by_p = realloc(t->by_p, (size_t)cap * sizeof *by_p);
+        if (!by_p)
+            abort();
+        memset(by_p + t->cap, 0, (size_t)(cap - t->cap) * sizeof *by_p);
+        t->by_p = by_p;
+        t->cap = cap;
+    }
+    t->by_p[part->partition] = part;
+}
+
+void kafka_index_free(kh_pipeline_rt *pl) {
+    for (size_t i = 0; i < pl->n_tix; i++) {
+        free(pl->tix[i].topic);
+        free(pl->tix[i].by_p);
+    }
+    free(pl->tix);
+    pl->tix = NULL;
+    pl->n_tix = 0;
+}
+
 kh_part *pipeline_part(kh_pipeline_rt *pl, const char *topic, int32_t p,
                        bool create) {
-    for (size_t i = 0; i < pl->n_parts; i++)
-        if (pl->parts[i]->partition == p && !strcmp(pl->parts[i]->topic, topic))
-            return pl->parts[i];
-    if (!create)
+    const struct kh_topic_index *t = index_topic(pl, topic, false);
+    if (t && p >= 0 && p < t->cap && t->by_p[p])
+        return t->by_p[p];
+    if (!create || p < 0)
         return NULL;
     if (pl->n_parts == pl->cap_parts) {
         pl->cap_parts = pl->cap_parts ? pl->cap_parts * 2 : 16;
@@ -69,6 +121,7 @@ kh_part *pipeline_part(kh_pipeline_rt *pl, const char *topic, int32_t p,
                              (uint32_t)pl->n_parts);
     part_set_group(part, &pl->budget_group);
     pl->parts[pl->n_parts++] = part;
+    index_add(pl, part);
     return part;
 }
 

@@ -34,6 +34,8 @@ void kafka_commit_sync(kh_pipeline_rt *pl, kh_part **parts, size_t n,
                        int timeout_ms);
 /* Leave the group (bounded by timeout_ms) and free the consumer. */
 void kafka_pipeline_close(kh_pipeline_rt *pl, int timeout_ms);
+/* Free pipeline_part's index (pipeline_free, with the partitions). */
+void kafka_index_free(kh_pipeline_rt *pl);
 /* Consumers whose destroy was given up on and still runs in the
  * background; the host must then leave with _exit. */
 int kafka_abandoned(void);

@@ -241,6 +241,7 @@ void pipeline_free(kh_pipeline_rt *pl) {
     for (size_t p = 0; p < pl->n_parts; p++)
         part_free(pl->parts[p]);
     free(pl->parts);
+    kafka_index_free(pl);
     supervisor_free(pl);
     free(pl->restarts);
     if (pl->snapshot)

@@ -97,7 +97,13 @@ struct kh_pipeline_rt {
     kh_part **parts;
     size_t n_parts, cap_parts;
     kh_part *last_part; /* lookup cache: messages come in runs */
-    bool failed;        /* restart intensity exceeded */
+    /* pl->parts by topic, then by partition id (kafka.c pipeline_part):
+     * a run of messages of another partition finds its own at once, not
+     * by a scan of every partition. Parts live as long as the pipeline,
+     * so the index never dangles. */
+    struct kh_topic_index *tix;
+    size_t n_tix;
+    bool failed; /* restart intensity exceeded */
     bool stopping;
     /* The consumer is leaving the group (kafka_pipeline_close): its
      * partitions are never assigned on this handle again. */
