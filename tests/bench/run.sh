@@ -21,6 +21,11 @@
 #                    3 at >= 64 partitions)
 #   BENCH_COMMIT_MS  auto.commit.interval.ms for the timed group consumers
 #                    (default 10; it bounds the timing error, see README)
+#   BENCH_COMMITTED_START=1  commit offset 0 of every partition for each
+#                    contender's group before it starts (bench_commit_start),
+#                    as for a consumer that restarts; default 0: fresh
+#                    groups, whose start librdkafka resolves partition by
+#                    partition (auto.offset.reset)
 #   BENCH_WORKERS    khost worker counts below 1000 partitions (default "1 2 4")
 #   BENCH_HTTP_WORKERS  worker count of the row with the HTTP server on
 #                    and /metrics scraped every second, run in the FIRST
@@ -47,6 +52,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD=${BENCH_BUILD_DIR:-$ROOT/build}
 SHAPES=${BENCH_SHAPES:-8:100 64:100 1000:100 8:4096 64:4096}
 COMMIT_MS=${BENCH_COMMIT_MS:-10}
+COMMITTED_START=${BENCH_COMMITTED_START:-0}
 DEFAULT_WORKERS=${BENCH_WORKERS:-1 2 4}
 TIMEOUT_S=90 # per contender run
 
@@ -55,7 +61,7 @@ BENCH_TAG=bench
 . "$ROOT/tests/bench/lib.sh"
 
 # ---- build ----
-TOOLS="bench_produce bench_reference bench_wait_committed"
+TOOLS="bench_produce bench_reference bench_wait_committed bench_commit_start"
 if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
     if [[ ! -f $BUILD/CMakeCache.txt ]]; then
         say "configuring $BUILD"
@@ -189,8 +195,19 @@ finish_watcher() { # OUTFILE
     [[ $rc == 0 ]] || die "bench_wait_committed failed ($rc): $(cat "$1.err")"
 }
 
+# commit_start GROUP TOPIC: with BENCH_COMMITTED_START=1, the group's
+# offsets start committed at 0 (bench_commit_start), as for a consumer
+# that restarts; otherwise the group is fresh and librdkafka resolves
+# auto.offset.reset partition by partition.
+commit_start() {
+    [[ $COMMITTED_START == 1 ]] || return 0
+    "$BIN/bench_commit_start" "$BOOT" "$2" "$1" "$PARTS" ||
+        die "bench_commit_start failed for group $1"
+}
+
 run_reference() { # ROUND
     local tag=ref-$TPFX-r$1 line rates rpid rc=0
+    commit_start "bench-$tag-$$" "${TPFX}$1"
     BENCH_REFERENCE_KAFKA=${BENCH_KAFKA:-} timeout "$TIMEOUT_S" "$BIN/bench_reference" "$BOOT" "${TPFX}$1" \
         "bench-$tag-$$" "$N" "$COMMIT_MS" >"$WORK/$tag.out" 2>"$WORK/$tag.err" &
     rpid=$!
@@ -313,6 +330,7 @@ workers = $2
 handler_timeout_ms = 0
 $http
 EOF
+    commit_start "bench-$tag-$$" "${TPFX}$1"
     "$KHOST" run -c "$ini" 2>"$WORK/$tag.log" &
     kpid=$!
     PIDS+=("$kpid")
