@@ -29,13 +29,7 @@ int main(int argc, char **argv) {
     bench_set(conf, "bootstrap.servers", argv[1]);
     bench_set(conf, "group.id", argv[3]);
     bench_set(conf, "enable.auto.commit", "false");
-    char errstr[512];
-    rd_kafka_t *rk =
-        rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
-    if (!rk) {
-        fprintf(stderr, "bench_commit_start: %s\n", errstr);
-        return 1;
-    }
+    rd_kafka_t *rk = bench_new(RD_KAFKA_CONSUMER, conf, "bench_commit_start");
     rd_kafka_topic_partition_list_t *l =
         rd_kafka_topic_partition_list_new(parts);
     for (int p = 0; p < parts; p++)

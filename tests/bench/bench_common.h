@@ -33,6 +33,18 @@ static inline void bench_set(rd_kafka_conf_t *conf, const char *k,
     }
 }
 
+/* rd_kafka_new, or exit 1 with the tool's name and librdkafka's reason. */
+static inline rd_kafka_t *bench_new(rd_kafka_type_t type, rd_kafka_conf_t *conf,
+                                    const char *tool) {
+    char errstr[512];
+    rd_kafka_t *rk = rd_kafka_new(type, conf, errstr, sizeof errstr);
+    if (!rk) {
+        fprintf(stderr, "%s: %s\n", tool, errstr);
+        exit(1);
+    }
+    return rk;
+}
+
 static inline long bench_num(const char *what, const char *s, long lo,
                              long hi) {
     char *end;

@@ -45,13 +45,7 @@ int main(int argc, char **argv) {
     bench_set(conf, "queue.buffering.max.messages", "1000000");
     bench_set(conf, "queue.buffering.max.kbytes", "1048576");
     rd_kafka_conf_set_dr_msg_cb(conf, on_dr);
-    char errstr[512];
-    rd_kafka_t *rk =
-        rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-    if (!rk) {
-        fprintf(stderr, "bench_produce: %s\n", errstr);
-        return 1;
-    }
+    rd_kafka_t *rk = bench_new(RD_KAFKA_PRODUCER, conf, "bench_produce");
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
 
     char *payload = malloc(vbytes);

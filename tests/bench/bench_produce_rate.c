@@ -72,13 +72,7 @@ int main(int argc, char **argv) {
     bench_set(conf, "linger.ms", "1");
     bench_set(conf, "queue.buffering.max.messages", "1000000");
     rd_kafka_conf_set_dr_msg_cb(conf, on_dr);
-    char errstr[512];
-    rd_kafka_t *rk =
-        rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-    if (!rk) {
-        fprintf(stderr, "bench_produce_rate: %s\n", errstr);
-        return 1;
-    }
+    rd_kafka_t *rk = bench_new(RD_KAFKA_PRODUCER, conf, "bench_produce_rate");
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
     /* Metadata first, so the first messages do not wait for it. */
     const struct rd_kafka_metadata *md = NULL;

@@ -96,13 +96,7 @@ int main(int argc, char **argv) {
     bench_set(conf, "auto.commit.interval.ms", commit_str);
     apply_extra(conf);
     rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
-    char errstr[512];
-    rd_kafka_t *rk =
-        rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
-    if (!rk) {
-        fprintf(stderr, "bench_reference: %s\n", errstr);
-        return 1;
-    }
+    rd_kafka_t *rk = bench_new(RD_KAFKA_CONSUMER, conf, "bench_reference");
     rd_kafka_poll_set_consumer(rk);
     rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(sub, argv[2], RD_KAFKA_PARTITION_UA);
