@@ -52,7 +52,11 @@
  * look like progress to a hold that is stuck. */
 #define KH_BUDGET_POLL_MS 2000
 
-/* pl->tix: one entry per topic, its partitions by id. */
+/* pl->tix: one entry per topic, its partitions by id. Ids from
+ * KH_INDEX_MAX on (no real topic has that many partitions) are found by
+ * a scan instead, so a hostile id cannot size an allocation. */
+#define KH_INDEX_MAX (1 << 20)
+
 struct kh_topic_index {
     char *topic;
     kh_part **by_p;
@@ -79,6 +83,8 @@ static struct kh_topic_index *index_topic(kh_pipeline_rt *pl, const char *topic,
 }
 
 static void index_add(kh_pipeline_rt *pl, kh_part *part) {
+    if (part->partition >= KH_INDEX_MAX)
+        return;
     struct kh_topic_index *t = index_topic(pl, part->topic, true);
     if (part->partition >= t->cap) {
         int32_t cap = t->cap ? t->cap : 16;
@@ -106,10 +112,19 @@ void kafka_index_free(kh_pipeline_rt *pl) {
 
 kh_part *pipeline_part(kh_pipeline_rt *pl, const char *topic, int32_t p,
                        bool create) {
-    const struct kh_topic_index *t = index_topic(pl, topic, false);
-    if (t && p >= 0 && p < t->cap && t->by_p[p])
-        return t->by_p[p];
-    if (!create || p < 0)
+    if (p < 0)
+        return NULL;
+    if (p < KH_INDEX_MAX) {
+        const struct kh_topic_index *t = index_topic(pl, topic, false);
+        if (t && p < t->cap && t->by_p[p])
+            return t->by_p[p];
+    } else {
+        for (size_t i = 0; i < pl->n_parts; i++)
+            if (pl->parts[i]->partition == p &&
+                !strcmp(pl->parts[i]->topic, topic))
+                return pl->parts[i];
+    }
+    if (!create)
         return NULL;
     if (pl->n_parts == pl->cap_parts) {
         pl->cap_parts = pl->cap_parts ? pl->cap_parts * 2 : 16;

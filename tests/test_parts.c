@@ -3,7 +3,8 @@
  * message to its partition. It finds partitions through an index by
  * topic and partition id, so it is checked here against what a scan of
  * pl->parts would answer: several topics, ids far apart and out of
- * order, and lookups of what was never created. No Kafka, no processes.
+ * order, an id past the index, and lookups of what was never created.
+ * No Kafka, no processes.
  */
 #define _GNU_SOURCE
 #include "config.h"
@@ -27,7 +28,8 @@ Test(parts, every_lookup_agrees_with_a_scan_of_the_partitions) {
     kh_pipeline cfg = {.name = "p"};
     kh_pipeline_rt pl = {.cfg = &cfg};
     const char *topics[] = {"orders", "orders.dlq", "o", "payments"};
-    const int32_t ids[] = {0, 1, 999, 7, 64, 3, 1000, 2, 511, 16};
+    /* 2000000000: past the index (KH_INDEX_MAX), found by a scan. */
+    const int32_t ids[] = {0, 1, 999, 7, 64, 3, 1000, 2, 511, 16, 2000000000};
     /* Created in an order that grows the index several times. */
     for (size_t t = 0; t < 4; t++)
         for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
@@ -50,6 +52,9 @@ Test(parts, every_lookup_agrees_with_a_scan_of_the_partitions) {
     cr_assert_null(pipeline_part(&pl, "order", 0, false));
     cr_assert_null(pipeline_part(&pl, "", 0, false));
     cr_assert_null(pipeline_part(&pl, "orders", 1 << 30, false));
+    for (size_t t = 0; t < 4; t++)
+        cr_assert_eq(pipeline_part(&pl, topics[t], 2000000000, false),
+                     scan(&pl, topics[t], 2000000000));
     cr_assert_null(pipeline_part(&pl, "orders", -1, true));
     cr_assert_eq(pl.n_parts, made, "a lookup created a partition");
     for (size_t i = 0; i < pl.n_parts; i++)
